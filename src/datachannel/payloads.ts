@@ -1,0 +1,344 @@
+/**
+ * Pure codecs for the control payloads carried inside data-channel messages (spec §3.2, §5, §6, §9.5,
+ * §10.1). Every parser takes untrusted bytes and throws only `ProtocolError` (`PF_ERR_PAYLOAD`).
+ * JSON is written with keys in the order the reference ends use, so vectors match byte for byte.
+ */
+import { ProtocolError } from '../errors.js';
+import type { ActionStatus, FlagCode } from './constants.js';
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for validating parsed JSON without `any`.
+
+type JsonObject = Record<string, unknown>;
+
+function parseJsonObject(payload: Buffer | string, what: string): JsonObject {
+  let value: unknown;
+  try {
+    value = JSON.parse(typeof payload === 'string' ? payload : payload.toString('utf8'));
+  } catch (err) {
+    throw new ProtocolError('PF_ERR_PAYLOAD', `${what} is not valid JSON`, { cause: err });
+  }
+  if (!isObject(value)) throw new ProtocolError('PF_ERR_PAYLOAD', `${what} is not a JSON object`);
+  return value;
+}
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function field<T>(obj: JsonObject, key: string, guard: (v: unknown) => v is T, what: string): T {
+  const value = obj[key];
+  if (!guard(value))
+    throw new ProtocolError('PF_ERR_PAYLOAD', `${what}: field ${key} is missing or has the wrong type`);
+  return value;
+}
+
+function optionalField<T>(obj: JsonObject, key: string, guard: (v: unknown) => v is T, fallback: T): T {
+  const value = obj[key];
+  return guard(value) ? value : fallback;
+}
+
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isSafeInteger = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
+const isBoolean = (v: unknown): v is boolean => typeof v === 'boolean';
+const isArray = (v: unknown): v is unknown[] => Array.isArray(v);
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledge (spec §5)
+
+/** Content of an `acknowledge` payload. */
+export interface AcknowledgeContent {
+  /** MessageType of the acked message. */
+  acknowledgedMessageType: string;
+  /** MessageId of the acked message (string form). Informational: matching is by sequence number. */
+  acknowledgedMessageId: string;
+  /** SequenceNumber of the acked message. */
+  acknowledgedMessageSequenceNumber: number;
+  /** Always true on the wire. */
+  isSequentialMessage: boolean;
+}
+
+/** Encode an ack payload: compact JSON with the reference key order. */
+export function encodeAcknowledge(ack: AcknowledgeContent): Buffer {
+  return Buffer.from(
+    `{"AcknowledgedMessageType":${JSON.stringify(ack.acknowledgedMessageType)},` +
+      `"AcknowledgedMessageId":${JSON.stringify(ack.acknowledgedMessageId)},` +
+      `"AcknowledgedMessageSequenceNumber":${ack.acknowledgedMessageSequenceNumber},` +
+      `"IsSequentialMessage":${ack.isSequentialMessage}}`,
+    'utf8',
+  );
+}
+
+/** Parse an ack payload. */
+export function decodeAcknowledge(payload: Buffer): AcknowledgeContent {
+  const what = 'acknowledge payload';
+  const obj = parseJsonObject(payload, what);
+  const seq = field(obj, 'AcknowledgedMessageSequenceNumber', isSafeInteger, what);
+  if (seq < 0) throw new ProtocolError('PF_ERR_PAYLOAD', `${what}: negative sequence number ${seq}`);
+  return {
+    acknowledgedMessageType: field(obj, 'AcknowledgedMessageType', isString, what),
+    acknowledgedMessageId: optionalField(obj, 'AcknowledgedMessageId', isString, ''),
+    acknowledgedMessageSequenceNumber: seq,
+    isSequentialMessage: optionalField(obj, 'IsSequentialMessage', isBoolean, true),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake (spec §6)
+
+/** One requested client action of a HandshakeRequest. */
+export interface RequestedClientAction {
+  /** `SessionType` or `KMSEncryption` (or anything a future agent sends). */
+  actionType: string;
+  /** Raw action parameters; see {@link sessionTypeOf}. */
+  actionParameters: JsonObject;
+}
+
+/** HandshakeRequest payload (agent → client, PayloadType 5). */
+export interface HandshakeRequest {
+  /** Agent version; drives the client's mode decisions (§3.3). */
+  agentVersion: string;
+  requestedClientActions: RequestedClientAction[];
+}
+
+/** SessionType action parameters. `properties` values are strings; unknown keys kept, ignored by us. */
+export interface SessionTypeParameters {
+  sessionType: string;
+  properties: Record<string, string>;
+}
+
+/** Encode a HandshakeRequest (used by the emulator's agent). */
+export function encodeHandshakeRequest(request: HandshakeRequest): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      AgentVersion: request.agentVersion,
+      RequestedClientActions: request.requestedClientActions.map((a) => ({
+        ActionType: a.actionType,
+        ActionParameters: a.actionParameters,
+      })),
+    }),
+    'utf8',
+  );
+}
+
+/** Parse a HandshakeRequest. */
+export function decodeHandshakeRequest(payload: Buffer): HandshakeRequest {
+  const what = 'handshake request';
+  const obj = parseJsonObject(payload, what);
+  const actions = optionalField(obj, 'RequestedClientActions', isArray, []);
+  return {
+    agentVersion: optionalField(obj, 'AgentVersion', isString, ''),
+    requestedClientActions: actions.map((entry) => {
+      if (!isObject(entry)) throw new ProtocolError('PF_ERR_PAYLOAD', `${what}: action is not an object`);
+      return {
+        actionType: field(entry, 'ActionType', isString, what),
+        actionParameters: optionalField(entry, 'ActionParameters', isObject, {}),
+      };
+    }),
+  };
+}
+
+/** Build the parameters of a SessionType action (emulator side). */
+export function sessionTypeAction(parameters: SessionTypeParameters): RequestedClientAction {
+  return {
+    actionType: 'SessionType',
+    actionParameters: { SessionType: parameters.sessionType, Properties: parameters.properties },
+  };
+}
+
+/** Read the SessionType action's parameters; non-string property values are dropped. */
+export function sessionTypeOf(action: RequestedClientAction): SessionTypeParameters {
+  const params = action.actionParameters;
+  const rawProperties = optionalField(params, 'Properties', isObject, {});
+  const properties: Record<string, string> = {};
+  for (const [key, value] of Object.entries(rawProperties)) {
+    if (typeof value === 'string') properties[key] = value;
+  }
+  return { sessionType: optionalField(params, 'SessionType', isString, ''), properties };
+}
+
+/** One processed action in a HandshakeResponse. */
+export interface ProcessedClientAction {
+  actionType: string;
+  actionStatus: ActionStatus;
+  /** `null` for SessionType. */
+  actionResult: unknown;
+  /** Empty on success. */
+  error: string;
+}
+
+/** HandshakeResponse payload (client → agent, PayloadType 6). */
+export interface HandshakeResponse {
+  /** The agent takes its mode decisions from this (§3.3). */
+  clientVersion: string;
+  processedClientActions: ProcessedClientAction[];
+  /** `null` or a list of error strings. */
+  errors: string[] | null;
+}
+
+/** Encode a HandshakeResponse with the reference key order. */
+export function encodeHandshakeResponse(response: HandshakeResponse): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      ClientVersion: response.clientVersion,
+      ProcessedClientActions: response.processedClientActions.map((a) => ({
+        ActionType: a.actionType,
+        ActionStatus: a.actionStatus,
+        ActionResult: a.actionResult ?? null,
+        Error: a.error,
+      })),
+      Errors: response.errors,
+    }),
+    'utf8',
+  );
+}
+
+/** Parse a HandshakeResponse (used by the emulator's agent). A missing ClientVersion reads as "". */
+export function decodeHandshakeResponse(payload: Buffer): HandshakeResponse {
+  const what = 'handshake response';
+  const obj = parseJsonObject(payload, what);
+  const actions = optionalField(obj, 'ProcessedClientActions', isArray, []);
+  const errors = obj['Errors'];
+  return {
+    clientVersion: optionalField(obj, 'ClientVersion', isString, ''),
+    processedClientActions: actions.map((entry) => {
+      if (!isObject(entry)) throw new ProtocolError('PF_ERR_PAYLOAD', `${what}: action is not an object`);
+      const status = field(entry, 'ActionStatus', isSafeInteger, what);
+      return {
+        actionType: field(entry, 'ActionType', isString, what),
+        actionStatus: status as ActionStatus,
+        actionResult: entry['ActionResult'] ?? null,
+        error: optionalField(entry, 'Error', isString, ''),
+      };
+    }),
+    errors: Array.isArray(errors) ? errors.filter(isString) : null,
+  };
+}
+
+/** HandshakeComplete payload (agent → client, PayloadType 7). */
+export interface HandshakeComplete {
+  /** Nanoseconds the handshake took, as reported by the agent. */
+  handshakeTimeToComplete: number;
+  /** Text to show the user when non-empty. */
+  customerMessage: string;
+}
+
+/** Encode a HandshakeComplete. */
+export function encodeHandshakeComplete(complete: HandshakeComplete): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      HandshakeTimeToComplete: complete.handshakeTimeToComplete,
+      CustomerMessage: complete.customerMessage,
+    }),
+    'utf8',
+  );
+}
+
+/** Parse a HandshakeComplete. */
+export function decodeHandshakeComplete(payload: Buffer): HandshakeComplete {
+  const obj = parseJsonObject(payload, 'handshake complete');
+  return {
+    handshakeTimeToComplete: optionalField(obj, 'HandshakeTimeToComplete', isSafeInteger, 0),
+    customerMessage: optionalField(obj, 'CustomerMessage', isString, ''),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flag (spec §4.3, §9.5)
+
+/** Flag payload byte length (protocol). */
+export const FLAG_PAYLOAD_BYTES = 4;
+
+/** Encode a flag code as 4 bytes big-endian. */
+export function encodeFlag(flag: FlagCode): Buffer {
+  const buf = Buffer.alloc(FLAG_PAYLOAD_BYTES);
+  buf.writeUInt32BE(flag, 0);
+  return buf;
+}
+
+/** Decode a flag payload. Unknown codes are returned as numbers for the caller to log and ignore. */
+export function decodeFlag(payload: Buffer): number {
+  if (payload.length !== FLAG_PAYLOAD_BYTES) {
+    throw new ProtocolError('PF_ERR_PAYLOAD', `flag payload must be 4 bytes, got ${payload.length}`);
+  }
+  return payload.readUInt32BE(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// channel_closed (spec §10.1)
+
+/** channel_closed payload (service → client). */
+export interface ChannelClosed {
+  sessionId: string;
+  /** Reason text; may be empty. */
+  output: string;
+}
+
+/** Encode a channel_closed payload (emulator side). */
+export function encodeChannelClosed(
+  fields: ChannelClosed & { messageId: string; destinationId: string; createdDate: number },
+): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      MessageType: 'channel_closed',
+      MessageId: fields.messageId,
+      DestinationId: fields.destinationId,
+      SessionId: fields.sessionId,
+      SchemaVersion: 1,
+      CreatedDate: String(fields.createdDate),
+      Output: fields.output,
+    }),
+    'utf8',
+  );
+}
+
+/** Parse a channel_closed payload; an unparseable payload still ends the session, with an empty reason. */
+export function decodeChannelClosed(payload: Buffer): ChannelClosed {
+  if (payload.length === 0) return { sessionId: '', output: '' };
+  const obj = parseJsonObject(payload, 'channel_closed payload');
+  return {
+    sessionId: optionalField(obj, 'SessionId', isString, ''),
+    output: optionalField(obj, 'Output', isString, ''),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenDataChannel text frame (spec §3.2)
+
+/** The first (text) frame on the data-channel WebSocket. */
+export interface OpenDataChannelInput {
+  /** `"1.0"`. */
+  messageSchemaVersion: string;
+  /** Fresh UUIDv4 per connect. */
+  requestId: string;
+  /** Bearer token from StartSession/ResumeSession. Secret: never log. */
+  tokenValue: string;
+  /** UUIDv4 fixed for the session. */
+  clientId: string;
+  /** Same value as the HandshakeResponse's ClientVersion. */
+  clientVersion: string;
+}
+
+/** Encode OpenDataChannel as compact JSON with the reference key order. */
+export function encodeOpenDataChannel(input: OpenDataChannelInput): string {
+  return JSON.stringify({
+    MessageSchemaVersion: input.messageSchemaVersion,
+    RequestId: input.requestId,
+    TokenValue: input.tokenValue,
+    ClientId: input.clientId,
+    ClientVersion: input.clientVersion,
+  });
+}
+
+/** Parse OpenDataChannel (emulator side). `ClientVersion` may be missing (agent frames have none). */
+export function decodeOpenDataChannel(text: string): OpenDataChannelInput {
+  const what = 'OpenDataChannel';
+  const obj = parseJsonObject(text, what);
+  return {
+    messageSchemaVersion: optionalField(obj, 'MessageSchemaVersion', isString, ''),
+    requestId: optionalField(obj, 'RequestId', isString, ''),
+    tokenValue: field(obj, 'TokenValue', isString, what),
+    clientId: optionalField(obj, 'ClientId', isString, ''),
+    clientVersion: optionalField(obj, 'ClientVersion', isString, ''),
+  };
+}

@@ -1,0 +1,34 @@
+/**
+ * The narrow SSM API surface the rest of pf-daemon uses (spec §2). `src/ssm/client.ts` implements it
+ * with `@aws-sdk/client-ssm`; tests may pass their own implementation.
+ */
+
+/** StartSession request (spec §2.1). */
+export interface StartSessionRequest {
+  /** Managed node id. */
+  target: string;
+  /** `AWS-StartPortForwardingSession` or `AWS-StartPortForwardingSessionToRemoteHost`. */
+  documentName: string;
+  /** Every value a list of strings, e.g. `{ portNumber: ['5432'] }`. */
+  parameters: Record<string, string[]>;
+  /** Shown in session history; 1–256 chars. */
+  reason?: string;
+}
+
+/** What StartSession and ResumeSession return. `tokenValue` and `streamUrl` are secrets: never log them. */
+export interface SessionGrant {
+  sessionId: string;
+  /** Bearer token for OpenDataChannel. */
+  tokenValue: string;
+  /** WebSocket URL to dial exactly as given. */
+  streamUrl: string;
+}
+
+/** The SSM operations pf-daemon needs. Errors are `AwsSessionError`s with stable codes. */
+export interface SsmApi {
+  startSession(request: StartSessionRequest): Promise<SessionGrant>;
+  /** Throws `PF_ERR_SESSION_GONE` when the session cannot be resumed (no token or DoesNotExist). */
+  resumeSession(sessionId: string): Promise<SessionGrant>;
+  /** Idempotent. */
+  terminateSession(sessionId: string): Promise<void>;
+}

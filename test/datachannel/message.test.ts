@@ -1,0 +1,120 @@
+import test from 'ava';
+import { existsSync, readFileSync } from 'node:fs';
+import {
+  decodeMessage,
+  encodeMessage,
+  frameDigestMatches,
+  readMessageId,
+  writeMessageId,
+} from '../../src/datachannel/message.js';
+import { ProtocolError } from '../../src/errors.js';
+import { SHARED_VECTORS_URL, VENDORED_VECTORS_URL, vectors } from '../helpers/vectors.js';
+
+test('vendored vectors equal the spec copy when ../shared is present', (t) => {
+  if (!existsSync(SHARED_VECTORS_URL)) {
+    t.pass('shared/ not beside the checkout; vendored copy used');
+    return;
+  }
+  t.deepEqual(
+    JSON.parse(readFileSync(VENDORED_VECTORS_URL, 'utf8')),
+    JSON.parse(readFileSync(SHARED_VECTORS_URL, 'utf8')),
+  );
+});
+
+for (const vector of vectors.messages) {
+  test(`encode matches spec vector byte for byte: ${vector.name}`, (t) => {
+    const f = vector.fields;
+    const frame = encodeMessage({
+      messageType: f.MessageType,
+      schemaVersion: f.SchemaVersion,
+      createdDate: f.CreatedDate,
+      sequenceNumber: f.SequenceNumber,
+      flags: f.Flags,
+      messageId: f.MessageId,
+      payloadType: f.PayloadType,
+      payload: Buffer.from(f.PayloadHex, 'hex'),
+    });
+    t.is(frame.length, vector.length);
+    t.is(frame.toString('hex'), vector.hex);
+  });
+
+  test(`decode recovers every field of spec vector: ${vector.name}`, (t) => {
+    const f = vector.fields;
+    const frame = Buffer.from(vector.hex, 'hex');
+    const m = decodeMessage(frame);
+    t.is(m.messageType, f.MessageType);
+    t.is(m.schemaVersion, f.SchemaVersion);
+    t.is(m.createdDate, f.CreatedDate);
+    t.is(m.sequenceNumber, f.SequenceNumber);
+    t.is(m.flags, f.Flags);
+    t.is(m.messageId, f.MessageId);
+    t.is(m.payloadType, f.PayloadType);
+    t.is(m.payload.toString('hex'), f.PayloadHex);
+    t.true(frameDigestMatches(frame));
+    t.is(frame.subarray(80, 112).toString('hex'), f.PayloadDigestHex);
+  });
+}
+
+const expectedInvalidCodes: Record<string, string> = {
+  'shorter than header': 'PF_ERR_FRAME_TOO_SHORT',
+  'PayloadLength beyond frame': 'PF_ERR_FRAME_LENGTH',
+  'digest mismatch': 'PF_ERR_DIGEST_MISMATCH',
+};
+
+for (const vector of vectors.invalid_messages) {
+  test(`decode rejects invalid vector with a typed error: ${vector.name}`, (t) => {
+    const err = t.throws(() => decodeMessage(Buffer.from(vector.hex, 'hex')), { instanceOf: ProtocolError });
+    t.is(String(err?.code), String(expectedInvalidCodes[vector.name]));
+  });
+}
+
+test('MessageId halves are swapped on the wire (spec 4.5)', (t) => {
+  const buf = Buffer.alloc(16);
+  writeMessageId(buf, 0, '0f8fad5b-d9cb-469f-a165-70867728950e');
+  t.is(buf.toString('hex'), 'a16570867728950e0f8fad5bd9cb469f');
+  t.is(readMessageId(buf, 0), '0f8fad5b-d9cb-469f-a165-70867728950e');
+});
+
+test('digest is not verified when verifyDigest is false, payload still returned', (t) => {
+  const bad = vectors.invalid_messages.find((v) => v.name === 'digest mismatch');
+  if (!bad) return t.fail('vector missing');
+  const m = decodeMessage(Buffer.from(bad.hex, 'hex'), { verifyDigest: false });
+  t.is(m.payload.toString(), 'abc');
+  t.false(frameDigestMatches(Buffer.from(bad.hex, 'hex')));
+});
+
+test('payload is copied by default and aliases the frame when copyPayload is false', (t) => {
+  const frame = Buffer.from(vectors.messages[0]!.hex, 'hex');
+  const copied = decodeMessage(frame);
+  const aliased = decodeMessage(frame, { copyPayload: false });
+  frame[frame.length - 1] = 0x00;
+  t.is(copied.payload.at(-1), 0x69);
+  t.is(aliased.payload.at(-1), 0x00);
+});
+
+test('pause_publication is accepted without validation', (t) => {
+  const frame = Buffer.alloc(120);
+  frame.write('pause_publication', 4, 'latin1');
+  const m = decodeMessage(frame);
+  t.is(m.messageType, 'pause_publication');
+  t.is(m.payload.length, 0);
+});
+
+test('CreatedDate 0 and HeaderLength 0 are rejected for data messages', (t) => {
+  const frame = Buffer.from(vectors.messages[0]!.hex, 'hex');
+  const zeroDate = Buffer.from(frame);
+  zeroDate.fill(0, 40, 48);
+  t.is(t.throws(() => decodeMessage(zeroDate))?.message.includes('CreatedDate'), true);
+  const zeroHeader = Buffer.from(frame);
+  zeroHeader.writeUInt32BE(0, 0);
+  t.is((t.throws(() => decodeMessage(zeroHeader)) as ProtocolError).code, 'PF_ERR_HEADER_LENGTH');
+});
+
+test('negative sequence numbers are rejected on stream data', (t) => {
+  const frame = Buffer.from(vectors.messages[0]!.hex, 'hex');
+  frame.writeBigInt64BE(-1n, 48);
+  t.is(
+    (t.throws(() => decodeMessage(frame, { verifyDigest: false })) as ProtocolError).code,
+    'PF_ERR_SEQUENCE_NUMBER',
+  );
+});
