@@ -1,0 +1,176 @@
+import test from 'ava';
+import { FlagCode, MessageType } from '../../src/datachannel/constants.js';
+import {
+  FLAG_PAYLOAD_BYTES,
+  decodeAcknowledge,
+  decodeChannelClosed,
+  decodeFlag,
+  decodeHandshakeComplete,
+  decodeHandshakeRequest,
+  decodeHandshakeResponse,
+  decodeOpenDataChannel,
+  encodeAcknowledge,
+  encodeChannelClosed,
+  encodeFlag,
+  encodeHandshakeComplete,
+  encodeHandshakeRequest,
+  encodeHandshakeResponse,
+  encodeOpenDataChannel,
+  sessionTypeAction,
+  sessionTypeOf,
+} from '../../src/datachannel/payloads.js';
+import { ProtocolError } from '../../src/errors.js';
+import { messageVector } from '../helpers/vectors.js';
+
+const hex = (name: string): Buffer => Buffer.from(messageVector(name).fields.PayloadHex, 'hex');
+
+test('ack vector payload decodes and re-encodes byte for byte (spec 4.8, 5)', (t) => {
+  const payload = hex('acknowledge (spec 4.8)');
+  const ack = decodeAcknowledge(payload);
+  t.deepEqual(ack, {
+    acknowledgedMessageType: MessageType.OutputStreamData,
+    acknowledgedMessageId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+    acknowledgedMessageSequenceNumber: 0,
+    isSequentialMessage: true,
+  });
+  t.is(encodeAcknowledge(ack).toString('hex'), payload.toString('hex'));
+  t.is(payload.length, 176);
+});
+
+test('ack decoder rejects bad input with PF_ERR_PAYLOAD', (t) => {
+  const bad = [
+    'not json',
+    '[]',
+    'null',
+    '{"AcknowledgedMessageType":"x"}',
+    '{"AcknowledgedMessageType":"x","AcknowledgedMessageSequenceNumber":-1}',
+    '{"AcknowledgedMessageType":"x","AcknowledgedMessageSequenceNumber":1.5}',
+    '{"AcknowledgedMessageType":7,"AcknowledgedMessageSequenceNumber":1}',
+    '{"AcknowledgedMessageType":"x","AcknowledgedMessageSequenceNumber":"1"}',
+  ];
+  for (const text of bad) {
+    const err = t.throws(() => decodeAcknowledge(Buffer.from(text)), { instanceOf: ProtocolError });
+    t.is(err?.code, 'PF_ERR_PAYLOAD', text);
+  }
+});
+
+test('flag codes encode as 4 bytes big-endian: 00000001, 00000002, 00000003 (spec 4.3)', (t) => {
+  t.is(encodeFlag(FlagCode.DisconnectToPort).toString('hex'), '00000001');
+  t.is(encodeFlag(FlagCode.TerminateSession).toString('hex'), '00000002');
+  t.is(encodeFlag(FlagCode.ConnectToPortError).toString('hex'), '00000003');
+  t.is(FLAG_PAYLOAD_BYTES, 4);
+  for (const code of [1, 2, 3] as const) t.is(decodeFlag(encodeFlag(code)), code);
+  t.is(decodeFlag(hex('flag DisconnectToPort (spec 4.8)')), FlagCode.DisconnectToPort);
+  // Unknown codes decode as numbers for the caller to log.
+  t.is(decodeFlag(Buffer.from('0000002a', 'hex')), 42);
+  for (const len of [0, 3, 5]) {
+    t.is(
+      t.throws(() => decodeFlag(Buffer.alloc(len)), { instanceOf: ProtocolError })?.code,
+      'PF_ERR_PAYLOAD',
+    );
+  }
+});
+
+test('channel_closed encodes every field and decodes SessionId and Output (spec 10.1)', (t) => {
+  const payload = encodeChannelClosed({
+    sessionId: 'alice-0a1b2c3d4e5f67890',
+    output: 'Session terminated by user',
+    messageId: '11111111-2222-3333-4444-555555555555',
+    destinationId: 'c0a80101-0000-4000-8000-000000000001',
+    createdDate: 1700000000000,
+  });
+  t.is(
+    payload.toString(),
+    '{"MessageType":"channel_closed","MessageId":"11111111-2222-3333-4444-555555555555",' +
+      '"DestinationId":"c0a80101-0000-4000-8000-000000000001","SessionId":"alice-0a1b2c3d4e5f67890",' +
+      '"SchemaVersion":1,"CreatedDate":"1700000000000","Output":"Session terminated by user"}',
+  );
+  t.deepEqual(decodeChannelClosed(payload), {
+    sessionId: 'alice-0a1b2c3d4e5f67890',
+    output: 'Session terminated by user',
+  });
+  t.deepEqual(decodeChannelClosed(Buffer.alloc(0)), { sessionId: '', output: '' });
+  t.deepEqual(decodeChannelClosed(Buffer.from('{"Output":5}')), { sessionId: '', output: '' });
+  t.is(
+    t.throws(() => decodeChannelClosed(Buffer.from('{')), { instanceOf: ProtocolError })?.code,
+    'PF_ERR_PAYLOAD',
+  );
+});
+
+test('OpenDataChannel round-trips with the reference key order (spec 3.2)', (t) => {
+  const input = {
+    messageSchemaVersion: '1.0',
+    requestId: '5b1f0c1e-7a61-4f5e-9a3e-0d7f4c1b2a39',
+    tokenValue: 'AAEAAxyz',
+    clientId: 'c0a80101-0000-4000-8000-000000000001',
+    clientVersion: '1.2.694.0',
+  };
+  const text = encodeOpenDataChannel(input);
+  t.is(
+    text,
+    '{"MessageSchemaVersion":"1.0","RequestId":"5b1f0c1e-7a61-4f5e-9a3e-0d7f4c1b2a39",' +
+      '"TokenValue":"AAEAAxyz","ClientId":"c0a80101-0000-4000-8000-000000000001","ClientVersion":"1.2.694.0"}',
+  );
+  t.deepEqual(decodeOpenDataChannel(text), input);
+  // The agent's frame has no ClientVersion.
+  t.is(decodeOpenDataChannel('{"TokenValue":"x","ClientInstanceId":"i-1"}').clientVersion, '');
+  t.is(t.throws(() => decodeOpenDataChannel('{}'), { instanceOf: ProtocolError })?.code, 'PF_ERR_PAYLOAD');
+});
+
+test('handshake vectors: request, response and complete decode and re-encode byte for byte', (t) => {
+  const reqPayload = hex('handshake request from agent');
+  const request = decodeHandshakeRequest(reqPayload);
+  t.is(request.agentVersion, '3.3.987.0');
+  t.is(request.requestedClientActions.length, 1);
+  const action = request.requestedClientActions[0];
+  if (!action) return t.fail('no action');
+  t.deepEqual(sessionTypeOf(action), {
+    sessionType: 'Port',
+    properties: { portNumber: '5432', type: 'LocalPortForwarding', localPortNumber: '15432' },
+  });
+  t.is(encodeHandshakeRequest(request).toString('hex'), reqPayload.toString('hex'));
+
+  const resPayload = hex('handshake response from client');
+  const response = decodeHandshakeResponse(resPayload);
+  t.deepEqual(response, {
+    clientVersion: '1.2.694.0',
+    processedClientActions: [{ actionType: 'SessionType', actionStatus: 1, actionResult: null, error: '' }],
+    errors: null,
+  });
+  t.is(encodeHandshakeResponse(response).toString('hex'), resPayload.toString('hex'));
+
+  const donePayload = hex('handshake complete from agent');
+  const complete = decodeHandshakeComplete(donePayload);
+  t.deepEqual(complete, { handshakeTimeToComplete: 1500000, customerMessage: '' });
+  t.is(encodeHandshakeComplete(complete).toString('hex'), donePayload.toString('hex'));
+});
+
+test('sessionTypeAction/sessionTypeOf round-trip and non-string properties are dropped', (t) => {
+  const action = sessionTypeAction({ sessionType: 'Port', properties: { portNumber: '1' } });
+  t.deepEqual(sessionTypeOf(action), { sessionType: 'Port', properties: { portNumber: '1' } });
+  const request = decodeHandshakeRequest(
+    Buffer.from(
+      '{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType",' +
+        '"ActionParameters":{"SessionType":"Port","Properties":{"portNumber":22,"type":"LocalPortForwarding"}}}]}',
+    ),
+  );
+  const first = request.requestedClientActions[0];
+  if (!first) return t.fail('no action');
+  t.deepEqual(sessionTypeOf(first).properties, { type: 'LocalPortForwarding' });
+});
+
+test('handshake decoders reject malformed input with PF_ERR_PAYLOAD only', (t) => {
+  const bad = ['', '[', '"x"', '{"RequestedClientActions":[1]}', '{"RequestedClientActions":[{}]}'];
+  for (const text of bad) {
+    t.is(
+      t.throws(() => decodeHandshakeRequest(Buffer.from(text)), { instanceOf: ProtocolError })?.code,
+      'PF_ERR_PAYLOAD',
+    );
+  }
+  t.is(
+    t.throws(() => decodeHandshakeResponse(Buffer.from('{"ProcessedClientActions":[{"ActionType":"x"}]}')), {
+      instanceOf: ProtocolError,
+    })?.code,
+    'PF_ERR_PAYLOAD',
+  );
+});
