@@ -1,0 +1,149 @@
+/**
+ * {@link SsmApi} on top of `@aws-sdk/client-ssm` (spec §2). Region, credentials and endpoint come from the
+ * SDK's own chains: `profile` is handed to the client, which resolves static keys, `credential_process`,
+ * SSO and assume-role profiles from `~/.aws/config` exactly like the AWS CLI; `AWS_REGION`,
+ * `AWS_PROFILE` and `AWS_ENDPOINT_URL_SSM` work unchanged. Nothing here re-implements that chain.
+ *
+ * Every failure is rethrown as an `AwsSessionError` via {@link mapSsmError}. TokenValue and StreamUrl
+ * are never logged.
+ */
+import {
+  ResumeSessionCommand,
+  SSMClient,
+  StartSessionCommand,
+  TerminateSessionCommand,
+} from '@aws-sdk/client-ssm';
+import type { SSMClientConfig } from '@aws-sdk/client-ssm';
+import { AwsSessionError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SessionGrant, SsmApi, StartSessionRequest } from './types.js';
+import { mapSsmError } from './errors.js';
+import type { SsmErrorContext, SsmOperation } from './errors.js';
+
+/** Static credentials (tests, the emulator). Production uses the SDK chain instead. */
+export interface StaticCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** Options for {@link createSsmApi}. Unset fields fall through to the SDK's default chains. */
+export interface SsmApiOptions {
+  /** AWS region, e.g. `eu-west-1`. Default: `AWS_REGION` / the profile's `region`. */
+  region?: string;
+  /** Named profile in `~/.aws/config` (SSO profiles included). Default: `AWS_PROFILE` / `default`. */
+  profile?: string;
+  /** SSM API endpoint URL (e.g. the emulator's `http://127.0.0.1:port`). Default: `AWS_ENDPOINT_URL_SSM` / the regional endpoint. */
+  endpoint?: string;
+  /** Scoped logger; this module logs under `ssm`. */
+  logger: Logger;
+  /** Appended to the SDK's User-Agent, e.g. `pf-daemon/0.1.0` (spec §3.3: our own version goes here). */
+  userAgent?: string;
+  /** Fixed credentials instead of the SDK chain; meant for tests and the emulator. */
+  credentials?: StaticCredentials;
+  /** Attempts per call including the first, handled by the SDK's standard retry strategy. Default 3 (SDK default). */
+  maxAttempts?: number;
+}
+
+/** The fields of a Start/ResumeSession response pf-daemon reads. */
+interface GrantOutput {
+  SessionId?: string | undefined;
+  TokenValue?: string | undefined;
+  StreamUrl?: string | undefined;
+}
+
+/**
+ * Build an {@link SsmApi} backed by the AWS SDK.
+ *
+ * @param options - region/profile/endpoint overrides (each optional), logger, test credentials
+ * @returns the API; each call throws `AwsSessionError` on failure
+ */
+export function createSsmApi(options: SsmApiOptions): SsmApi {
+  const log = options.logger.child('ssm');
+  const config: SSMClientConfig = {};
+  if (options.region) config.region = options.region;
+  if (options.profile) config.profile = options.profile;
+  if (options.endpoint) config.endpoint = options.endpoint;
+  if (options.userAgent) config.customUserAgent = options.userAgent;
+  if (options.credentials) config.credentials = { ...options.credentials };
+  if (options.maxAttempts !== undefined) config.maxAttempts = options.maxAttempts;
+  const client = new SSMClient(config);
+  const baseContext: SsmErrorContext = {};
+  if (options.region) baseContext.region = options.region;
+  if (options.profile) baseContext.profile = options.profile;
+
+  async function call<T>(op: SsmOperation, context: SsmErrorContext, send: () => Promise<T>): Promise<T> {
+    try {
+      return await send();
+    } catch (err) {
+      const mapped = mapSsmError(err, op, { ...baseContext, ...context });
+      log.debug(`${op} failed`, { code: mapped.code, retryable: mapped.retryable, error: mapped.message });
+      throw mapped;
+    }
+  }
+
+  function grantFrom(op: SsmOperation, out: GrantOutput, sessionId?: string): SessionGrant {
+    const id = out.SessionId || sessionId;
+    if (!out.TokenValue) {
+      if (op === 'ResumeSession') {
+        // Spec §2.2: a resume answer without a token means the session is over.
+        throw new AwsSessionError(
+          'PF_ERR_SESSION_GONE',
+          `session ${id ?? ''} can no longer be resumed (ResumeSession returned no token): a new session will be started`,
+        );
+      }
+      throw new AwsSessionError(
+        'PF_ERR_AWS',
+        `${op} returned no TokenValue: the SSM endpoint is not compatible`,
+      );
+    }
+    if (!id || !out.StreamUrl) {
+      throw new AwsSessionError(
+        'PF_ERR_AWS',
+        `${op} returned no ${id ? 'StreamUrl' : 'SessionId'}: the SSM endpoint is not compatible`,
+      );
+    }
+    return { sessionId: id, tokenValue: out.TokenValue, streamUrl: out.StreamUrl };
+  }
+
+  return {
+    async startSession(request: StartSessionRequest): Promise<SessionGrant> {
+      const context = { target: request.target, document: request.documentName };
+      log.debug('StartSession', { target: request.target, document: request.documentName });
+      const out = await call('StartSession', context, () =>
+        client.send(
+          new StartSessionCommand({
+            Target: request.target,
+            DocumentName: request.documentName,
+            Parameters: request.parameters,
+            ...(request.reason ? { Reason: request.reason } : {}),
+          }),
+        ),
+      );
+      const grant = grantFrom('StartSession', out);
+      log.debug('StartSession ok', { sessionId: grant.sessionId, target: request.target });
+      return grant;
+    },
+
+    async resumeSession(sessionId: string): Promise<SessionGrant> {
+      log.debug('ResumeSession', { sessionId });
+      const out = await call('ResumeSession', { sessionId }, () =>
+        client.send(new ResumeSessionCommand({ SessionId: sessionId })),
+      );
+      return grantFrom('ResumeSession', out, sessionId);
+    },
+
+    async terminateSession(sessionId: string): Promise<void> {
+      log.debug('TerminateSession', { sessionId });
+      try {
+        await call('TerminateSession', { sessionId }, () =>
+          client.send(new TerminateSessionCommand({ SessionId: sessionId })),
+        );
+      } catch (err) {
+        // Spec §2.3: terminating a session that is already gone is success from our side.
+        if (err instanceof AwsSessionError && err.code === 'PF_ERR_SESSION_GONE') return;
+        throw err;
+      }
+    },
+  };
+}
