@@ -115,7 +115,7 @@ for (const [title, input, code, retryable, pattern] of cases) {
   test(`maps ${title}`, (t) => {
     const mapped = mapSsmError(input, 'StartSession', context);
     t.true(mapped instanceof AwsSessionError);
-    t.is<string>(mapped.code, code);
+    t.is(mapped.code as string, code);
     t.is(mapped.retryable, retryable);
     t.regex(mapped.message, pattern);
     t.false(mapped.message.includes('\n'));
