@@ -6,7 +6,8 @@ import { MessageType, PayloadType } from '../../src/datachannel/constants.js';
 import { decodeChannelClosed } from '../../src/datachannel/payloads.js';
 import { startEmulator, waitFor } from '../../src/emulator/index.js';
 import type { Emulator, EmulatorOptions } from '../../src/emulator/index.js';
-import { FakeAgent, RawClient, fakeAgentFactory, ssmFor, startLocalSession } from './service.helpers.js';
+import type { FakeAgent } from './service.helpers.js';
+import { RawClient, fakeAgentFactory, ssmFor, startLocalSession } from './service.helpers.js';
 import type { SSMClient } from '@aws-sdk/client-ssm';
 
 interface Ctx {
