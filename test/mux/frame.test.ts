@@ -59,7 +59,7 @@ for (const vector of vectors.smux.filter((v) => v.invalid)) {
   test(`decode rejects spec vector with its code: ${vector.name}`, (t) => {
     const decoder = new SmuxFrameDecoder();
     const err = t.throws(() => decoder.push(Buffer.from(vector.hex, 'hex')), { instanceOf: ProtocolError });
-    t.is<string | undefined>(err?.code, expectedInvalid[vector.name]);
+    t.is<string | undefined, string | undefined>(err?.code, expectedInvalid[vector.name]);
     // A failed decoder stays failed: the session must be discarded.
     t.throws(() => decoder.push(encodeFrame(SmuxCommand.NOP, 0)), { instanceOf: ProtocolError });
   });
