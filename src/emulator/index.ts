@@ -182,7 +182,8 @@ export function waitFor(
 /**
  * A running emulator. Events (first argument is always the SessionId, except `apiCall`):
  * `sessionStarted`(id), `clientConnected`(id), `clientDisconnected`(id), `handshakeComplete`(id, mode),
- * `sessionTerminated`(id, reason), `resumed`(id), `apiCall`(operation).
+ * `sessionTerminated`(id, reason), `resumed`(id), `apiCall`(operation), and `fault`(id, direction, fate) for
+ * every fault the relay applied (not for plain delays).
  */
 export class Emulator extends EventEmitter {
   /** `http://127.0.0.1:<port>`: use as the SSM endpoint. */

@@ -631,6 +631,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
         return;
     }
     this.record(direction, direction === 'toAgent' ? 'client' : 'agent', fate, frame);
+    this.env.emit('fault', this.id, direction, fate);
   }
 
   private record(
