@@ -174,3 +174,19 @@ test('handshake decoders reject malformed input with PF_ERR_PAYLOAD only', (t) =
     'PF_ERR_PAYLOAD',
   );
 });
+
+// Known bug in payloads.ts (found by fuzz.test.ts): sessionTypeOf copies properties into a plain `{}`,
+// where assigning the key `__proto__` sets the prototype instead of an own property, so a Properties
+// key named "__proto__" vanishes. Harmless for port sessions; `test.failing` turns green once fixed
+// (build the record with Object.fromEntries or Object.create(null)), and then should become `test`.
+test.failing('sessionTypeOf keeps a property named __proto__', (t) => {
+  const request = decodeHandshakeRequest(
+    Buffer.from(
+      '{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType",' +
+        '"ActionParameters":{"SessionType":"Port","Properties":{"__proto__":"x","type":"LocalPortForwarding"}}}]}',
+    ),
+  );
+  const first = request.requestedClientActions[0];
+  if (!first) return t.fail('no action');
+  t.deepEqual(Object.keys(sessionTypeOf(first).properties), ['__proto__', 'type']);
+});
