@@ -1,0 +1,247 @@
+/**
+ * `pf-daemon emulator`: run the built-in SSM emulator (API + message gateway + agent) on loopback until
+ * SIGINT/SIGTERM. One yargs options table (house style §6); the flags map onto {@link EmulatorOptions} and the
+ * initial {@link FaultConfig}, and the CLI owns no defaults: unset flags leave the emulator's defaults.
+ */
+import type { Argv } from 'yargs';
+import { ConfigError } from '../errors.js';
+import { createLogger } from '../log.js';
+import type { LogLevel } from '../log.js';
+import type { FaultConfig } from './faults.js';
+import { startEmulator } from './index.js';
+import type { Emulator, EmulatorOptions } from './index.js';
+
+/** The `emulator` command's flags, as yargs parses them. */
+export interface EmulatorArgs {
+  port?: number;
+  'agent-version'?: string;
+  'chunk-size'?: number;
+  'pacing-ms'?: number;
+  'not-ready-window-ms'?: number;
+  'handshake-timeout-ms'?: number;
+  'idle-timeout-ms'?: number;
+  'max-duration-ms'?: number;
+  'host-map'?: string[];
+  'unknown-target'?: string[];
+  seed?: number;
+  'drop-rate'?: number;
+  'dup-rate'?: number;
+  'reorder-window'?: number;
+  'delay-ms'?: number;
+  'jitter-ms'?: number;
+  'drop-websocket-every-ms'?: number;
+  'drop-websocket-after'?: number;
+  'drop-websocket-mode'?: string;
+  'terminate-after-ms'?: number;
+  'throttle-start'?: number;
+  'dial-fail-count'?: number;
+  'dial-delay-ms'?: number;
+  'smux-keep-alive'?: boolean;
+  'log-level'?: string;
+}
+
+/** The one options table of the `emulator` command. */
+export const EMULATOR_OPTIONS = {
+  port: { type: 'number', alias: 'p', description: 'TCP port on 127.0.0.1 (0 = any free port)' },
+  'agent-version': {
+    type: 'string',
+    description: 'AgentVersion in the handshake, e.g. 3.0.196.0 for basic mode',
+  },
+  'chunk-size': { type: 'number', description: 'agent Output payload size, bytes' },
+  'pacing-ms': { type: 'number', description: 'agent sleep after each Output message, ms (0 = unpaced)' },
+  'not-ready-window-ms': { type: 'number', description: 'post-handshake not-ready window of the agent, ms' },
+  'handshake-timeout-ms': { type: 'number', description: "agent's HandshakeResponse timeout, ms" },
+  'idle-timeout-ms': { type: 'number', description: 'service idle timeout, ms (0 = off)' },
+  'max-duration-ms': { type: 'number', description: 'service maximum session duration, ms (0 = off)' },
+  'host-map': {
+    type: 'string',
+    array: true,
+    description: 'destination host=address for ToRemoteHost, e.g. --host-map db.internal=127.0.0.1',
+  },
+  'unknown-target': { type: 'string', array: true, description: 'target answered with TargetNotConnected' },
+  seed: { type: 'number', description: 'seed of the fault PRNG (reproducible runs)' },
+  'drop-rate': {
+    type: 'number',
+    description: 'probability 0-1 of dropping a relayed message or ack, both ways',
+  },
+  'dup-rate': {
+    type: 'number',
+    description: 'probability 0-1 of duplicating a relayed message or ack, both ways',
+  },
+  'reorder-window': { type: 'number', description: 'hold and shuffle up to N relayed frames, both ways' },
+  'delay-ms': { type: 'number', description: 'added latency per relayed frame, ms, both ways' },
+  'jitter-ms': { type: 'number', description: 'extra random latency per relayed frame, 0..N ms, both ways' },
+  'drop-websocket-every-ms': {
+    type: 'number',
+    description: 'close every client WebSocket N ms after connect',
+  },
+  'drop-websocket-after': {
+    type: 'number',
+    description: 'close the client WebSocket after N relayed frames',
+  },
+  'drop-websocket-mode': {
+    type: 'string',
+    choices: ['bye', 'abrupt'],
+    description: 'how WebSocket drops close: bye (close frame 1000 "Bye") or abrupt (TCP reset)',
+  },
+  'terminate-after-ms': { type: 'number', description: 'end every session N ms after its first connect' },
+  'throttle-start': {
+    type: 'number',
+    description: 'answer the next N StartSession calls with ThrottlingException',
+  },
+  'dial-fail-count': { type: 'number', description: 'the next N destination dials of each agent fail' },
+  'dial-delay-ms': { type: 'number', description: 'delay of every destination dial, ms' },
+  'smux-keep-alive': {
+    type: 'boolean',
+    description: 'force smux keep-alive on/off regardless of ClientVersion',
+  },
+  'log-level': {
+    type: 'string',
+    choices: ['error', 'warn', 'info', 'debug'],
+    description: 'emulator log level (logs go to stderr)',
+  },
+} as const;
+
+function parseHostMap(entries: readonly string[]): Record<string, string> {
+  const map: Record<string, string> = {};
+  for (const entry of entries) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0 || eq === entry.length - 1) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--host-map ${entry}: expected host=address, e.g. db.internal=127.0.0.1`,
+      );
+    }
+    map[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return map;
+}
+
+function checkRate(flag: string, value: number | undefined): void {
+  if (value !== undefined && !(value >= 0 && value <= 1)) {
+    throw new ConfigError(
+      'PF_ERR_CONFIG',
+      `--${flag} ${value}: expected a probability from 0 to 1, e.g. 0.05`,
+    );
+  }
+}
+
+/**
+ * Map parsed flags onto emulator options (only the flags given).
+ * @throws ConfigError `PF_ERR_CONFIG` with an example for malformed values
+ */
+export function emulatorOptionsFromArgs(args: EmulatorArgs): Partial<EmulatorOptions> {
+  checkRate('drop-rate', args['drop-rate']);
+  checkRate('dup-rate', args['dup-rate']);
+  const options: Partial<EmulatorOptions> = {};
+  if (args.port !== undefined) options.port = args.port;
+  if (args['agent-version'] !== undefined) options.agentVersion = args['agent-version'];
+  if (args['chunk-size'] !== undefined) options.chunkSize = args['chunk-size'];
+  if (args['pacing-ms'] !== undefined) options.agentPacingMs = args['pacing-ms'];
+  if (args['not-ready-window-ms'] !== undefined) options.notReadyWindowMs = args['not-ready-window-ms'];
+  if (args['handshake-timeout-ms'] !== undefined) options.handshakeTimeoutMs = args['handshake-timeout-ms'];
+  if (args['idle-timeout-ms'] !== undefined) options.idleTimeoutMs = args['idle-timeout-ms'];
+  if (args['max-duration-ms'] !== undefined) options.maxDurationMs = args['max-duration-ms'];
+  if (args['host-map'] !== undefined) options.hostMap = parseHostMap(args['host-map']);
+  if (args['unknown-target'] !== undefined) options.unknownTargets = args['unknown-target'];
+  if (args['log-level'] !== undefined)
+    options.logger = createLogger({ level: args['log-level'] as LogLevel });
+
+  const faults: Partial<FaultConfig> = {};
+  const both = <T>(value: T): { toAgent: T; toClient: T } => ({ toAgent: value, toClient: value });
+  if (args.seed !== undefined) faults.seed = args.seed;
+  if (args['drop-rate'] !== undefined) faults.dropRate = both(args['drop-rate']);
+  if (args['dup-rate'] !== undefined) faults.dupRate = both(args['dup-rate']);
+  if (args['reorder-window'] !== undefined) faults.reorderWindow = both(args['reorder-window']);
+  if (args['delay-ms'] !== undefined || args['jitter-ms'] !== undefined) {
+    faults.delay = { toAgent: { ms: 0, jitterMs: 0 }, toClient: { ms: 0, jitterMs: 0 } };
+    faults.delay.toAgent = { ms: args['delay-ms'] ?? 0, jitterMs: args['jitter-ms'] ?? 0 };
+    faults.delay.toClient = { ...faults.delay.toAgent };
+  }
+  if (args['drop-websocket-every-ms'] !== undefined || args['drop-websocket-after'] !== undefined) {
+    faults.dropWebSocket = { mode: args['drop-websocket-mode'] === 'abrupt' ? 'abrupt' : 'bye' };
+    if (args['drop-websocket-every-ms'] !== undefined)
+      faults.dropWebSocket.everyMs = args['drop-websocket-every-ms'];
+    if (args['drop-websocket-after'] !== undefined)
+      faults.dropWebSocket.afterMessages = args['drop-websocket-after'];
+  }
+  if (args['terminate-after-ms'] !== undefined) faults.terminateAfterMs = args['terminate-after-ms'];
+  if (args['throttle-start'] !== undefined && args['throttle-start'] > 0) {
+    faults.apiErrors = [
+      {
+        op: 'StartSession',
+        code: 'ThrottlingException',
+        count: args['throttle-start'],
+        message: 'Rate exceeded',
+      },
+    ];
+  }
+  const agent: FaultConfig['agent'] = {};
+  if (args['dial-fail-count'] !== undefined) agent.dialFailCount = args['dial-fail-count'];
+  if (args['dial-delay-ms'] !== undefined) agent.dialDelayMs = args['dial-delay-ms'];
+  if (args['smux-keep-alive'] !== undefined) agent.smuxKeepAlive = args['smux-keep-alive'];
+  if (Object.keys(agent).length > 0) faults.agent = agent;
+  if (Object.keys(faults).length > 0) options.faults = faults;
+  return options;
+}
+
+/** The line printed to stdout once the emulator listens. */
+export function endpointLine(endpoint: string): string {
+  return `SSM emulator listening: endpoint ${endpoint} (use --endpoint ${endpoint} or AWS_ENDPOINT_URL_SSM=${endpoint})`;
+}
+
+/** I/O the command uses (injected for tests). */
+export interface EmulatorCommandIo {
+  /** Receives the endpoint line. */
+  write(line: string): void;
+  /** Resolves when the process is asked to stop. */
+  stopSignal: Promise<string>;
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+export function processStopSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve(signal);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+/** Start the emulator, print the endpoint line, run until the stop signal, close. */
+export async function runEmulatorCommand(args: EmulatorArgs, io: EmulatorCommandIo): Promise<Emulator> {
+  const emulator = await startEmulator(emulatorOptionsFromArgs(args));
+  io.write(`${endpointLine(emulator.endpoint)}\n`);
+  await io.stopSignal;
+  await emulator.close();
+  return emulator;
+}
+
+/** Add the `emulator` command to a yargs instance (wired into `src/cli.ts`). */
+export function registerEmulatorCommand<T>(y: Argv<T>): Argv<T> {
+  return y.command(
+    'emulator',
+    'run the built-in SSM emulator (API, message gateway and agent) on 127.0.0.1',
+    (yy) =>
+      yy
+        .options(EMULATOR_OPTIONS)
+        .example(
+          '$0 emulator --port 4566 --host-map db.internal=127.0.0.1',
+          'fixed port, ToRemoteHost mapping',
+        )
+        .example(
+          '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
+          'lossy, flaky link',
+        ),
+    async (argv) => {
+      await runEmulatorCommand(argv as EmulatorArgs, {
+        write: (line) => process.stdout.write(line),
+        stopSignal: processStopSignal(),
+      });
+      process.exitCode = 0;
+    },
+  );
+}
