@@ -1,0 +1,113 @@
+/**
+ * One smux v1 stream as a Node `Duplex` (spec §9.4). The stream owns no frames, queues or sockets: its
+ * Writable side hands each chunk to the session through injected {@link SmuxStreamHooks} and the session
+ * calls the write callback only once the chunk's bytes have been pulled onto the wire, so the Writable's own
+ * buffer (`writableHighWaterMark`) is the honest, bounded send queue (ssh2 `Channel.js`). The Readable side is
+ * fed by the session with `push()`; `readableHighWaterMark` is the per-stream receive cap, and `_read()` tells
+ * the session that the local reader has made room (house style §9, §11; yamux `stream.ts`).
+ *
+ * Lifecycle: the stream is forgotten by its session when it is destroyed, which Node does on its own
+ * (`autoDestroy`) once both `'end'` and `'finish'` have been emitted, or which happens when:
+ * - the agent sent FIN and the local reader has consumed everything (`'end'`): v1 has no half-close, the
+ *   destination is gone, so the stream destroys itself without waiting for a local `end()`;
+ * - the user calls `destroy()` (a local socket error, say): the session sends FIN if it still owes one;
+ * - the session dies: every stream is destroyed with a `TunnelError` `PF_ERR_STREAM_RESET`, so, as with any
+ *   `net.Socket`, users MUST listen for `'error'`.
+ */
+import { Duplex } from 'node:stream';
+
+/** Completion callback of a queued write or FIN; called without an error once its bytes were pulled. */
+export type SmuxWriteCallback = (error?: Error | null) => void;
+
+/**
+ * The narrow functions a stream uses to reach its session (house style §11: functions, not the parent).
+ * Every hook is called with the stream's own state already updated by Node.
+ */
+export interface SmuxStreamHooks {
+  /**
+   * Queue a batch of chunks (`_write` or `_writev`, ≥ 1 byte in total) as PSH data. `callback` fires when the
+   * batch's last byte has been pulled by `pullOutgoing()`, or at once when the batch is discarded because the
+   * agent already closed the stream.
+   */
+  write(chunks: Buffer[], callback: SmuxWriteCallback): void;
+  /** Queue FIN after all data (local `end()`); `callback` fires once the FIN has been pulled or skipped. */
+  end(callback: SmuxWriteCallback): void;
+  /** The local reader wants more data (`_read()`): re-evaluate receive blocking. */
+  read(): void;
+  /**
+   * The stream is being destroyed: drop queued data, queue FIN if one is still owed and forget the stream.
+   * `error` is the destroy reason, if any; the session uses it to fail a write still in flight.
+   */
+  destroy(error: Error | null): void;
+}
+
+/** Buffer bounds of one stream, resolved by the session from its options. */
+export interface SmuxStreamOptions {
+  /** Bytes the Readable side may hold for a slow local reader before `push()` reports it full. */
+  readableHighWaterMark: number;
+  /** Bytes the Writable side buffers before `write()` returns false (includes the chunk on the wire). */
+  writableHighWaterMark: number;
+}
+
+/** A multiplexed smux v1 stream (spec §9.4). Created by `SmuxClientSession.openStream()`. */
+export class SmuxStream extends Duplex {
+  /** smux stream id: odd, ≥ 3, unique within its session (spec §9.4). */
+  readonly id: number;
+  private readonly hooks: SmuxStreamHooks;
+  private remoteFinished = false;
+
+  /** @internal Use `SmuxClientSession.openStream()`. */
+  constructor(id: number, options: SmuxStreamOptions, hooks: SmuxStreamHooks) {
+    super({
+      // v1 cannot carry half-close; a remote FIN is handled by handleRemoteFin, not by ending our side.
+      allowHalfOpen: true,
+      readableHighWaterMark: options.readableHighWaterMark,
+      writableHighWaterMark: options.writableHighWaterMark,
+      decodeStrings: true,
+    });
+    this.id = id;
+    this.hooks = hooks;
+  }
+
+  /** True once the agent has sent FIN for this stream. */
+  get remoteEnded(): boolean {
+    return this.remoteFinished;
+  }
+
+  /**
+   * @internal Called by the session on FIN from the agent: ends the Readable side after the data already
+   * pushed, and destroys the stream once the local reader has consumed it (no half-close in v1).
+   */
+  handleRemoteFin(): void {
+    if (this.remoteFinished) return;
+    this.remoteFinished = true;
+    this.once('end', () => this.destroy());
+    this.push(null);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: SmuxWriteCallback): void {
+    if (chunk.length === 0) callback();
+    else this.hooks.write([chunk], callback);
+  }
+
+  // Small writes buffered while a batch is on its way go out together, so pulls stay full.
+  override _writev(chunks: { chunk: Buffer; encoding: BufferEncoding }[], callback: SmuxWriteCallback): void {
+    const buffers: Buffer[] = [];
+    for (const { chunk } of chunks) if (chunk.length > 0) buffers.push(chunk);
+    if (buffers.length === 0) callback();
+    else this.hooks.write(buffers, callback);
+  }
+
+  override _final(callback: SmuxWriteCallback): void {
+    this.hooks.end(callback);
+  }
+
+  override _read(): void {
+    this.hooks.read();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.hooks.destroy(error);
+    callback(error);
+  }
+}

@@ -1,0 +1,675 @@
+import test from 'ava';
+import fc from 'fast-check';
+import { once } from 'node:events';
+import type { EventEmitter } from 'node:events';
+import { isPfError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log.js';
+import { SmuxClientSession } from '../../src/mux/session.js';
+import { SMUX_HEADER_BYTES, SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.js';
+import type { SmuxFrame } from '../../src/mux/frame.js';
+import type { SmuxSessionOptions } from '../../src/mux/session.js';
+import type { SmuxStream } from '../../src/mux/stream.js';
+
+const KiB = 1024;
+const TIMEOUT_MS = 2000;
+
+const defaults: SmuxSessionOptions = {
+  streamReceiveBufferBytes: 4 * KiB * KiB,
+  sessionReceiveBufferBytes: 64 * KiB * KiB,
+  streamWriteBufferBytes: 64 * KiB,
+  maxFrameDataBytes: 32 * KiB,
+};
+
+function newSession(options: Partial<SmuxSessionOptions> = {}): SmuxClientSession {
+  return new SmuxClientSession({ ...defaults, ...options }, { logger: silentLogger });
+}
+
+/** Await an event with a deadline, so a missing event fails the test instead of hanging it. */
+async function eventually<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolve on the next `event`; unlike `events.once`, an 'error' event does not reject it. */
+function next(emitter: EventEmitter, event: string): Promise<unknown[]> {
+  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
+}
+
+/** Let queued microtasks and ticks run (Node schedules stream callbacks there). */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** Pull everything pending in pulls of `pullBytes` and decode it. */
+function drain(session: SmuxClientSession, pullBytes = 1024 * KiB): { bytes: Buffer; frames: SmuxFrame[] } {
+  const pulls: Buffer[] = [];
+  for (let b = session.pullOutgoing(pullBytes); b !== undefined; b = session.pullOutgoing(pullBytes)) {
+    pulls.push(b);
+  }
+  const bytes = Buffer.concat(pulls);
+  return {
+    bytes,
+    get frames() {
+      return new SmuxFrameDecoder().push(bytes);
+    },
+  };
+}
+
+const describe = (f: SmuxFrame): string =>
+  `${['SYN', 'FIN', 'PSH', 'NOP'][f.cmd]}:${f.sid}${f.cmd === SmuxCommand.PSH ? `:${f.data.length}` : ''}`;
+
+/**
+ * A tiny smux v1 server (the agent's role) written with the frame codec: accepts SYN, echoes PSH data on the
+ * same stream, answers FIN with FIN and forgets the stream, as the agent does when its destination closes.
+ * It pumps on the session's 'outgoing' event in pulls of `pullBytes`, like the data-channel pump.
+ */
+class EchoServer {
+  readonly decoder = new SmuxFrameDecoder();
+  readonly received: SmuxFrame[] = [];
+  readonly open = new Set<number>();
+  echo = true;
+  private readonly onOutgoing = (): void => this.pump();
+
+  constructor(
+    readonly session: SmuxClientSession,
+    readonly pullBytes = 1024,
+  ) {
+    session.on('outgoing', this.onOutgoing);
+  }
+
+  pump(): void {
+    const replies: Buffer[] = [];
+    for (
+      let b = this.session.pullOutgoing(this.pullBytes);
+      b;
+      b = this.session.pullOutgoing(this.pullBytes)
+    ) {
+      for (const frame of this.decoder.push(b)) {
+        this.received.push(frame);
+        if (frame.cmd === SmuxCommand.SYN) this.open.add(frame.sid);
+        else if (frame.cmd === SmuxCommand.PSH && this.open.has(frame.sid) && this.echo) {
+          replies.push(encodeFrame(SmuxCommand.PSH, frame.sid, frame.data));
+        } else if (frame.cmd === SmuxCommand.FIN && this.open.delete(frame.sid)) {
+          replies.push(encodeFrame(SmuxCommand.FIN, frame.sid));
+        }
+      }
+    }
+    if (replies.length > 0) this.session.receive(Buffer.concat(replies));
+  }
+
+  /** Agent-initiated close: FIN for `sid` (the destination closed first). */
+  finFromAgent(sid: number): void {
+    this.open.delete(sid);
+    this.session.receive(encodeFrame(SmuxCommand.FIN, sid));
+  }
+
+  detach(): void {
+    this.session.off('outgoing', this.onOutgoing);
+  }
+}
+
+async function readAll(stream: SmuxStream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part as Buffer);
+  return Buffer.concat(parts);
+}
+
+test('stream ids are 3, 5, 7, … and the first frames are SYN then data, byte for byte', (t) => {
+  const session = newSession();
+  const streams = [session.openStream(), session.openStream(), session.openStream()];
+  t.deepEqual(
+    streams.map((s) => s.id),
+    [3, 5, 7],
+  );
+  t.true(session.hasOutgoing);
+  streams[0]?.write('hello');
+  const { bytes } = drain(session);
+  t.is(
+    bytes.toString('hex'),
+    [
+      '0100000003000000', // SYN 3 (spec §9.4 byte example)
+      '0100000005000000',
+      '0100000007000000',
+      '010205000300000068656c6c6f', // PSH 3 "hello" (spec §9.4 byte example)
+    ].join(''),
+  );
+  t.false(session.hasOutgoing);
+  t.is(session.pullOutgoing(1024), undefined);
+  t.is(session.streamCount, 3);
+  t.like(session.stats, { streamsOpened: 3, framesOut: 4, bytesOut: bytes.length, outgoingBufferedBytes: 0 });
+});
+
+test('per stream the order is SYN → PSH… → FIN, FIN only after all data (spec vector bytes)', async (t) => {
+  const session = newSession();
+  const stream = session.openStream();
+  stream.write('hel');
+  stream.end('lo');
+  const seen: string[] = [];
+  while (seen.at(-1) !== 'FIN:3') {
+    if (!session.hasOutgoing) await eventually(once(session, 'outgoing'), 'outgoing');
+    seen.push(...drain(session).frames.map(describe));
+  }
+  t.deepEqual(seen, ['SYN:3', 'PSH:3:3', 'PSH:3:2', 'FIN:3']);
+  await eventually(once(stream, 'finish'), 'finish');
+});
+
+test('a NOP is queued with sid 0 and at most one is pending', (t) => {
+  const session = newSession();
+  session.sendNop();
+  session.sendNop();
+  t.is(session.stats.outgoingBufferedBytes, SMUX_HEADER_BYTES);
+  t.is(drain(session).bytes.toString('hex'), '0103000000000000');
+});
+
+test("'outgoing' is coalesced: one event for many writes in one turn, again only after hasOutgoing was false", async (t) => {
+  const session = newSession();
+  let events = 0;
+  session.on('outgoing', () => events++);
+  const a = session.openStream();
+  const b = session.openStream();
+  a.write('x');
+  b.write('y');
+  session.sendNop();
+  await turn();
+  t.is(events, 1);
+  drain(session);
+  await turn();
+  t.is(events, 1);
+  a.write('z');
+  await turn();
+  t.is(events, 2);
+  // Pulled synchronously before the microtask ran: nothing to announce.
+  b.write('w');
+  await turn();
+  drain(session);
+  await turn();
+  t.true(events <= 3);
+  t.false(session.hasOutgoing);
+});
+
+test('two busy streams are served round-robin, one frame each per turn, in 1 KiB pulls', async (t) => {
+  const session = newSession();
+  const a = session.openStream();
+  const b = session.openStream();
+  a.write(Buffer.alloc(64 * KiB, 0xaa));
+  b.write(Buffer.alloc(64 * KiB, 0xbb));
+  const decoder = new SmuxFrameDecoder();
+  const perPull: string[] = [];
+  const bytes = new Map<number, number>([
+    [3, 0],
+    [5, 0],
+  ]);
+  let pulls = 0;
+  for (let p = session.pullOutgoing(1024); p !== undefined && pulls < 100; p = session.pullOutgoing(1024)) {
+    t.true(p.length <= 1024);
+    pulls++;
+    const frames = decoder.push(p);
+    // Each pull holds whole frames: no frame is split when the pull is larger than a header.
+    t.is(decoder.bufferedBytes, 0);
+    for (const f of frames) {
+      if (f.cmd !== SmuxCommand.PSH) continue;
+      perPull.push(String(f.sid));
+      bytes.set(f.sid, (bytes.get(f.sid) ?? 0) + f.data.length);
+    }
+    const a3 = bytes.get(3) ?? 0;
+    const b5 = bytes.get(5) ?? 0;
+    t.true(Math.abs(a3 - b5) <= 1024, `after pull ${pulls}: ${a3} vs ${b5}`);
+  }
+  t.is(perPull.slice(0, 8).join(''), '35353535');
+  await turn();
+});
+
+test('PSH frames never exceed maxFrameDataBytes, and pulls never exceed maxBytes', (t) => {
+  const session = newSession({ maxFrameDataBytes: 1000 });
+  const s = session.openStream();
+  s.write(Buffer.alloc(10_000, 1));
+  const { frames } = drain(session, 1 << 20);
+  const lengths = frames.filter((f) => f.cmd === SmuxCommand.PSH).map((f) => f.data.length);
+  t.deepEqual(
+    lengths,
+    Array.from({ length: 10 }, () => 1000),
+  );
+  s.write(Buffer.alloc(5000, 2));
+  const sizes: number[] = [];
+  for (let p = session.pullOutgoing(777); p; p = session.pullOutgoing(777)) sizes.push(p.length);
+  t.true(sizes.every((n) => n <= 777));
+  t.is(
+    sizes.reduce((x, y) => x + y, 0),
+    5000 + SMUX_HEADER_BYTES * sizes.length,
+  );
+});
+
+test('pulls smaller than a header split frames; the byte stream stays continuous', (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  s.write('hello world');
+  s.write('!');
+  const pulls: Buffer[] = [];
+  for (let p = session.pullOutgoing(3); p; p = session.pullOutgoing(3)) pulls.push(p);
+  t.true(pulls.every((p) => p.length <= 3));
+  t.deepEqual(new SmuxFrameDecoder().push(Buffer.concat(pulls)).map(describe), [
+    'SYN:3',
+    'PSH:3:11',
+    'PSH:3:1',
+  ]);
+  t.is(session.pullOutgoing(0), undefined);
+});
+
+test('property (200 runs): any pull sizes and writes give each stream SYN, its bytes in order, FIN', async (t) => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.array(fc.uint8Array({ minLength: 0, maxLength: 3000 }), { maxLength: 5 }), {
+        minLength: 1,
+        maxLength: 4,
+      }),
+      fc.array(fc.integer({ min: 1, max: 2500 }), { minLength: 1, maxLength: 20 }),
+      fc.integer({ min: 1, max: 4096 }),
+      async (writes, pullSizes, maxFrameDataBytes) => {
+        const session = newSession({ maxFrameDataBytes, streamWriteBufferBytes: 4096 });
+        const streams = writes.map((chunks) => {
+          const s = session.openStream();
+          for (const c of chunks) s.write(c);
+          s.end();
+          return s;
+        });
+        const decoder = new SmuxFrameDecoder();
+        const got = new Map<number, { events: string[]; data: Buffer[] }>();
+        let i = 0;
+        let fins = 0;
+        for (let guard = 0; fins < streams.length && guard < 100_000; guard++) {
+          if (!session.hasOutgoing) {
+            await eventually(once(session, 'outgoing'), 'outgoing');
+            continue;
+          }
+          const p = session.pullOutgoing(pullSizes[i++ % pullSizes.length] as number);
+          if (!p) continue;
+          for (const f of decoder.push(p)) {
+            const g = got.get(f.sid) ?? { events: [], data: [] };
+            got.set(f.sid, g);
+            if (f.cmd === SmuxCommand.PSH) {
+              if (f.data.length > maxFrameDataBytes) return false;
+              g.data.push(f.data);
+              if (g.events.at(-1) !== 'PSH') g.events.push('PSH');
+            } else {
+              g.events.push(f.cmd === SmuxCommand.SYN ? 'SYN' : 'FIN');
+              if (f.cmd === SmuxCommand.FIN) fins++;
+            }
+          }
+        }
+        return streams.every((s, n) => {
+          const g = got.get(s.id);
+          const sent = Buffer.concat(writes[n] ?? []);
+          const order = sent.length > 0 ? 'SYN PSH FIN' : 'SYN FIN';
+          return g !== undefined && g.events.join(' ') === order && Buffer.concat(g.data).equals(sent);
+        });
+      },
+    ),
+    { numRuns: 200 },
+  );
+  t.pass();
+});
+
+test('backpressure: write() returns false at the high-water mark; callbacks and drain follow pulls', async (t) => {
+  const session = newSession({ streamWriteBufferBytes: 64 * KiB, maxFrameDataBytes: 65535 });
+  const s = session.openStream();
+  let firstDone = false;
+  t.true(s.write(Buffer.alloc(48 * KiB), () => (firstDone = true)));
+  t.false(s.write(Buffer.alloc(48 * KiB)));
+  let drained = false;
+  s.on('drain', () => (drained = true));
+  await turn();
+  t.false(drained, 'no drain while nothing was pulled');
+  t.is(session.stats.outgoingBufferedBytes, SMUX_HEADER_BYTES + 48 * KiB);
+  // SYN plus one frame with all but the last byte of the first chunk: its callback must not fire yet.
+  const part = session.pullOutgoing(2 * SMUX_HEADER_BYTES + 48 * KiB - 1) as Buffer;
+  t.deepEqual(new SmuxFrameDecoder().push(part).map(describe), ['SYN:3', `PSH:3:${48 * KiB - 1}`]);
+  await turn();
+  t.false(firstDone || drained);
+  const drainEvent = next(s, 'drain');
+  drain(session);
+  await eventually(drainEvent, 'drain');
+  t.true(firstDone);
+  t.is(s.writableLength, 0);
+  t.is(session.stats.outgoingBufferedBytes, 0);
+});
+
+test('receiveBlocked: a paused reader over the per-stream cap blocks; reading unblocks with an event', async (t) => {
+  const session = newSession({ streamReceiveBufferBytes: 4096 });
+  const s = session.openStream();
+  drain(session);
+  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(3000, 1)));
+  t.false(session.receiveBlocked);
+  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(2000, 2)));
+  t.true(session.receiveBlocked);
+  t.is(session.stats.receiveBufferedBytes, 5000);
+  const unblocked = once(session, 'receiveUnblocked');
+  t.is((s.read(3000) as Buffer).length, 3000);
+  await eventually(unblocked, 'receiveUnblocked');
+  t.false(session.receiveBlocked);
+  t.is(session.stats.receiveBufferedBytes, 2000);
+});
+
+test('receiveBlocked: the session-wide cap blocks when streams together exceed it', async (t) => {
+  const session = newSession({ streamReceiveBufferBytes: 4096, sessionReceiveBufferBytes: 6000 });
+  const a = session.openStream();
+  const b = session.openStream();
+  session.receive(encodeFrame(SmuxCommand.PSH, a.id, Buffer.alloc(3500)));
+  t.false(session.receiveBlocked);
+  session.receive(encodeFrame(SmuxCommand.PSH, b.id, Buffer.alloc(3500)));
+  t.true(session.receiveBlocked);
+  const unblocked = once(session, 'receiveUnblocked');
+  a.read();
+  await eventually(unblocked, 'receiveUnblocked');
+  t.false(session.receiveBlocked);
+  t.is(session.stats.receiveBufferedBytes, 3500);
+  // Destroying the other stream releases its bytes too.
+  b.destroy();
+  t.is(session.stats.receiveBufferedBytes, 0);
+});
+
+test('receiveBlocked: destroying the full stream unblocks', async (t) => {
+  const session = newSession({ streamReceiveBufferBytes: 100 });
+  const s = session.openStream();
+  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(200)));
+  t.true(session.receiveBlocked);
+  const unblocked = once(session, 'receiveUnblocked');
+  s.destroy();
+  await eventually(unblocked, 'receiveUnblocked');
+  t.false(session.receiveBlocked);
+  t.is(session.streamCount, 0);
+});
+
+test('FIN both ways, local end first: FIN sent after data, agent FIN ends the stream, no leak', async (t) => {
+  const session = newSession();
+  const server = new EchoServer(session);
+  const s = session.openStream();
+  const closed = next(s, 'close');
+  const echoed = readAll(s);
+  s.end('ping');
+  t.is((await eventually(echoed, 'echo')).toString(), 'ping');
+  await eventually(closed, 'close');
+  t.deepEqual(server.received.map(describe), ['SYN:3', 'PSH:3:4', 'FIN:3']);
+  t.is(session.streamCount, 0);
+  t.like(session.stats, { streamsOpened: 1, streamsClosed: 1, receiveBufferedBytes: 0 });
+  server.detach();
+  t.is(session.listenerCount('outgoing'), 0);
+});
+
+test('FIN both ways, agent FIN first: data then end; our FIN is skipped and later writes are dropped', async (t) => {
+  const session = newSession();
+  const server = new EchoServer(session);
+  const s = session.openStream();
+  const closed = next(s, 'close');
+  s.write('request');
+  const received = readAll(s);
+  await eventually(new Promise<void>((resolve) => s.once('data', () => resolve())), 'echo');
+  server.finFromAgent(s.id);
+  t.is((await eventually(received, 'end')).toString(), 'request');
+  await eventually(closed, 'close');
+  t.is(s.errored, null);
+  t.is(session.streamCount, 0);
+  t.false(session.hasOutgoing);
+  t.deepEqual(server.received.map(describe), ['SYN:3', 'PSH:3:7']);
+});
+
+test('agent FIN while our data is queued: the unsent data and FIN are dropped, callbacks succeed', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  drain(session);
+  s.on('data', () => undefined);
+  const writeDone = new Promise<Error | null | undefined>((resolve) => s.write('late', resolve));
+  s.end();
+  session.receive(encodeFrame(SmuxCommand.FIN, s.id));
+  t.falsy(await eventually(writeDone, 'write callback'));
+  await eventually(once(s, 'close'), 'close');
+  t.false(session.hasOutgoing);
+  t.is(session.streamCount, 0);
+  // Later PSH and FIN for the forgotten stream are dropped and counted.
+  session.receive(
+    Buffer.concat([encodeFrame(SmuxCommand.PSH, 3, Buffer.from('x')), encodeFrame(SmuxCommand.FIN, 3)]),
+  );
+  t.is(session.stats.unknownStreamFrames, 2);
+});
+
+test('local destroy mid-write: a FIN follows the frame in progress, the rest is dropped, callback fails', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  const errors: unknown[] = [];
+  s.write(Buffer.alloc(100 * KiB), (err) => errors.push(err));
+  const first = session.pullOutgoing(4) as Buffer; // half the SYN header
+  s.destroy();
+  t.is(session.streamCount, 0);
+  const rest = drain(session, 1024);
+  const frames = new SmuxFrameDecoder().push(Buffer.concat([first, rest.bytes]));
+  t.deepEqual(frames.map(describe), ['SYN:3', 'FIN:3']);
+  await eventually(once(s, 'close'), 'close');
+  t.is(errors.length, 1);
+  t.true(isPfError(errors[0], 'PF_ERR_STREAM_RESET'));
+  t.is(session.stats.outgoingBufferedBytes, 0);
+});
+
+test('local destroy while a data frame is split across pulls: the frame is finished, then FIN', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  drain(session);
+  s.write(Buffer.alloc(100, 7));
+  const part = session.pullOutgoing(5) as Buffer;
+  s.destroy();
+  const rest = drain(session, 1024);
+  const frames = new SmuxFrameDecoder().push(Buffer.concat([part, rest.bytes]));
+  t.deepEqual(frames.map(describe), ['PSH:3:100', 'FIN:3']);
+  t.true(frames[0]?.data.equals(Buffer.alloc(100, 7)));
+  await eventually(once(s, 'close'), 'close');
+});
+
+test('a stream destroyed before its SYN was pulled sends nothing at all', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  s.write('never');
+  s.destroy();
+  t.false(session.hasOutgoing);
+  t.is(session.pullOutgoing(1024), undefined);
+  t.is(session.streamCount, 0);
+  await eventually(once(s, 'close'), 'close');
+  t.like(session.stats, { streamsOpened: 1, streamsClosed: 1, outgoingBufferedBytes: 0 });
+});
+
+test('destroy resets every stream with PF_ERR_STREAM_RESET, emits close once and refuses use', async (t) => {
+  const session = newSession();
+  const streams = [session.openStream(), session.openStream()];
+  drain(session);
+  streams[0]?.write('pending');
+  const errors = streams.map((s) => eventually(once(s, 'error'), 'stream error'));
+  let closes = 0;
+  session.on('close', () => closes++);
+  const closed = next(session, 'close');
+  const streamClosed: number[] = [];
+  session.on('streamClosed', (id) => streamClosed.push(id));
+  session.destroy();
+  session.destroy();
+  t.true(session.destroyed);
+  t.is(session.streamCount, 0);
+  t.deepEqual(streamClosed, [3, 5]);
+  t.false(session.hasOutgoing);
+  t.is(session.pullOutgoing(1024), undefined);
+  for (const [err] of await Promise.all(errors)) t.true(isPfError(err, 'PF_ERR_STREAM_RESET'));
+  await eventually(closed, 'close');
+  await turn();
+  t.is(closes, 1);
+  t.true(
+    isPfError(
+      t.throws(() => session.openStream()),
+      'PF_ERR_STREAM_RESET',
+    ),
+  );
+  session.receive(encodeFrame(SmuxCommand.PSH, 3, Buffer.from('ignored')));
+  session.sendNop();
+  t.false(session.hasOutgoing);
+});
+
+test('destroy(err) hands the given error to the streams', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  const boom = new Error('boom');
+  const error = eventually(once(s, 'error'), 'error');
+  session.destroy(boom);
+  t.is((await error)[0], boom);
+});
+
+for (const [name, bytes, code] of [
+  ['version 2', '0202000003000000', 'PF_ERR_SMUX_VERSION'],
+  ['unknown cmd 9', '0109000003000000', 'PF_ERR_SMUX_COMMAND'],
+] as const) {
+  test(`a protocol error (${name}) kills the session: streams reset, 'error' then 'close'`, async (t) => {
+    const session = newSession();
+    const s = session.openStream();
+    const streamError = eventually(once(s, 'error'), 'stream error');
+    const order: string[] = [];
+    session.on('error', (err) => order.push(`error:${isPfError(err) ? err.code : '?'}`));
+    session.on('close', () => order.push('close'));
+    const closed = next(session, 'close');
+    // Valid data before the bad frame, in the same chunk.
+    t.notThrows(() =>
+      session.receive(Buffer.concat([encodeFrame(SmuxCommand.NOP, 0), Buffer.from(bytes, 'hex')])),
+    );
+    t.true(session.destroyed);
+    await eventually(closed, 'close');
+    t.deepEqual(order, [`error:${code}`, 'close']);
+    const [err] = await streamError;
+    t.true(isPfError(err, 'PF_ERR_STREAM_RESET'));
+    t.true(isPfError((err as Error).cause, code));
+    t.is(session.streamCount, 0);
+  });
+}
+
+test('a protocol error without an error listener does not throw from receive()', async (t) => {
+  const session = newSession();
+  const closed = next(session, 'close');
+  t.notThrows(() => session.receive(Buffer.from('0209000000000000', 'hex')));
+  await eventually(closed, 'close');
+});
+
+test('unknown-sid PSH/FIN and server SYN are ignored and counted; NOP is ignored', (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  session.receive(
+    Buffer.concat([
+      encodeFrame(SmuxCommand.PSH, 99, Buffer.from('x')),
+      encodeFrame(SmuxCommand.FIN, 101),
+      encodeFrame(SmuxCommand.SYN, 2),
+      encodeFrame(SmuxCommand.NOP, 0),
+      encodeFrame(SmuxCommand.PSH, s.id, Buffer.from('ok')),
+    ]),
+  );
+  t.like(session.stats, { framesIn: 5, unknownStreamFrames: 3 });
+  t.is((s.read() as Buffer).toString(), 'ok');
+  t.is(session.streamCount, 1);
+});
+
+test('a throwing data listener resets only its stream; receive() does not throw', async (t) => {
+  const session = newSession();
+  const bad = session.openStream();
+  const good = session.openStream();
+  bad.on('data', () => {
+    throw new Error('listener bug');
+  });
+  const badError = eventually(once(bad, 'error'), 'error');
+  await turn(); // let the stream start flowing, so push() emits 'data' synchronously
+  t.notThrows(() =>
+    session.receive(
+      Buffer.concat([
+        encodeFrame(SmuxCommand.PSH, bad.id, Buffer.from('a')),
+        encodeFrame(SmuxCommand.PSH, good.id, Buffer.from('b')),
+      ]),
+    ),
+  );
+  t.is(((await badError)[0] as Error).message, 'listener bug');
+  t.is((good.read() as Buffer).toString(), 'b');
+  t.false(session.destroyed);
+  t.is(session.streamCount, 1);
+});
+
+test('receive() re-entered from a data listener keeps byte order', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  const got: string[] = [];
+  const second = encodeFrame(SmuxCommand.PSH, s.id, Buffer.from('2'));
+  s.on('data', (d: Buffer) => {
+    got.push(d.toString());
+    if (d.toString() === '1') session.receive(second);
+  });
+  await turn(); // let the stream start flowing, so push() emits 'data' synchronously
+  session.receive(
+    Buffer.concat([
+      encodeFrame(SmuxCommand.PSH, s.id, Buffer.from('1')),
+      encodeFrame(SmuxCommand.PSH, s.id, Buffer.from('3')),
+    ]),
+  );
+  t.deepEqual(got, ['1', '3', '2']);
+});
+
+test('1000 streams opened, echoed and closed leave streamCount 0 and no listeners behind', async (t) => {
+  const session = newSession();
+  const server = new EchoServer(session);
+  const closedIds = new Set<number>();
+  session.on('streamClosed', (id) => closedIds.add(id));
+  const done: Promise<void>[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const s = session.openStream();
+    const body = `message ${i}`;
+    done.push(
+      readAll(s).then((echo) => {
+        if (echo.toString() !== body) throw new Error(`stream ${s.id} echoed ${echo.toString()}`);
+      }),
+    );
+    done.push(once(s, 'close').then(() => undefined));
+    s.end(body);
+  }
+  await eventually(Promise.all(done), '1000 echoes');
+  t.is(session.streamCount, 0);
+  t.is(closedIds.size, 1000);
+  t.like(session.stats, {
+    streamsOpened: 1000,
+    streamsClosed: 1000,
+    receiveBufferedBytes: 0,
+    outgoingBufferedBytes: 0,
+  });
+  t.is(server.open.size, 0);
+  server.detach();
+  session.removeAllListeners('streamClosed');
+  for (const event of ['outgoing', 'receiveUnblocked', 'error', 'close', 'streamClosed'] as const) {
+    t.is(session.listenerCount(event), 0, event);
+  }
+});
+
+test('small writes made while a batch is in flight are coalesced into full pulls', async (t) => {
+  const session = newSession();
+  const s = session.openStream();
+  for (let i = 0; i < 100; i++) s.write(Buffer.alloc(100, i));
+  t.is(session.pullOutgoing(1024)?.length, 2 * SMUX_HEADER_BYTES + 100); // SYN and the first write
+  await turn();
+  const p = session.pullOutgoing(1024) as Buffer;
+  t.is(p.length, 1024);
+  const frames = new SmuxFrameDecoder().push(p);
+  t.deepEqual(frames.map(describe), ['PSH:3:1016']);
+});
+
+test('invalid options are refused with PF_ERR_CONFIG', (t) => {
+  t.true(
+    isPfError(
+      t.throws(() => newSession({ maxFrameDataBytes: 65536 })),
+      'PF_ERR_CONFIG',
+    ),
+  );
+  t.true(
+    isPfError(
+      t.throws(() => newSession({ streamReceiveBufferBytes: 0 })),
+      'PF_ERR_CONFIG',
+    ),
+  );
+});
