@@ -208,8 +208,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     return this.expected;
   }
 
-  /** Live counters (read-only view). */
-  get stats(): ReliableChannelStats {
+  /** Live counters (a read-only view of the channel's own object: no copy per read). */
+  get stats(): Readonly<ReliableChannelStats> {
     return this.counters;
   }
 
@@ -233,12 +233,11 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.sendFrame = sendFrame;
     const now = this.deps.now();
     this.progressAt = now;
-    if (this.isPaused) {
-      this.isPaused = false;
-      this.emit('resume');
-    }
+    const wasPaused = this.isPaused;
+    this.isPaused = false;
     this.resendAll(now);
     this.pump(now);
+    if (wasPaused) this.emit('resume');
   }
 
   /** Link down: nothing is sent until attach(); send() keeps committing. */
@@ -278,7 +277,11 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     return true;
   }
 
-  /** Validate and handle one incoming binary frame. Never throws: malformed frames are counted, emitted as 'protocolError' and dropped without ack. */
+  /**
+   * Validate and handle one incoming binary frame. Never throws: malformed frames are counted, emitted
+   * as 'protocolError' and dropped without ack. (Exceptions thrown by `deliver()` or by event listeners
+   * are the owner's bugs and do propagate; the receive state is then left unadvanced.)
+   */
   receive(frame: Buffer): void {
     this.counters.framesReceived++;
     let message: ClientMessage;
@@ -491,9 +494,10 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.progressAt = now;
     this.stallReported = false;
     this.log.info('peer back: publication resumed', { pausedMs: now - this.pausedAt });
-    this.emit('resume');
     this.resendAll(now);
     this.pump(now);
+    // Emitted last: a listener that sends at once must queue behind the resends (spec §7.4).
+    this.emit('resume');
   }
 
   /** `channel_closed`: an unparseable payload still ends the session, with an empty reason. */

@@ -467,6 +467,18 @@ test('pause holds new data and resends but keeps acking; start resends all un-ac
   t.is(h.ch.stats.resends, 2);
 });
 
+test("data sent from a 'resume' listener goes out after the resends, once", (t) => {
+  const h = harness();
+  h.ch.send(PayloadType.Output, Buffer.from('a'));
+  h.take();
+  h.ch.receive(serviceMessage('pause_publication'));
+  h.ch.on('resume', () => h.ch.send(PayloadType.Output, Buffer.from('b')));
+  h.ch.receive(serviceMessage('start_publication'));
+  t.deepEqual(dataSeqs(h.take()), [0, 1]);
+  t.is(h.ch.stats.resends, 1);
+  t.is(h.ch.stats.dataMessagesSent, 2);
+});
+
 test('pause is cleared by incoming output_stream_data, after its ack', (t) => {
   const h = harness();
   h.ch.send(PayloadType.Output, Buffer.from('a'));
