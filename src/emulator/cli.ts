@@ -220,22 +220,23 @@ export async function runEmulatorCommand(args: EmulatorArgs, io: EmulatorCommand
   return emulator;
 }
 
+/** Declare the command's options and examples on a yargs instance (the `emulator` command's builder). */
+export function emulatorCommandBuilder<T>(y: Argv<T>): Argv<T> {
+  return y
+    .options(EMULATOR_OPTIONS)
+    .example('$0 emulator --port 4566 --host-map db.internal=127.0.0.1', 'fixed port, ToRemoteHost mapping')
+    .example(
+      '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
+      'lossy, flaky link',
+    ) as unknown as Argv<T>;
+}
+
 /** Add the `emulator` command to a yargs instance (wired into `src/cli.ts`). */
 export function registerEmulatorCommand<T>(y: Argv<T>): Argv<T> {
   return y.command(
     'emulator',
     'run the built-in SSM emulator (API, message gateway and agent) on 127.0.0.1',
-    (yy) =>
-      yy
-        .options(EMULATOR_OPTIONS)
-        .example(
-          '$0 emulator --port 4566 --host-map db.internal=127.0.0.1',
-          'fixed port, ToRemoteHost mapping',
-        )
-        .example(
-          '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
-          'lossy, flaky link',
-        ),
+    (yy) => emulatorCommandBuilder(yy),
     async (argv) => {
       await runEmulatorCommand(argv as EmulatorArgs, {
         write: (line) => process.stdout.write(line),
