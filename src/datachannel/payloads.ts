@@ -150,10 +150,10 @@ export function sessionTypeAction(parameters: SessionTypeParameters): RequestedC
 export function sessionTypeOf(action: RequestedClientAction): SessionTypeParameters {
   const params = action.actionParameters;
   const rawProperties = optionalField(params, 'Properties', isObject, {});
-  const properties: Record<string, string> = {};
-  for (const [key, value] of Object.entries(rawProperties)) {
-    if (typeof value === 'string') properties[key] = value;
-  }
+  // fromEntries defines own properties, so a key named "__proto__" is kept as data, not a prototype.
+  const properties = Object.fromEntries(
+    Object.entries(rawProperties).filter((entry): entry is [string, string] => typeof entry[1] === 'string'),
+  );
   return { sessionType: optionalField(params, 'SessionType', isString, ''), properties };
 }
 
@@ -294,8 +294,12 @@ export function encodeChannelClosed(
 
 /** Parse a channel_closed payload; an unparseable payload still ends the session, with an empty reason. */
 export function decodeChannelClosed(payload: Buffer): ChannelClosed {
-  if (payload.length === 0) return { sessionId: '', output: '' };
-  const obj = parseJsonObject(payload, 'channel_closed payload');
+  let obj: JsonObject;
+  try {
+    obj = parseJsonObject(payload, 'channel_closed payload');
+  } catch {
+    return { sessionId: '', output: '' };
+  }
   return {
     sessionId: optionalField(obj, 'SessionId', isString, ''),
     output: optionalField(obj, 'Output', isString, ''),

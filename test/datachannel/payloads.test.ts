@@ -91,10 +91,8 @@ test('channel_closed encodes every field and decodes SessionId and Output (spec 
   });
   t.deepEqual(decodeChannelClosed(Buffer.alloc(0)), { sessionId: '', output: '' });
   t.deepEqual(decodeChannelClosed(Buffer.from('{"Output":5}')), { sessionId: '', output: '' });
-  t.is(
-    t.throws(() => decodeChannelClosed(Buffer.from('{')), { instanceOf: ProtocolError })?.code,
-    'PF_ERR_PAYLOAD',
-  );
+  // An unreadable payload still ends the session (spec 10.1); it just has no reason text.
+  t.deepEqual(decodeChannelClosed(Buffer.from('{')), { sessionId: '', output: '' });
 });
 
 test('OpenDataChannel round-trips with the reference key order (spec 3.2)', (t) => {
@@ -175,11 +173,9 @@ test('handshake decoders reject malformed input with PF_ERR_PAYLOAD only', (t) =
   );
 });
 
-// Known bug in payloads.ts (found by fuzz.test.ts): sessionTypeOf copies properties into a plain `{}`,
-// where assigning the key `__proto__` sets the prototype instead of an own property, so a Properties
-// key named "__proto__" vanishes. Harmless for port sessions; `test.failing` turns green once fixed
-// (build the record with Object.fromEntries or Object.create(null)), and then should become `test`.
-test.failing('sessionTypeOf keeps a property named __proto__', (t) => {
+// Regression (found by fuzz.test.ts): assigning the key `__proto__` on a plain `{}` sets the prototype
+// instead of an own property, so such a Properties key used to vanish.
+test('sessionTypeOf keeps a property named __proto__', (t) => {
   const request = decodeHandshakeRequest(
     Buffer.from(
       '{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType",' +
