@@ -85,7 +85,10 @@ export interface SmuxSessionEvents {
    * turn; not repeated while `hasOutgoing` stays true, so the puller keeps pulling until it is false.
    */
   outgoing: [];
-  /** `receiveBlocked` went from true to false (local readers consumed data); emitted on the next tick. */
+  /**
+   * `receiveBlocked` went from true to false (local readers consumed data, or a stream went away); emitted on
+   * a later tick. Also emitted before `'close'` when the session is destroyed while blocked.
+   */
   receiveUnblocked: [];
   /** The agent broke the smux wire format; the session is destroyed and `'close'` follows. */
   error: [error: Error];
@@ -396,9 +399,11 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     this.outgoingDataBytes = 0;
     this.outgoingBatches = 0;
     this.outgoingControlFrames = 0;
-    for (const entry of [...this.streams.values()]) entry.stream.destroy(streamError);
-    // Streams whose _destroy is deferred by Node (not yet constructed) cannot exist here, but stay safe.
-    for (const entry of [...this.streams.values()]) this.forget(entry);
+    for (const entry of [...this.streams.values()]) {
+      entry.stream.destroy(streamError);
+      // _destroy() forgets the stream synchronously; this covers a stream Node had already marked destroyed.
+      this.forget(entry);
+    }
     this.logger.debug('smux session destroyed', { reason: streamError.message });
     process.nextTick(() => {
       if (wasBlocked) this.emit('receiveUnblocked');
