@@ -9,12 +9,13 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST } from '../../src/config/types.js';
-import { ActionStatus, MessageType, PayloadType } from '../../src/datachannel/constants.js';
+import { ActionStatus, FlagCode, MessageType, PayloadType } from '../../src/datachannel/constants.js';
 import { encodeMessage, newMessage } from '../../src/datachannel/message.js';
 import type { ClientMessage } from '../../src/datachannel/message.js';
 import {
   decodeChannelClosed,
   decodeHandshakeRequest,
+  encodeFlag,
   encodeHandshakeResponse,
   sessionTypeOf,
 } from '../../src/datachannel/payloads.js';
@@ -384,6 +385,25 @@ test('ToRemoteHost: host is mapped through hostMap and appears in the handshake 
         Buffer.concat([encodeFrame(SmuxCommand.SYN, 3), encodeFrame(SmuxCommand.PSH, 3, data)]),
       );
       t.true((await collectStream(client, 3, data.length)).equals(data));
+    } finally {
+      client.stop();
+    }
+  });
+});
+
+test('TerminateSession flag from the client: the agent flushes, the service sends channel_closed', async (t) => {
+  await withSetup({}, async (emulator, ssm, echo) => {
+    const s = await startLocal(ssm, echo.port);
+    const client = new MiniClient(await RawClient.open(s.url, s.token));
+    try {
+      await handshake(emulator, client, s.id);
+      const ended = waitFor(emulator, 'sessionTerminated', (id) => id === s.id, 10_000);
+      client.send(PayloadType.Flag, encodeFlag(FlagCode.TerminateSession));
+      const [, reason] = await ended;
+      t.is(reason, 'agentTerminated');
+      const closed = await client.raw.next((m) => m.messageType === MessageType.ChannelClosed);
+      t.is(decodeChannelClosed(closed.payload).output, 'Session terminated by the client');
+      t.is(client.unacked.size, 0, 'the flag was acked before the end');
     } finally {
       client.stop();
     }
