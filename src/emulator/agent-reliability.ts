@@ -187,12 +187,12 @@ export class AgentReliability {
     });
     const frame = encodeMessage(message);
     this.deps.counters.dataMessagesOut++;
-    if (!this.pausedState) this.deps.send(frame, message);
     if (this.outgoing.size < AGENT_RELIABILITY.OUTGOING_BUFFER_CAPACITY) {
       this.outgoing.set(sequenceNumber, { sequenceNumber, frame, message, lastSentAt: this.deps.now() });
     } else {
       this.deps.logger.warn('outgoing buffer full; message not buffered', { sequenceNumber });
     }
+    if (!this.pausedState) this.deps.send(frame, message);
     return sequenceNumber;
   }
 

@@ -9,7 +9,8 @@
  * (mux: smux server; basic: initial dial) and Output flows. Data arriving before HandshakeComplete is acked
  * and discarded; in-order data during the window is neither acked nor consumed.
  *
- * `deps.sendToClient` must not call back into `receiveFromClient` synchronously (relay asynchronously).
+ * A frame handed to `receiveFromClient` from inside `deps.sendToClient` is queued and handled right after
+ * the send, so a synchronous relay cannot re-enter the agent's state machine.
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.js';
@@ -72,7 +73,7 @@ export interface AgentOptions {
 export interface AgentDeps {
   /** Clock, ms. Drives RTT/RTO, resend ages, CreatedDate and HandshakeTimeToComplete. */
   now(): number;
-  /** Send one binary frame towards the client (the service applies faults/relay). Must not re-enter the agent synchronously. */
+  /** Send one binary frame towards the client (the service applies faults/relay). A synchronous call back into `receiveFromClient` is queued, not re-entered. */
   sendToClient(frame: Buffer): void;
   logger: Logger;
 }
@@ -196,6 +197,7 @@ export class EmulatedAgent extends EventEmitter {
   private forcedStall = false;
   private drainScheduled = false;
   private inboundBlocked = false;
+  private sendDepth = 0;
   private readonly inboundBacklog: Buffer[] = [];
   private terminateEmitted = false;
   private pump: OutboundPump | undefined;
@@ -280,6 +282,12 @@ export class EmulatedAgent extends EventEmitter {
     if (this.stateValue === AgentState.Closed) return;
     this.stats.framesIn++;
     if (this.inboundBlocked) {
+      this.inboundBacklog.push(frame);
+      return;
+    }
+    if (this.sendDepth > 0) {
+      // Called back from inside sendToClient: finish the send first, then handle the frame.
+      this.runInbound(Promise.resolve());
       this.inboundBacklog.push(frame);
       return;
     }
@@ -738,7 +746,12 @@ export class EmulatedAgent extends EventEmitter {
     if (this.stateValue === AgentState.Closed) return;
     this.stats.framesOut++;
     this.emitMessage('out', message);
-    this.deps.sendToClient(frame);
+    this.sendDepth++;
+    try {
+      this.deps.sendToClient(frame);
+    } finally {
+      this.sendDepth--;
+    }
   }
 
   private emitMessage(direction: 'in' | 'out', message: ClientMessage): void {

@@ -399,6 +399,62 @@ test('ack of the HandshakeResponse: acknowledge, seq 0, Flags 3, payload type 0,
   );
 });
 
+test('a relay that answers synchronously from inside sendToClient does not re-enter the agent', async (t) => {
+  const holder: { agent?: EmulatedAgent } = {};
+  const acked: number[] = [];
+  const agent = new EmulatedAgent(agentOptions(1), {
+    now: Date.now,
+    sendToClient: (frame) => {
+      const m = decodeMessage(frame);
+      if (m.messageType !== MessageType.OutputStreamData) return;
+      const ack = encodeMessage(
+        newMessage({
+          messageType: MessageType.Acknowledge,
+          sequenceNumber: 0,
+          flags: 3,
+          payloadType: PayloadType.None,
+          payload: encodeAcknowledge({
+            acknowledgedMessageType: m.messageType,
+            acknowledgedMessageId: m.messageId,
+            acknowledgedMessageSequenceNumber: m.sequenceNumber,
+            isSequentialMessage: true,
+          }),
+        }),
+      );
+      acked.push(m.sequenceNumber);
+      holder.agent?.receiveFromClient(ack);
+      if (m.sequenceNumber === 0) {
+        holder.agent?.receiveFromClient(
+          encodeMessage(
+            newMessage({
+              messageType: MessageType.InputStreamData,
+              sequenceNumber: 0,
+              flags: 0,
+              payloadType: PayloadType.HandshakeResponse,
+              payload: encodeHandshakeResponse({
+                clientVersion: '1.2.694.0',
+                processedClientActions: [SUCCESS_ACTION],
+                errors: null,
+              }),
+            }),
+          ),
+        );
+      }
+      poke();
+    },
+    logger: silentLogger,
+  });
+  holder.agent = agent;
+  agent.on('handshakeComplete', poke);
+  agent.on('message', poke);
+  agent.start();
+  await waitFor(() => agent.stats.acksReceived === 2, 'both agent messages acked');
+  t.is(agent.unackedCount, 0);
+  t.is(agent.mode, 'mux');
+  t.deepEqual(acked, [0, 1]);
+  agent.close('test over');
+});
+
 test('ActionStatus 2 fails the agent without HandshakeComplete', async (t) => {
   const client = new RawClient(agentOptions(1));
   client.agent.start();
