@@ -1,0 +1,225 @@
+/**
+ * One data-channel WebSocket (spec §3): dial the StreamUrl, send OpenDataChannel, hand every received
+ * message frame to the owner, keep the link honest with pings and a liveness deadline. A connection is
+ * single-use: after 'down' the owner dials a new one (ResumeSession, spec §10.3).
+ *
+ * This is the only I/O in the data-channel layer; the reliable channel above it is a pure state machine.
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import WebSocket from 'ws';
+import { TunnelError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { encodeOpenDataChannel } from './payloads.js';
+import { newMessageId } from './message.js';
+
+/** Options of one connection attempt. */
+export interface ConnectionOptions {
+  /** StreamUrl exactly as returned by StartSession/ResumeSession (ws:// or wss://). Secret: never logged whole. */
+  streamUrl: string;
+  /** Token for OpenDataChannel. Secret. */
+  tokenValue: string;
+  /** Fixed per session (spec §3.2). */
+  clientId: string;
+  /** ClientVersion constant (spec §3.3). */
+  clientVersion: string;
+  /** WebSocket open timeout, ms. */
+  connectTimeoutMs: number;
+  /** Ping interval, ms (spec §3.4). */
+  pingIntervalMs: number;
+  /** No frame and no pong for this long ⇒ 'down', ms (spec §3.4). */
+  livenessTimeoutMs: number;
+  /** HTTP User-Agent of the upgrade request (our own version goes here, not in ClientVersion). */
+  userAgent: string;
+}
+
+/** Why a connection went down. */
+export type DownReason = 'closed-by-peer' | 'error' | 'liveness' | 'closed-by-us';
+
+/** Text of the WebSocket ping payload (spec §3.4). */
+const PING_PAYLOAD = Buffer.from('keepalive');
+/** Normal-closure code we send on orderly close (spec §3.5). */
+const CLOSE_NORMAL = 1000;
+
+/** Host and path of a StreamUrl, without its query string (which may carry signed parameters). */
+export function describeStreamUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
+  } catch {
+    return '<invalid url>';
+  }
+}
+
+/** TLS options from the AWS environment: `AWS_CA_BUNDLE` adds a CA bundle for wss:// (weakness #14). */
+function tlsOptionsFromEnv(env: NodeJS.ProcessEnv): { ca?: Buffer } {
+  const bundle = env['AWS_CA_BUNDLE'];
+  return bundle ? { ca: readFileSync(bundle) } : {};
+}
+
+/**
+ * A live data-channel WebSocket.
+ * Events: 'frame' (Buffer: one message frame), 'down' (DownReason, detail string) exactly once.
+ */
+export class DataChannelConnection extends EventEmitter {
+  private socket: WebSocket | undefined;
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private lastHeardAt = 0;
+  private isDown = false;
+  /** Frames handed to the socket. */
+  framesSent = 0;
+  /** Frames received. */
+  framesReceived = 0;
+
+  constructor(
+    private readonly options: ConnectionOptions,
+    private readonly logger: Logger,
+  ) {
+    super();
+  }
+
+  /** Bytes queued in the WebSocket not yet written to the kernel. */
+  get bufferedAmount(): number {
+    return this.socket?.bufferedAmount ?? 0;
+  }
+
+  /** True between a successful open and 'down'. */
+  get isOpen(): boolean {
+    return !this.isDown && this.socket?.readyState === WebSocket.OPEN;
+  }
+
+  /**
+   * Dial, wait for the upgrade, send OpenDataChannel (text). Resolves when the channel is open.
+   * @throws TunnelError `PF_ERR_CONNECT` on failure or timeout.
+   */
+  async open(): Promise<void> {
+    const { streamUrl, connectTimeoutMs, userAgent } = this.options;
+    const where = describeStreamUrl(streamUrl);
+    const socket = await new Promise<WebSocket>((resolve, reject) => {
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(streamUrl, {
+          perMessageDeflate: false,
+          handshakeTimeout: connectTimeoutMs,
+          headers: { 'User-Agent': userAgent },
+          maxPayload: 16 * 1024 * 1024,
+          ...tlsOptionsFromEnv(process.env),
+        });
+      } catch (err) {
+        reject(
+          new TunnelError('PF_ERR_CONNECT', `cannot dial ${where}: ${(err as Error).message}`, {
+            cause: err,
+          }),
+        );
+        return;
+      }
+      const onError = (err: Error): void => {
+        ws.removeAllListeners();
+        ws.on('error', () => undefined);
+        ws.terminate();
+        reject(
+          new TunnelError('PF_ERR_CONNECT', `cannot open data channel ${where}: ${err.message}`, {
+            cause: err,
+          }),
+        );
+      };
+      ws.once('error', onError);
+      ws.once('unexpected-response', (_req, res) =>
+        onError(new Error(`HTTP ${res.statusCode ?? '?'} on WebSocket upgrade`)),
+      );
+      ws.once('open', () => {
+        ws.off('error', onError);
+        resolve(ws);
+      });
+    });
+    this.socket = socket;
+    socket.binaryType = 'nodebuffer';
+    this.lastHeardAt = Date.now();
+    socket.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
+    socket.on('pong', () => {
+      this.lastHeardAt = Date.now();
+    });
+    socket.on('close', (code: number, reason: Buffer) =>
+      this.goDown(
+        'closed-by-peer',
+        `WebSocket closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
+      ),
+    );
+    socket.on('error', (err: Error) => this.goDown('error', err.message));
+    socket.send(
+      encodeOpenDataChannel({
+        messageSchemaVersion: '1.0',
+        requestId: newMessageId(),
+        tokenValue: this.options.tokenValue,
+        clientId: this.options.clientId,
+        clientVersion: this.options.clientVersion,
+      }),
+    );
+    this.pingTimer = setInterval(() => this.ping(), this.options.pingIntervalMs);
+    this.pingTimer.unref();
+    this.livenessTimer = setInterval(
+      () => this.checkLiveness(),
+      Math.min(1000, this.options.livenessTimeoutMs),
+    );
+    this.livenessTimer.unref();
+    this.logger.debug(`data channel open to ${where}`);
+  }
+
+  /** Send one binary message frame. Silently ignored when the link is down (the reliable layer resends). */
+  send(frame: Buffer): void {
+    const socket = this.socket;
+    if (this.isDown || socket === undefined || socket.readyState !== WebSocket.OPEN) return;
+    this.framesSent++;
+    socket.send(frame, { binary: true });
+  }
+
+  /** Orderly close with a close frame (spec §3.5, weakness #9). */
+  close(): void {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN)
+      this.socket.close(CLOSE_NORMAL, 'client close');
+    this.goDown('closed-by-us', 'closed by pf-daemon');
+  }
+
+  /** Drop the link abruptly (used when the link is judged dead). */
+  terminate(reason: DownReason, detail: string): void {
+    this.goDown(reason, detail);
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    this.lastHeardAt = Date.now();
+    this.framesReceived++;
+    if (!isBinary) {
+      // Not expected after OpenDataChannel; the reference parses them as messages too (spec §3.5).
+      this.logger.debug(`text frame of ${data.length} bytes on the data channel`);
+    }
+    this.emit('frame', data);
+  }
+
+  private ping(): void {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.ping(PING_PAYLOAD);
+  }
+
+  private checkLiveness(): void {
+    const silentMs = Date.now() - this.lastHeardAt;
+    if (silentMs > this.options.livenessTimeoutMs) {
+      this.goDown('liveness', `no frame or pong for ${silentMs} ms`);
+    }
+  }
+
+  private goDown(reason: DownReason, detail: string): void {
+    if (this.isDown) return;
+    this.isDown = true;
+    clearInterval(this.pingTimer);
+    clearInterval(this.livenessTimer);
+    const socket = this.socket;
+    if (socket) {
+      socket.removeAllListeners('message');
+      socket.removeAllListeners('close');
+      socket.removeAllListeners('error');
+      socket.on('error', () => undefined);
+      if (reason !== 'closed-by-us') socket.terminate();
+    }
+    this.emit('down', reason, detail);
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * Exponential backoff with full jitter (spec §2.4, §10.3), and a retry loop bounded in time.
+ */
+
+/** Backoff parameters. */
+export interface BackoffPolicy {
+  /** First delay ceiling, ms. */
+  initialMs: number;
+  /** Largest delay ceiling, ms. */
+  maxMs: number;
+  /** Growth factor per attempt. */
+  factor: number;
+}
+
+/** ResumeSession reconnects (spec §10.3): 250 ms, ×2, capped at 10 s. */
+export const RECONNECT_BACKOFF: BackoffPolicy = { initialMs: 250, maxMs: 10_000, factor: 2 };
+/** Throttling / 5xx on the SSM API (spec §2.4): ~200 ms, ×2, capped at 5 s. */
+export const API_BACKOFF: BackoffPolicy = { initialMs: 200, maxMs: 5_000, factor: 2 };
+
+/** Delay before retry number `attempt` (0-based): uniform in [0, min(max, initial·factor^attempt)]. */
+export function backoffDelayMs(
+  policy: BackoffPolicy,
+  attempt: number,
+  random: () => number = Math.random,
+): number {
+  const ceiling = Math.min(policy.maxMs, policy.initialMs * policy.factor ** attempt);
+  return Math.floor(random() * ceiling);
+}
+
+/** A promise that resolves after `ms` unless `signal` aborts first (then it rejects with the abort reason). */
+export function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

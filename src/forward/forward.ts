@@ -1,0 +1,310 @@
+/**
+ * A forward: one local TCP listener whose accepted connections travel through one shared SSM session
+ * (spec §9). The session starts lazily on the first connection (or eagerly), is shared by later ones, is
+ * terminated after an idle period with no connections, and is replaced transparently when it ends.
+ */
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { ForwardConfig, TuningConfig } from '../config/types.js';
+import { TunnelError, describeError, isPfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SsmApi } from '../ssm/types.js';
+import { API_BACKOFF, backoffDelayMs } from './backoff.js';
+import { TunnelSession } from './session.js';
+import type { SessionEndReason } from './session.js';
+
+/** What a forward needs from outside. */
+export interface ForwardDeps {
+  ssm: SsmApi;
+  logger: Logger;
+  userAgent: string;
+}
+
+/** Counters of one forward. */
+export interface ForwardStats {
+  connectionsAccepted: number;
+  connectionsActive: number;
+  connectionsFailed: number;
+  sessionsStarted: number;
+  sessionsEnded: number;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+/**
+ * Runs one forward.
+ * Events: 'listening' (AddressInfo), 'session' (TunnelSession), 'connectionClosed' (error|undefined).
+ */
+export class Forward extends EventEmitter {
+  private server: net.Server | undefined;
+  private session: TunnelSession | undefined;
+  private sessionStarting: Promise<TunnelSession> | undefined;
+  private readonly sockets = new Set<Socket>();
+  private idleTimer: NodeJS.Timeout | undefined;
+  private consecutiveFailures = 0;
+  private notBeforeMs = 0;
+  private stopping = false;
+  private boundPort = 0;
+  readonly stats: ForwardStats = {
+    connectionsAccepted: 0,
+    connectionsActive: 0,
+    connectionsFailed: 0,
+    sessionsStarted: 0,
+    sessionsEnded: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+  };
+
+  constructor(
+    readonly config: ForwardConfig,
+    private readonly tuning: TuningConfig,
+    private readonly deps: ForwardDeps,
+  ) {
+    super();
+  }
+
+  private get log(): Logger {
+    return this.deps.logger;
+  }
+
+  /** The bound address once listening. */
+  get address(): AddressInfo | undefined {
+    const address = this.server?.address();
+    return address && typeof address === 'object' ? address : undefined;
+  }
+
+  /** The current session, if any. */
+  get currentSession(): TunnelSession | undefined {
+    return this.session;
+  }
+
+  /**
+   * Open the listener (and the session, when eager).
+   * @throws TunnelError `PF_ERR_LISTEN` naming the address and the fix.
+   */
+  async start(): Promise<AddressInfo> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
+      this.onConnection(socket),
+    );
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        const where = `${this.config.bind}:${this.config.localPort}`;
+        const hint =
+          err.code === 'EADDRINUSE'
+            ? 'another process holds it; choose another --local-port or stop that process'
+            : err.code === 'EACCES'
+              ? 'ports below 1024 need privileges; choose a port >= 1024'
+              : err.code === 'EADDRNOTAVAIL'
+                ? 'that address is not on this machine; check --bind'
+                : err.message;
+        reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${where}: ${hint}`, { cause: err }));
+      });
+      server.listen(this.config.localPort, this.config.bind, () => resolve());
+    });
+    server.on('error', (err) => this.log.error(`listener error: ${err.message}`));
+    const address = this.address as AddressInfo;
+    this.boundPort = address.port;
+    this.log.info(
+      `listening on ${address.address}:${address.port} → ${this.config.host ?? 'localhost'}:${this.config.remotePort} via ${this.config.target}`,
+    );
+    this.emit('listening', address);
+    if (this.config.eager) {
+      this.ensureSession().catch((err: unknown) =>
+        this.log.error(`eager session start failed: ${describeError(err)}`),
+      );
+    }
+    return address;
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    this.stats.connectionsAccepted++;
+    this.stats.connectionsActive++;
+    this.sockets.add(socket);
+    clearTimeout(this.idleTimer);
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    socket.setNoDelay(true);
+    socket.on('error', (err) => this.log.debug(`local connection ${peer}: ${err.message}`));
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.stats.connectionsActive--;
+      this.scheduleIdleStop();
+    });
+    this.ensureSession().then(
+      (session) => this.attach(socket, session, peer),
+      (err: unknown) => {
+        this.stats.connectionsFailed++;
+        this.log.error(`connection from ${peer} closed: ${describeError(err)}`);
+        socket.destroy();
+      },
+    );
+  }
+
+  private attach(socket: Socket, session: TunnelSession, peer: string): void {
+    if (socket.destroyed) return;
+    if (session.mode === 'basic') {
+      session.basicRelay?.attach(socket);
+      return;
+    }
+    let stream: Duplex;
+    try {
+      stream = session.openStream();
+    } catch (err) {
+      this.stats.connectionsFailed++;
+      this.log.warn(`connection from ${peer} closed: ${describeError(err)}`);
+      socket.destroy();
+      return;
+    }
+    const id = (stream as Duplex & { id?: number }).id;
+    let received = 0;
+    socket.on('data', (chunk: Buffer) => {
+      this.stats.bytesUp += chunk.length;
+    });
+    stream.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      this.stats.bytesDown += chunk.length;
+    });
+    // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the socket.
+    socket.pipe(stream);
+    stream.pipe(socket);
+    stream.once('end', () => {
+      // ConnectToPortError does not name its stream (spec §9.4): pair it with the next FIN of a stream
+      // that never received data.
+      if (received === 0 && session.takeDestinationRefusal()) {
+        this.stats.connectionsFailed++;
+        this.log.warn(
+          `connection from ${peer} (stream ${id}) closed: the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`,
+        );
+      }
+    });
+    stream.once('error', (err: Error) => {
+      this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
+      // The session is gone: reset the local connection rather than pretend a clean end.
+      if (!socket.destroyed) socket.resetAndDestroy();
+    });
+    stream.once('close', () => {
+      if (!socket.destroyed && !socket.writableEnded) socket.end();
+    });
+    socket.once('close', () => {
+      if (!stream.destroyed) stream.destroy();
+    });
+    socket.resume();
+  }
+
+  /** The shared session, starting one if needed (lazily, with backoff after repeated failures). */
+  private ensureSession(): Promise<TunnelSession> {
+    if (this.session && this.session.state === 'open') return Promise.resolve(this.session);
+    if (this.session && this.session.state === 'reconnecting') return Promise.resolve(this.session);
+    if (this.sessionStarting) return this.sessionStarting;
+    this.sessionStarting = this.startSession().finally(() => {
+      this.sessionStarting = undefined;
+    });
+    return this.sessionStarting;
+  }
+
+  private async startSession(): Promise<TunnelSession> {
+    const waitMs = this.notBeforeMs - Date.now();
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+    if (this.stopping) throw new TunnelError('PF_ERR_SESSION_CLOSED', 'forward is stopping');
+    const session = new TunnelSession(this.config, this.tuning, this.boundPort, {
+      ssm: this.deps.ssm,
+      logger: this.log.child('session'),
+      userAgent: this.deps.userAgent,
+    });
+    session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
+    this.stats.sessionsStarted++;
+    try {
+      await session.start();
+    } catch (err) {
+      this.consecutiveFailures++;
+      this.notBeforeMs = Date.now() + backoffDelayMs(API_BACKOFF, this.consecutiveFailures - 1);
+      throw err;
+    }
+    this.consecutiveFailures = 0;
+    this.session = session;
+    this.emit('session', session);
+    this.scheduleIdleStop();
+    return session;
+  }
+
+  private onSessionClosed(session: TunnelSession, reason: SessionEndReason): void {
+    this.stats.sessionsEnded++;
+    if (this.session === session) this.session = undefined;
+    if (!this.stopping && reason !== 'idle' && reason !== 'user') {
+      this.log.info(`session ended (${reason}); the next connection starts a new one`);
+      if (this.config.eager) {
+        this.ensureSession().catch((err: unknown) =>
+          this.log.error(`session restart failed: ${describeError(err)}`),
+        );
+      }
+    }
+  }
+
+  private scheduleIdleStop(): void {
+    clearTimeout(this.idleTimer);
+    if (this.config.idleStopMs <= 0 || this.config.eager || this.sockets.size > 0 || !this.session) return;
+    this.idleTimer = setTimeout(() => {
+      const session = this.session;
+      if (!session || this.sockets.size > 0) return;
+      this.log.info(
+        `no connections for ${this.config.idleStopMs} ms; terminating session ${session.sessionId}`,
+      );
+      this.session = undefined;
+      void session.close('idle');
+    }, this.config.idleStopMs);
+    this.idleTimer.unref();
+  }
+
+  /** Local connections open now. */
+  get connectionCount(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Stop accepting, let open connections finish for up to `graceMs`, then reset the rest and end the
+   * session (TerminateSession).
+   */
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.idleTimer);
+    const server = this.server;
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    if (this.sockets.size > 0 && graceMs > 0) {
+      this.log.info(`draining ${this.sockets.size} connection(s) for up to ${graceMs} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        const check = (): void => {
+          if (this.sockets.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        for (const socket of this.sockets) socket.once('close', check);
+        check();
+      });
+    }
+    for (const socket of this.sockets) socket.destroy();
+    const starting = this.sessionStarting;
+    if (starting)
+      await starting.then(
+        () => undefined,
+        () => undefined,
+      );
+    const session = this.session;
+    this.session = undefined;
+    if (session) {
+      try {
+        await session.close('user');
+      } catch (err) {
+        if (!isPfError(err)) throw err;
+      }
+    }
+    await closed;
+  }
+}

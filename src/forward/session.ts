@@ -1,0 +1,598 @@
+/**
+ * One SSM port-forwarding session end to end (spec §1, §10.5): StartSession → WebSocket → handshake →
+ * open (smux or basic) ⇄ reconnecting (ResumeSession) → closing → closed.
+ *
+ * Glues the pure layers together: the reliable channel (sequencing, acks, resends) under the smux client
+ * session (mux mode) or a single raw relay (basic mode), over a {@link DataChannelConnection} that is
+ * replaced on every reconnect while the channel's counters and buffers carry on.
+ */
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import type { Duplex } from 'node:stream';
+import type { ForwardConfig, TuningConfig } from '../config/types.js';
+import { documentFor, parametersFor } from '../config/types.js';
+import { DataChannelConnection, describeStreamUrl } from '../datachannel/connection.js';
+import type { DownReason } from '../datachannel/connection.js';
+import { FlagCode, MAX_OUTPUT_PAYLOAD_BYTES, PayloadType } from '../datachannel/constants.js';
+import { answerHandshake } from '../datachannel/handshake.js';
+import type { ClientMessage } from '../datachannel/message.js';
+import type { ChannelClosed } from '../datachannel/payloads.js';
+import {
+  decodeFlag,
+  decodeHandshakeComplete,
+  decodeHandshakeRequest,
+  encodeFlag,
+  encodeHandshakeResponse,
+} from '../datachannel/payloads.js';
+import { ReliableChannel } from '../datachannel/reliable.js';
+import type { ClientModeDecision } from '../datachannel/version.js';
+import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { SmuxClientSession } from '../mux/session.js';
+import type { SessionGrant, SsmApi } from '../ssm/types.js';
+import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay } from './backoff.js';
+import { BasicRelay } from './basic.js';
+
+/** Session states (spec §10.5). */
+export const SessionState = {
+  Starting: 'starting',
+  Connecting: 'connecting',
+  Handshaking: 'handshaking',
+  Open: 'open',
+  Reconnecting: 'reconnecting',
+  Closing: 'closing',
+  Closed: 'closed',
+} as const;
+export type SessionState = (typeof SessionState)[keyof typeof SessionState];
+
+/** Why a session ended (spec §10.5); distinct so exit status and events can tell them apart. */
+export type SessionEndReason =
+  | 'user'
+  | 'idle'
+  | 'channel-closed'
+  | 'resume-expired'
+  | 'handshake-failed'
+  | 'give-up'
+  | 'api-error'
+  | 'protocol-error';
+
+/** What a session needs from outside. */
+export interface TunnelSessionDeps {
+  ssm: SsmApi;
+  logger: Logger;
+  /** HTTP User-Agent for the WebSocket upgrade. */
+  userAgent: string;
+}
+
+/** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
+const RESEND_SCAN_INTERVAL_MS = 50;
+/** NOP interval when the agent runs smux keep-alive (spec §9.4), ms; protocol. */
+const SMUX_KEEPALIVE_INTERVAL_MS = 10_000;
+/** How long to wait for the TerminateSession flag's ack or channel_closed before calling the API, ms (spec §9.5). */
+const TERMINATE_FLAG_WAIT_MS = 5_000;
+/** Bounded attempts for retryable StartSession errors (throttling, 5xx, network). */
+const START_SESSION_ATTEMPTS = 6;
+/** smux stream writable buffer, bytes (our default; the send window bounds what is in flight). */
+const STREAM_WRITE_BUFFER_BYTES = 64 * 1024;
+/** Max smux PSH data per frame we write, bytes (reference libraries use 32768). */
+const SMUX_MAX_FRAME_DATA_BYTES = 32_768;
+
+/**
+ * One SSM session carrying one forward's connections.
+ * Events: 'state' (SessionState), 'closed' (SessionEndReason, Error|undefined), 'reconnected' (ms taken),
+ * 'destinationRefused' (), 'customerMessage' (text).
+ */
+export class TunnelSession extends EventEmitter {
+  private stateValue: SessionState = SessionState.Starting;
+  private grant: SessionGrant | undefined;
+  private connection: DataChannelConnection | undefined;
+  private readonly clientId = randomUUID();
+  private readonly channel: ReliableChannel;
+  private smux: SmuxClientSession | undefined;
+  private basic: BasicRelay | undefined;
+  private decision: ClientModeDecision | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private keepAliveTimer: NodeJS.Timeout | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private readonly abort = new AbortController();
+  private openWaiter: { resolve: () => void; reject: (err: Error) => void } | undefined;
+  private endReason: SessionEndReason | undefined;
+  private terminateFlagSeq: number | undefined;
+  private closedPromise: Promise<void>;
+  private resolveClosed!: () => void;
+  /** ConnectToPortError flags not yet paired with a stream's FIN. */
+  private unpairedRefusals = 0;
+  /** Successful ResumeSession reconnects. */
+  reconnects = 0;
+
+  constructor(
+    private readonly forward: ForwardConfig,
+    private readonly tuning: TuningConfig,
+    private readonly boundLocalPort: number,
+    private readonly deps: TunnelSessionDeps,
+  ) {
+    super();
+    this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.channel = new ReliableChannel(
+      {
+        sendWindowMessages: tuning.sendWindowMessages,
+        reorderLimitMessages: tuning.reorderLimitMessages,
+        giveUpMs: tuning.giveUpMs,
+      },
+      { now: () => performance.now(), deliver: (m) => this.deliver(m), logger: deps.logger.child('channel') },
+    );
+    this.channel.on('drain', () => this.pump());
+    this.channel.on('resume', () => this.pump());
+    this.channel.on('channelClosed', (closed: ChannelClosed) => this.onChannelClosed(closed));
+    this.channel.on('protocolError', (err: ProtocolError) =>
+      this.log.warn(`dropped a malformed message: ${describeError(err)}`),
+    );
+    this.channel.on('unknownMessage', (type: string) => this.log.debug(`ignored message type ${type}`));
+    this.channel.on('stalled', () => {
+      void this.fail(
+        'give-up',
+        new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
+      );
+    });
+    this.channel.on('acked', (seq: number) => {
+      if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
+    });
+  }
+
+  private get log(): Logger {
+    return this.deps.logger;
+  }
+
+  /** Current state. */
+  get state(): SessionState {
+    return this.stateValue;
+  }
+
+  /** SessionId once StartSession succeeded. */
+  get sessionId(): string | undefined {
+    return this.grant?.sessionId;
+  }
+
+  /** `mux` or `basic` once open. */
+  get mode(): 'mux' | 'basic' | undefined {
+    if (!this.decision) return undefined;
+    return this.decision.mux ? 'mux' : 'basic';
+  }
+
+  /** Counters of the layers, for logs and tests. */
+  get stats(): Record<string, unknown> {
+    return {
+      channel: { ...this.channel.stats },
+      mux: this.smux ? { ...this.smux.stats } : undefined,
+      reconnects: this.reconnects,
+    };
+  }
+
+  /** Resolves once the session is closed. */
+  get closed(): Promise<void> {
+    return this.closedPromise;
+  }
+
+  private setState(state: SessionState): void {
+    if (this.stateValue === state) return;
+    this.stateValue = state;
+    this.emit('state', state);
+  }
+
+  /**
+   * StartSession, connect and handshake. Resolves when the session is open.
+   * @throws AwsSessionError for API failures, TunnelError/ProtocolError for connect/handshake failures.
+   */
+  async start(): Promise<void> {
+    try {
+      this.grant = await this.startSessionWithRetry();
+    } catch (err) {
+      this.finish('api-error');
+      throw err;
+    }
+    this.log.info(
+      `session ${this.grant.sessionId} started for ${this.forward.target}:${this.forward.remotePort}`,
+    );
+    const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
+    // Rejections before the await below (connect failure) must not surface as unhandled.
+    opened.catch(() => undefined);
+    this.tickTimer = setInterval(() => this.channel.tick(), RESEND_SCAN_INTERVAL_MS);
+    this.tickTimer.unref();
+    try {
+      this.setState(SessionState.Connecting);
+      await this.connect(this.grant);
+      this.setState(SessionState.Handshaking);
+      this.handshakeTimer = setTimeout(() => {
+        void this.fail(
+          'handshake-failed',
+          new ProtocolError(
+            'PF_ERR_HANDSHAKE',
+            `no handshake from the agent within ${this.tuning.handshakeTimeoutMs} ms`,
+          ),
+        );
+      }, this.tuning.handshakeTimeoutMs);
+      await opened;
+    } catch (err) {
+      await this.fail(
+        isPfError(err) && err.domain === 'protocol' ? 'handshake-failed' : 'api-error',
+        err as Error,
+      );
+      throw err;
+    }
+  }
+
+  private async startSessionWithRetry(): Promise<SessionGrant> {
+    const request = {
+      target: this.forward.target,
+      documentName: documentFor(this.forward),
+      parameters: parametersFor(this.forward, this.boundLocalPort),
+      ...(this.forward.reason ? { reason: this.forward.reason } : {}),
+    };
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.deps.ssm.startSession(request);
+      } catch (err) {
+        if (!(err instanceof AwsSessionError) || !err.retryable || attempt + 1 >= START_SESSION_ATTEMPTS)
+          throw err;
+        const wait = backoffDelayMs(API_BACKOFF, attempt);
+        this.log.warn(`StartSession failed (${describeError(err)}); retrying in ${wait} ms`);
+        await delay(wait, this.abort.signal);
+      }
+    }
+  }
+
+  private async connect(grant: SessionGrant): Promise<void> {
+    const connection = new DataChannelConnection(
+      {
+        streamUrl: grant.streamUrl,
+        tokenValue: grant.tokenValue,
+        clientId: this.clientId,
+        clientVersion: this.tuning.clientVersion,
+        connectTimeoutMs: this.tuning.connectTimeoutMs,
+        pingIntervalMs: this.tuning.pingIntervalMs,
+        livenessTimeoutMs: this.tuning.livenessTimeoutMs,
+        userAgent: this.deps.userAgent,
+      },
+      this.log.child('ws'),
+    );
+    await connection.open();
+    this.connection = connection;
+    connection.on('frame', (frame: Buffer) => this.channel.receive(frame));
+    connection.on('down', (reason: DownReason, detail: string) =>
+      this.onLinkDown(connection, reason, detail),
+    );
+    this.channel.attach((frame) => connection.send(frame));
+    this.log.debug(`connected to ${describeStreamUrl(grant.streamUrl)}`);
+  }
+
+  // ---- incoming --------------------------------------------------------------------------------
+
+  /** Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later). */
+  private deliver(message: ClientMessage): boolean {
+    switch (message.payloadType) {
+      case PayloadType.Output:
+        return this.deliverOutput(message.payload);
+      case PayloadType.HandshakeRequest:
+        this.onHandshakeRequest(message.payload);
+        return true;
+      case PayloadType.HandshakeComplete:
+        this.onHandshakeComplete(message.payload);
+        return true;
+      case PayloadType.Flag:
+        this.onFlag(message.payload);
+        return true;
+      default:
+        this.log.debug(`ignored payload type ${message.payloadType}`);
+        return true;
+    }
+  }
+
+  private deliverOutput(payload: Buffer): boolean {
+    if (this.smux) {
+      if (this.smux.receiveBlocked) return false;
+      this.smux.receive(payload);
+      return true;
+    }
+    if (this.basic) return this.basic.deliver(payload);
+    this.log.warn(`discarded ${payload.length} bytes of Output received before the handshake completed`);
+    return true;
+  }
+
+  private onHandshakeRequest(payload: Buffer): void {
+    clearTimeout(this.handshakeTimer);
+    let outcome;
+    try {
+      outcome = answerHandshake(decodeHandshakeRequest(payload), this.tuning.clientVersion);
+    } catch (err) {
+      void this.fail('handshake-failed', err as Error);
+      return;
+    }
+    this.channel.send(PayloadType.HandshakeResponse, encodeHandshakeResponse(outcome.response));
+    if (outcome.failure) {
+      void this.fail('handshake-failed', outcome.failure);
+      return;
+    }
+    this.decision = outcome.decision;
+    this.log.debug(
+      `handshake request answered; mode ${this.mode}, agent smux keep-alive ${outcome.decision.smuxKeepAlive}`,
+    );
+    // The agent's HandshakeComplete should follow; bound the wait like the request's.
+    this.handshakeTimer = setTimeout(() => {
+      void this.fail(
+        'handshake-failed',
+        new ProtocolError('PF_ERR_HANDSHAKE', 'the agent never completed the handshake'),
+      );
+    }, this.tuning.handshakeTimeoutMs);
+  }
+
+  private onHandshakeComplete(payload: Buffer): void {
+    clearTimeout(this.handshakeTimer);
+    if (!this.decision) {
+      void this.fail(
+        'handshake-failed',
+        new ProtocolError('PF_ERR_HANDSHAKE', 'HandshakeComplete before HandshakeRequest'),
+      );
+      return;
+    }
+    const complete = decodeHandshakeComplete(payload);
+    if (complete.customerMessage) {
+      this.log.info(`agent message: ${complete.customerMessage}`);
+      this.emit('customerMessage', complete.customerMessage);
+    }
+    if (this.decision.mux) this.setUpMux();
+    else this.setUpBasic();
+    this.setState(SessionState.Open);
+    this.log.info(`session ${this.sessionId} open (${this.mode} mode)`);
+    this.openWaiter?.resolve();
+    this.openWaiter = undefined;
+  }
+
+  private onFlag(payload: Buffer): void {
+    const flag = decodeFlag(payload);
+    if (flag === FlagCode.ConnectToPortError) {
+      this.log.warn(
+        `the agent could not connect to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort}`,
+      );
+      this.unpairedRefusals++;
+      this.emit('destinationRefused');
+    } else {
+      this.log.debug(`ignored flag ${flag} from the agent`);
+    }
+  }
+
+  private setUpMux(): void {
+    const smux = new SmuxClientSession(
+      {
+        streamReceiveBufferBytes: this.tuning.streamReceiveBufferBytes,
+        sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
+        streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
+        maxFrameDataBytes: SMUX_MAX_FRAME_DATA_BYTES,
+      },
+      { logger: this.log.child('mux') },
+    );
+    smux.on('outgoing', () => this.pump());
+    smux.on('receiveUnblocked', () => this.channel.retryDelivery());
+    smux.on('error', (err: Error) => void this.fail('protocol-error', err));
+    this.smux = smux;
+    const keepAliveMs = this.decision?.smuxKeepAlive
+      ? SMUX_KEEPALIVE_INTERVAL_MS
+      : this.forward.keepAlive
+        ? this.tuning.keepAliveIntervalMs
+        : 0;
+    if (keepAliveMs > 0) {
+      this.keepAliveTimer = setInterval(() => smux.sendNop(), keepAliveMs);
+      this.keepAliveTimer.unref();
+    }
+  }
+
+  private setUpBasic(): void {
+    this.basic = new BasicRelay({
+      send: (payload) => this.channel.send(PayloadType.Output, payload),
+      sendFlag: (flag) => this.channel.send(PayloadType.Flag, encodeFlag(flag)),
+      retryDelivery: () => this.channel.retryDelivery(),
+      logger: this.log.child('basic'),
+    });
+    this.channel.on('drain', () => this.basic?.resume());
+  }
+
+  // ---- outgoing --------------------------------------------------------------------------------
+
+  /** Move smux bytes into Output messages while the send window has room (spec §9.6; no sleeps). */
+  private pump(): void {
+    const smux = this.smux;
+    if (!smux) return;
+    while (smux.hasOutgoing && this.channel.unacked < this.tuning.sendWindowMessages) {
+      const payload = smux.pullOutgoing(MAX_OUTPUT_PAYLOAD_BYTES);
+      if (!payload) break;
+      this.channel.send(PayloadType.Output, payload);
+    }
+  }
+
+  /**
+   * Open a multiplexed stream for one local connection (mux mode).
+   * @throws TunnelError when the session is not open in mux mode.
+   */
+  openStream(): Duplex {
+    if (this.stateValue === SessionState.Closing || this.stateValue === SessionState.Closed || !this.smux) {
+      throw new TunnelError('PF_ERR_SESSION_CLOSED', 'session is not open for new streams');
+    }
+    return this.smux.openStream();
+  }
+
+  /** Consume one unpaired ConnectToPortError; true if there was one. */
+  takeDestinationRefusal(): boolean {
+    if (this.unpairedRefusals === 0) return false;
+    this.unpairedRefusals--;
+    return true;
+  }
+
+  /** The basic-mode relay (basic mode only). */
+  get basicRelay(): BasicRelay | undefined {
+    return this.basic;
+  }
+
+  /** Open smux streams (0 in basic mode). */
+  get streamCount(): number {
+    return this.smux?.streamCount ?? 0;
+  }
+
+  // ---- link loss and reconnect (spec §10.3) ------------------------------------------------------
+
+  private onLinkDown(connection: DataChannelConnection, reason: DownReason, detail: string): void {
+    if (connection !== this.connection) return;
+    this.channel.detach();
+    this.connection = undefined;
+    if (reason === 'closed-by-us' || this.endReason !== undefined) return;
+    if (this.stateValue !== SessionState.Open) {
+      void this.fail(
+        'handshake-failed',
+        new TunnelError('PF_ERR_CONNECT', `data channel lost before open: ${detail}`),
+      );
+      return;
+    }
+    this.log.warn(`data channel down (${detail}); resuming session`);
+    void this.reconnect();
+  }
+
+  private async reconnect(): Promise<void> {
+    this.setState(SessionState.Reconnecting);
+    const startedAt = performance.now();
+    const deadline = startedAt + this.tuning.resumeBudgetMs;
+    for (let attempt = 0; this.endReason === undefined; attempt++) {
+      if (attempt > 0) {
+        const wait = Math.min(
+          backoffDelayMs(RECONNECT_BACKOFF, attempt - 1),
+          Math.max(0, deadline - performance.now()),
+        );
+        try {
+          await delay(wait, this.abort.signal);
+        } catch {
+          return;
+        }
+      }
+      if (performance.now() > deadline) break;
+      try {
+        const sessionId = this.grant?.sessionId ?? '';
+        const fresh = await this.deps.ssm.resumeSession(sessionId);
+        // Use the fresh StreamUrl (its cell may change); fall back to the old one only if empty (spec §10.3).
+        this.grant = { ...fresh, streamUrl: fresh.streamUrl || (this.grant?.streamUrl ?? '') };
+        if (this.endReason !== undefined) return;
+        await this.connect(this.grant);
+        if (this.endReason !== undefined) {
+          this.connection?.close();
+          return;
+        }
+        this.reconnects++;
+        const took = Math.round(performance.now() - startedAt);
+        this.setState(SessionState.Open);
+        this.log.info(`session ${sessionId} resumed after ${took} ms`);
+        this.emit('reconnected', took);
+        this.pump();
+        return;
+      } catch (err) {
+        if (isPfError(err, 'PF_ERR_SESSION_GONE')) {
+          await this.fail('resume-expired', err as Error);
+          return;
+        }
+        if (err instanceof AwsSessionError && !err.retryable) {
+          await this.fail('api-error', err);
+          return;
+        }
+        this.log.warn(`resume attempt ${attempt + 1} failed: ${describeError(err)}`);
+      }
+    }
+    if (this.endReason === undefined) {
+      await this.fail(
+        'give-up',
+        new TunnelError('PF_ERR_SESSION_CLOSED', `could not resume within ${this.tuning.resumeBudgetMs} ms`),
+      );
+    }
+  }
+
+  // ---- ending ------------------------------------------------------------------------------------
+
+  private onChannelClosed(closed: ChannelClosed): void {
+    this.log.info(
+      `session ${this.sessionId} closed by the service${closed.output ? `: ${closed.output}` : ''}`,
+    );
+    this.emit('channelClosed', closed);
+    this.finish(
+      'channel-closed',
+      new TunnelError('PF_ERR_SESSION_CLOSED', closed.output || 'channel closed by the service'),
+    );
+  }
+
+  /** End the session on an error; best-effort TerminateSession so the service does not keep it open. */
+  private async fail(reason: SessionEndReason, err: Error): Promise<void> {
+    if (this.endReason !== undefined) return;
+    this.log.error(`session ${this.sessionId ?? '(not started)'} failed: ${describeError(err)}`);
+    this.openWaiter?.reject(err);
+    this.openWaiter = undefined;
+    const sessionId = this.sessionId;
+    this.finish(reason, err);
+    if (sessionId && reason !== 'resume-expired') await this.terminateViaApi(sessionId);
+  }
+
+  /**
+   * Orderly stop (spec §10.4): TerminateSession flag when the agent understands it, wait ≤ 5 s for its
+   * ack or channel_closed, else the TerminateSession API; then close the WebSocket with a close frame.
+   */
+  async close(reason: SessionEndReason = 'user'): Promise<void> {
+    if (this.endReason !== undefined) return this.closedPromise;
+    const sessionId = this.sessionId;
+    this.setState(SessionState.Closing);
+    let confirmed = false;
+    if (this.decision?.terminateFlag && this.connection?.isOpen) {
+      this.terminateFlagSeq = this.channel.nextSendSequence;
+      this.channel.send(PayloadType.Flag, encodeFlag(FlagCode.TerminateSession));
+      confirmed = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => done(false), TERMINATE_FLAG_WAIT_MS);
+        const done = (ok: boolean): void => {
+          clearTimeout(timer);
+          this.off('terminateAcked', onAck);
+          this.off('channelClosed', onAck);
+          resolve(ok);
+        };
+        const onAck = (): void => done(true);
+        this.on('terminateAcked', onAck);
+        this.on('channelClosed', onAck);
+      });
+    }
+    this.openWaiter?.reject(new TunnelError('PF_ERR_SESSION_CLOSED', 'session closed before it opened'));
+    this.openWaiter = undefined;
+    this.finish(reason);
+    if (sessionId && !confirmed) await this.terminateViaApi(sessionId);
+  }
+
+  private async terminateViaApi(sessionId: string): Promise<void> {
+    try {
+      await this.deps.ssm.terminateSession(sessionId);
+    } catch (err) {
+      this.log.warn(`TerminateSession ${sessionId} failed: ${describeError(err)}`);
+    }
+  }
+
+  /** Tear everything down once; idempotent. */
+  private finish(reason: SessionEndReason, err?: Error): void {
+    if (this.endReason !== undefined) return;
+    this.endReason = reason;
+    this.abort.abort(new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
+    clearInterval(this.tickTimer);
+    clearInterval(this.keepAliveTimer);
+    clearTimeout(this.handshakeTimer);
+    this.openWaiter?.reject(err ?? new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
+    this.openWaiter = undefined;
+    this.smux?.destroy(new TunnelError('PF_ERR_STREAM_RESET', `session ended (${reason})`));
+    this.basic?.destroy();
+    this.connection?.close();
+    this.channel.detach();
+    this.setState(SessionState.Closed);
+    this.emit('closed', reason, err);
+    this.resolveClosed();
+  }
+
+  /** Why the session ended, once closed. */
+  get reason(): SessionEndReason | undefined {
+    return this.endReason;
+  }
+}
