@@ -1,0 +1,565 @@
+#!/usr/bin/env node
+/**
+ * The `pf-daemon` command (house style §6, jest-cli `args.ts`): one yargs options table, flags mapped onto
+ * the config file's shape by `config/flags.ts`, validation by `config/verify.ts`. The CLI owns no defaults.
+ *
+ * Commands:
+ * - `pf-daemon [flags]`: run the forwards until SIGTERM/SIGINT; SIGHUP reloads the config file;
+ * - `pf-daemon check-config [FILE]`: validate and summarise, exit 0 (valid) or 2 (invalid);
+ * - `pf-daemon emulator …`: the local SSM emulator, registered by `emulator/cli.ts`.
+ *
+ * Exit codes: 0 success, 1 fatal run-time error (start-up failed, stop failed), 2 bad flags or config.
+ * Errors are one line on stderr: `pf-daemon: error: <message naming the fix>`.
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import type { Argv, Options } from 'yargs';
+import { overlayFlags, FORWARD_SPEC_EXAMPLE, FORWARD_SPEC_SYNTAX } from './config/flags.js';
+import type { FlagValues } from './config/flags.js';
+import { CONFIG_ENV, readConfigFile, resolveConfigPath } from './config/load.js';
+import type { DaemonConfig, ForwardConfig } from './config/types.js';
+import { didYouMean, verifyConfig } from './config/verify.js';
+import { Daemon } from './daemon.js';
+import { registerEmulatorCommand } from './emulator/cli.js';
+import type { DaemonDeps } from './daemon.js';
+import { ConfigError, describeError, isPfError } from './errors.js';
+import { createLogger } from './log.js';
+import type { Logger } from './log.js';
+import { createSdNotify } from './sd-notify.js';
+import type { SdNotifier } from './sd-notify.js';
+import { createSsmApi } from './ssm/client.js';
+import type { SsmApi } from './ssm/types.js';
+
+/** Program name in help and error lines. */
+export const PROGRAM = 'pf-daemon';
+/** Exit code: success. */
+export const EXIT_OK = 0;
+/** Exit code: fatal run-time error (start-up or shutdown failed). */
+export const EXIT_FAILURE = 1;
+/** Exit code: bad flags or configuration (nothing was started). */
+export const EXIT_USAGE = 2;
+/** After `main` returns, how long lingering handles may keep the process alive before exit, ms. */
+export const EXIT_GRACE_MS = 2_000;
+
+const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+const LOG_FORMATS = ['auto', 'text', 'plain', 'json'] as const;
+
+/**
+ * Every flag, once: description, type and alias (house style §6). Flags that describe a forward or its
+ * AWS context overlay `defaults:` in the config file; `--port`/`--forward` replace its `forwards:`.
+ */
+export const OPTIONS = {
+  config: {
+    alias: 'c',
+    type: 'string',
+    requiresArg: true,
+    description: `YAML config file (default: $${CONFIG_ENV}, else $XDG_CONFIG_HOME/pf-daemon/config.yaml if it exists)`,
+  },
+  target: {
+    alias: 't',
+    type: 'string',
+    requiresArg: true,
+    description: 'Managed node id (i-… or mi-…) to forward through; sets defaults.target',
+  },
+  port: {
+    alias: ['p', 'remote-port'],
+    type: 'number',
+    requiresArg: true,
+    description: 'Remote port to forward: on the instance, or on --host as seen from it',
+  },
+  'local-port': {
+    alias: 'l',
+    type: 'number',
+    requiresArg: true,
+    description: 'Local port to listen on for --port (default: the remote port; 0 = any free port)',
+  },
+  host: {
+    alias: ['H', 'remote-host'],
+    type: 'string',
+    requiresArg: true,
+    description:
+      'Remote host for --port as seen from the instance (AWS-StartPortForwardingSessionToRemoteHost)',
+  },
+  bind: {
+    alias: ['b', 'address'],
+    type: 'string',
+    requiresArg: true,
+    description: 'Local address to listen on (default 127.0.0.1); sets defaults.bind',
+  },
+  region: {
+    alias: 'r',
+    type: 'string',
+    requiresArg: true,
+    description: 'AWS region (default: AWS_REGION or the profile); sets defaults.region',
+  },
+  profile: {
+    alias: 'P',
+    type: 'string',
+    requiresArg: true,
+    description: 'AWS named profile, SSO profiles included (default: AWS_PROFILE); sets defaults.profile',
+  },
+  endpoint: {
+    alias: 'endpoint-url',
+    type: 'string',
+    requiresArg: true,
+    description:
+      'SSM API endpoint URL, e.g. the emulator (AWS_ENDPOINT_URL_SSM also works); sets defaults.endpoint',
+  },
+  reason: {
+    alias: 'R',
+    type: 'string',
+    requiresArg: true,
+    description: 'StartSession reason shown in session history (1-256 chars); sets defaults.reason',
+  },
+  forward: {
+    alias: 'L',
+    type: 'string',
+    array: true,
+    requiresArg: true,
+    description: `Add a forward, ssh -L style: ${FORWARD_SPEC_SYNTAX} (repeatable; IPv6 in [brackets])`,
+  },
+  eager: {
+    alias: 'E',
+    type: 'boolean',
+    description: 'Start sessions at start-up instead of on the first connection; sets defaults.eager',
+  },
+  'keep-alive': {
+    alias: 'k',
+    type: 'boolean',
+    description: 'Send keep-alives so idle sessions are not closed by the service; sets defaults.keepAlive',
+  },
+  'idle-stop-ms': {
+    alias: 'idle-stop',
+    type: 'number',
+    requiresArg: true,
+    description: 'End a session after this many ms without local connections (0 = never; default 600000)',
+  },
+  'log-level': {
+    alias: 'v',
+    type: 'string',
+    choices: LOG_LEVELS,
+    requiresArg: true,
+    description: 'Lowest log level written (default info)',
+  },
+  'log-format': {
+    alias: 'f',
+    type: 'string',
+    choices: LOG_FORMATS,
+    requiresArg: true,
+    description: 'Log format: text (coloured), plain (journald), json; auto picks plain under systemd',
+  },
+} as const satisfies Record<string, Options>;
+
+/** The parts of a process `main` touches, injectable so tests run it in-process. */
+export interface MainIo {
+  /** Help and check-config output. */
+  stdout: { write(text: string): unknown };
+  /** The one error line. (Logs go through the logger, to stderr by default.) */
+  stderr: { write(text: string): unknown };
+  /** Environment for config discovery, logging and AWS. */
+  env: NodeJS.ProcessEnv;
+  /** Where SIGTERM/SIGINT/SIGHUP come from. Default `process`. */
+  signals?: SignalSource;
+  /** Replaces the logger built from the config (tests). */
+  logger?: Logger;
+  /** Builds the daemon. Default `new Daemon(config, deps)`. */
+  createDaemon?: (config: DaemonConfig, deps: DaemonDeps) => DaemonControl;
+  /** Replaces the sd_notify notifier (tests). */
+  notifier?: SdNotifier;
+}
+
+/** The daemon surface the CLI drives. */
+export type DaemonControl = Pick<Daemon, 'start' | 'stop' | 'reload'>;
+
+/** The signals the CLI handles. */
+export type HandledSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
+
+/** A process-like signal emitter. */
+export interface SignalSource {
+  on(signal: HandledSignal, listener: () => void): unknown;
+  off(signal: HandledSignal, listener: () => void): unknown;
+}
+
+/** Parsed arguments, as yargs gives them. */
+interface Args {
+  _: (string | number)[];
+  config?: string;
+  file?: string;
+  target?: string;
+  port?: number | null;
+  localPort?: number | null;
+  host?: string;
+  bind?: string;
+  region?: string;
+  profile?: string;
+  endpoint?: string;
+  reason?: string;
+  forward?: string[];
+  eager?: boolean;
+  keepAlive?: boolean;
+  idleStopMs?: number | null;
+  logLevel?: string;
+  logFormat?: string;
+}
+
+/** Our own version, from package.json; `unknown` if it cannot be read. */
+function packageVersion(): string {
+  try {
+    const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
+    const parsed: unknown = JSON.parse(text);
+    if (
+      parsed !== null &&
+      typeof parsed === 'object' &&
+      'version' in parsed &&
+      typeof parsed.version === 'string'
+    ) {
+      return parsed.version;
+    }
+  } catch {
+    // Running from an unusual layout; the version is cosmetic.
+  }
+  return 'unknown';
+}
+
+/** Flag combinations yargs cannot express; messages carry an example (house style §6). */
+function checkCombinations(argv: Args): true {
+  for (const [key, flag] of [
+    ['port', '--port'],
+    ['localPort', '--local-port'],
+    ['idleStopMs', '--idle-stop-ms'],
+  ] as const) {
+    const value = argv[key];
+    if (value === null || (typeof value === 'number' && !Number.isFinite(value))) {
+      throw new Error(`${flag} must be a number, e.g. ${flag} ${key === 'idleStopMs' ? '600000' : '5432'}`);
+    }
+  }
+  if (argv.port === undefined) {
+    if (argv.localPort !== undefined) {
+      throw new Error(
+        '--local-port needs --port, e.g. --target i-0123456789abcdef0 --port 5432 --local-port 15432',
+      );
+    }
+    if (argv.host !== undefined) {
+      throw new Error(
+        '--host needs --port, e.g. --target i-0123456789abcdef0 --host db.internal --port 5432',
+      );
+    }
+  }
+  return true;
+}
+
+/** Build the yargs parser (no process access: output comes back through the parse callback). */
+function buildParser(): Argv {
+  const y = yargs()
+    .scriptName(PROGRAM)
+    .usage('$0 [options]\n\nForward local TCP ports to hosts behind AWS SSM Session Manager.')
+    .options(OPTIONS)
+    .command('$0', 'Run the configured forwards until SIGTERM/SIGINT (SIGHUP reloads the config file)')
+    .command(
+      'check-config [file]',
+      'Validate a config file (plus any flags) and print its forwards; exit 0 or 2',
+      (c) =>
+        c.positional('file', { type: 'string', description: 'Config file (default: the discovered one)' }),
+    )
+    .example(
+      '$0 --target i-0123456789abcdef0 --port 5432',
+      'localhost:5432 on the instance at 127.0.0.1:5432',
+    )
+    .example(
+      '$0 -t i-0123456789abcdef0 -H db.internal -p 5432 -l 15432 -P dev -r eu-west-1',
+      'db.internal:5432 (seen from the instance) at 127.0.0.1:15432, SSO profile dev',
+    )
+    .example(`$0 -L ${FORWARD_SPEC_EXAMPLE} -L 8080:80@i-0123456789abcdef0`, 'two forwards, ssh -L style')
+    .example('$0 --port 5432', 'uses defaults.target (and region/profile) from the config file')
+    .example('$0 --config /etc/pf-daemon/alice.yaml', 'run every forward in a config file')
+    .example('$0 check-config ~/.config/pf-daemon/config.yaml', 'validate a config file')
+    .epilog(
+      [
+        `Config file discovery: --config, then $${CONFIG_ENV}, then $XDG_CONFIG_HOME/pf-daemon/config.yaml`,
+        '(default ~/.config/pf-daemon/config.yaml) if it exists. Flags override the file: --target, --region,',
+        '--profile, --endpoint, --bind, --reason, --eager, --keep-alive and --idle-stop-ms set defaults:,',
+        '--port and --forward replace forwards:. See config.example.yaml for every key.',
+        'AWS credentials, region and endpoint come from the AWS SDK chain (AWS_PROFILE, AWS_REGION,',
+        'AWS_ENDPOINT_URL_SSM, ~/.aws/config incl. SSO: run `aws sso login --profile P` first).',
+        'Exit codes: 0 ok, 1 run-time failure, 2 bad flags or config.',
+      ].join('\n'),
+    )
+    .check(checkCombinations)
+    .strict()
+    .help()
+    .alias('help', 'h')
+    .version(packageVersion())
+    .alias('version', 'V')
+    .showHelpOnFail(false)
+    .exitProcess(false)
+    .wrap(Math.min(120, process.stdout.columns || 100));
+  return registerEmulatorCommand(y);
+}
+
+/** Turn yargs' error text into one line naming the fix. */
+function usageMessage(message: string): string {
+  const unknown = /^Unknown arguments?: (.+)$/.exec(message);
+  if (unknown?.[1]) {
+    const names = unknown[1].split(', ');
+    const known = Object.keys(OPTIONS);
+    const parts = names.map((name) => {
+      const flag = name.length === 1 ? `-${name}` : `--${name}`;
+      const hint = didYouMean(name, known);
+      return hint ? `${flag} (did you mean --${hint}?)` : flag;
+    });
+    return `unknown option ${parts.join(', ')}: see ${PROGRAM} --help`;
+  }
+  const missing = /^Not enough arguments following: (.+)$/.exec(message);
+  if (missing?.[1]) return `--${missing[1]} needs a value: see ${PROGRAM} --help`;
+  return `${message.replace(/\s+/g, ' ').trim()}: see ${PROGRAM} --help`;
+}
+
+function flagValues(argv: Args): FlagValues {
+  const number = (v: number | null | undefined): number | undefined =>
+    typeof v === 'number' ? v : undefined;
+  return {
+    target: argv.target,
+    port: number(argv.port),
+    localPort: number(argv.localPort),
+    host: argv.host,
+    bind: argv.bind,
+    region: argv.region,
+    profile: argv.profile,
+    endpoint: argv.endpoint,
+    reason: argv.reason,
+    forward: argv.forward,
+    eager: argv.eager,
+    keepAlive: argv.keepAlive,
+    idleStopMs: number(argv.idleStopMs),
+    logLevel: argv.logLevel,
+    logFormat: argv.logFormat,
+  };
+}
+
+/** Read the config file (if any), overlay flags and validate. */
+async function buildConfig(path: string | undefined, flags: FlagValues): Promise<DaemonConfig> {
+  const file = path === undefined ? undefined : await readConfigFile(path);
+  const { raw, source } = overlayFlags(file, flags);
+  return verifyConfig(raw, source);
+}
+
+/** One line per forward for check-config. */
+export function describeForward(f: ForwardConfig): string {
+  const listen = f.bind.includes(':') ? `[${f.bind}]:${f.localPort}` : `${f.bind}:${f.localPort}`;
+  const aws = [
+    f.region && `region ${f.region}`,
+    f.profile && `profile ${f.profile}`,
+    f.endpoint && `endpoint ${f.endpoint}`,
+  ]
+    .filter(Boolean)
+    .join(', ');
+  const mode = [
+    f.eager ? 'eager' : 'on demand',
+    f.idleStopMs > 0 ? `idle stop ${f.idleStopMs} ms` : 'no idle stop',
+    f.keepAlive ? 'keep-alive' : '',
+  ]
+    .filter(Boolean)
+    .join(', ');
+  return `${f.name}: ${listen} -> ${f.host ?? 'localhost'}:${f.remotePort} via ${f.target}${aws ? ` (${aws})` : ''} [${mode}]`;
+}
+
+/** A cache of SSM clients per region/profile/endpoint, so forwards sharing them share connections. */
+function ssmFactory(logger: Logger, userAgent: string): (forward: ForwardConfig) => SsmApi {
+  const clients = new Map<string, SsmApi>();
+  return (f) => {
+    const key = JSON.stringify([f.region, f.profile, f.endpoint]);
+    let api = clients.get(key);
+    if (!api) {
+      api = createSsmApi({
+        ...(f.region ? { region: f.region } : {}),
+        ...(f.profile ? { profile: f.profile } : {}),
+        ...(f.endpoint ? { endpoint: f.endpoint } : {}),
+        logger,
+        userAgent,
+      });
+      clients.set(key, api);
+    }
+    return api;
+  };
+}
+
+/** Run forwards until a stop signal; returns the exit code. */
+async function runDaemon(
+  io: MainIo,
+  configPath: string | undefined,
+  flags: FlagValues,
+  fail: (err: unknown) => number,
+): Promise<number> {
+  let config: DaemonConfig;
+  try {
+    config = await buildConfig(configPath, flags);
+  } catch (err) {
+    return fail(err);
+  }
+  const logger =
+    io.logger ?? createLogger({ level: config.log.level, format: config.log.format, env: io.env });
+  const log = logger.child('cli');
+  const notify = io.notifier ?? createSdNotify({ env: io.env, logger });
+  const deps: DaemonDeps = { logger, ssmFor: ssmFactory(logger, `${PROGRAM}/${packageVersion()}`) };
+  const daemon = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);
+  const signals: SignalSource = io.signals ?? process;
+
+  try {
+    await daemon.start();
+  } catch (err) {
+    log.debug('start-up failed', { error: describeError(err) });
+    await daemon.stop().catch(() => undefined);
+    io.stderr.write(`${PROGRAM}: error: ${describeError(err)}\n`);
+    return EXIT_FAILURE;
+  }
+  const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
+  log.info(`started; ${summary}`);
+  await notify.ready(summary);
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    let reloads: Promise<void> = Promise.resolve();
+    const cleanup = (): void => {
+      signals.off('SIGTERM', onStop);
+      signals.off('SIGINT', onStop);
+      signals.off('SIGHUP', onReload);
+    };
+    function onStop(): void {
+      if (stopping) {
+        log.warn('second stop signal: exiting without waiting for the drain');
+        cleanup();
+        resolve(EXIT_FAILURE);
+        return;
+      }
+      stopping = true;
+      log.info('stopping: draining connections');
+      void notify.stopping();
+      daemon.stop().then(
+        () => {
+          log.info('stopped');
+          cleanup();
+          resolve(EXIT_OK);
+        },
+        (err: unknown) => {
+          log.error(`stop failed: ${describeError(err)}`);
+          cleanup();
+          resolve(EXIT_FAILURE);
+        },
+      );
+    }
+    function onReload(): void {
+      if (stopping) return;
+      reloads = reloads.then(async () => {
+        if (configPath === undefined) {
+          log.warn('SIGHUP: running from flags only, nothing to reload (use --config FILE)');
+          return;
+        }
+        log.info(`SIGHUP: reloading ${configPath}`);
+        await notify.reloading();
+        try {
+          const next = await buildConfig(configPath, flags);
+          await daemon.reload(next);
+          config = next;
+          log.info(`reloaded; forwarding ${next.forwards.length} port(s)`);
+        } catch (err) {
+          log.error(`reload failed, keeping the running configuration: ${describeError(err)}`);
+        }
+        await notify.ready(`forwarding ${config.forwards.length} port(s)`);
+      });
+    }
+    signals.on('SIGTERM', onStop);
+    signals.on('SIGINT', onStop);
+    signals.on('SIGHUP', onReload);
+  });
+}
+
+/** check-config: validate and print a summary. */
+async function checkConfig(io: MainIo, configPath: string | undefined, flags: FlagValues): Promise<number> {
+  if (configPath === undefined) {
+    throw new ConfigError(
+      'PF_ERR_CONFIG_FILE',
+      `no config file to check: pass one (${PROGRAM} check-config FILE), use --config, or set $${CONFIG_ENV}`,
+    );
+  }
+  const config = await buildConfig(configPath, flags);
+  const lines = [
+    `${configPath}: OK, ${config.forwards.length} forward(s); log ${config.log.level}/${config.log.format}`,
+    ...config.forwards.map((f) => `  ${describeForward(f)}`),
+  ];
+  io.stdout.write(`${lines.join('\n')}\n`);
+  return EXIT_OK;
+}
+
+/**
+ * Run the CLI in-process.
+ *
+ * @param argv - arguments after the program name (`process.argv.slice(2)`)
+ * @param io - streams, environment and test hooks; default the real process
+ * @returns the exit code: 0 ok, 1 run-time failure, 2 bad flags or config
+ */
+export async function main(argv: readonly string[], io?: MainIo): Promise<number> {
+  const ioReal: MainIo = io ?? { stdout: process.stdout, stderr: process.stderr, env: process.env };
+  const fail = (err: unknown): number => {
+    const text = isPfError(err) ? describeError(err) : err instanceof Error ? err.message : String(err);
+    ioReal.stderr.write(`${PROGRAM}: error: ${text.replace(/\s*\n\s*/g, ' ')}\n`);
+    return isPfError(err) && err.domain !== 'config' ? EXIT_FAILURE : EXIT_USAGE;
+  };
+
+  let parsed: { err: Error | undefined; argv: Args; output: string } | undefined;
+  try {
+    const parser = buildParser();
+    await parser.parse([...argv], {}, (err: Error | undefined, args: unknown, output: string) => {
+      parsed = { err: err ?? undefined, argv: args as Args, output };
+    });
+  } catch (err) {
+    return fail(err);
+  }
+  if (!parsed) return EXIT_OK;
+  if (parsed.err) {
+    ioReal.stderr.write(`${PROGRAM}: error: ${usageMessage(parsed.err.message)}\n`);
+    return EXIT_USAGE;
+  }
+  if (parsed.output) {
+    // --help or --version.
+    ioReal.stdout.write(`${parsed.output}\n`);
+    return EXIT_OK;
+  }
+  const args = parsed.argv;
+  const command = args._[0];
+  if (command === 'emulator') return EXIT_OK;
+  const flags = flagValues(args);
+  try {
+    const discover = (flag: string | undefined): string | undefined =>
+      resolveConfigPath({
+        flag,
+        env: ioReal.env[CONFIG_ENV],
+        xdg: ioReal.env['XDG_CONFIG_HOME'],
+        ...(ioReal.env['HOME'] ? { home: ioReal.env['HOME'] } : {}),
+      })?.path;
+    if (command === 'check-config')
+      return await checkConfig(ioReal, discover(args.file ?? args.config), flags);
+    return await runDaemon(ioReal, discover(args.config), flags, fail);
+  } catch (err) {
+    return fail(err);
+  }
+}
+
+/** True when this module is the process entry point (also through an npm bin symlink). */
+function isEntryPoint(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+    // Lingering sockets (SDK keep-alive pools) must not keep a stopped daemon alive under systemd.
+    setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
+  });
+}

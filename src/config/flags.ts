@@ -1,0 +1,196 @@
+/**
+ * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (house style
+ * §6: the CLI owns no defaults). Flags overlay the config file:
+ * - `--target --region --profile --endpoint --bind --reason --eager --keep-alive --idle-stop-ms` set the
+ *   matching `defaults.*` key, so they apply to every forward that does not set its own value;
+ * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
+ *   file's `forwards:` list;
+ * - `--log-level`, `--log-format` set `log.*`.
+ * Problems in flag-provided values are reported `from --flag` instead of with a file position.
+ */
+import { ConfigError } from '../errors.js';
+import type { RawConfigFile } from './load.js';
+import type { ConfigPath, ConfigSource } from './verify.js';
+
+/** Flag values after yargs parsing; undefined means "not given". */
+export interface FlagValues {
+  target?: string | undefined;
+  /** `--port`: remote port. */
+  port?: number | undefined;
+  localPort?: number | undefined;
+  host?: string | undefined;
+  bind?: string | undefined;
+  region?: string | undefined;
+  profile?: string | undefined;
+  endpoint?: string | undefined;
+  reason?: string | undefined;
+  /** `--forward` specs, in order. */
+  forward?: readonly string[] | undefined;
+  eager?: boolean | undefined;
+  keepAlive?: boolean | undefined;
+  idleStopMs?: number | undefined;
+  logLevel?: string | undefined;
+  logFormat?: string | undefined;
+}
+
+/** Example used in `--forward` messages and help. */
+export const FORWARD_SPEC_EXAMPLE = '15432:db.internal:5432@i-0123456789abcdef0';
+/** Grammar of `--forward`, for messages and help. */
+export const FORWARD_SPEC_SYNTAX =
+  '[bind:]localPort:host:remotePort[@target] or localPort:remotePort[@target]';
+
+/** Split `a:[::1]:b` on colons, keeping bracketed IPv6 literals whole (brackets removed). */
+function splitColons(text: string): string[] | undefined {
+  const parts: string[] = [];
+  let i = 0;
+  while (i <= text.length) {
+    if (text[i] === '[') {
+      const close = text.indexOf(']', i);
+      if (close < 0) return undefined;
+      parts.push(text.slice(i + 1, close));
+      i = close + 1;
+      if (i < text.length && text[i] !== ':') return undefined;
+      i++;
+      continue;
+    }
+    const next = text.indexOf(':', i);
+    const end = next < 0 ? text.length : next;
+    parts.push(text.slice(i, end));
+    i = end + 1;
+  }
+  return parts;
+}
+
+/**
+ * Parse an ssh `-L`-style forward spec into a raw forward: `[bind:]localPort:host:remotePort[@target]`
+ * or `localPort:remotePort[@target]` (no host ⇒ `localhost` on the instance). IPv6 addresses go in
+ * brackets: `[::1]:15432:db:5432@i-…`. Without `@target`, `defaults.target` / `--target` applies.
+ *
+ * Only the shape and the digits are checked here; ranges and the target pattern are
+ * {@link verifyConfig}'s job so all problems are reported together.
+ *
+ * @throws ConfigError `PF_ERR_CONFIG` naming the spec and the accepted forms
+ */
+export function parseForwardSpec(spec: string): Record<string, unknown> {
+  const fail = (why: string): ConfigError =>
+    new ConfigError(
+      'PF_ERR_CONFIG',
+      `--forward ${JSON.stringify(spec)}: ${why}; expected ${FORWARD_SPEC_SYNTAX}, e.g. ${FORWARD_SPEC_EXAMPLE}`,
+    );
+  const at = spec.lastIndexOf('@');
+  const left = at < 0 ? spec : spec.slice(0, at);
+  const target = at < 0 ? undefined : spec.slice(at + 1);
+  if (target !== undefined && target === '') throw fail('empty target after @');
+  const parts = splitColons(left);
+  if (!parts || parts.some((p) => p === '')) throw fail('empty or unbalanced field');
+  let bind: string | undefined;
+  let localPort: string | undefined;
+  let host: string | undefined;
+  let remotePort: string | undefined;
+  if (parts.length === 2) [localPort, remotePort] = parts;
+  else if (parts.length === 3) [localPort, host, remotePort] = parts;
+  else if (parts.length === 4) [bind, localPort, host, remotePort] = parts;
+  else throw fail(`${parts.length} colon-separated fields`);
+  const port = (value: string | undefined, what: string): number => {
+    if (value === undefined || !/^\d{1,5}$/.test(value))
+      throw fail(`${what} ${JSON.stringify(value)} is not a port number`);
+    return Number(value);
+  };
+  const forward: Record<string, unknown> = {
+    localPort: port(localPort, 'localPort'),
+    remotePort: port(remotePort, 'remotePort'),
+  };
+  if (host !== undefined) forward['host'] = host;
+  if (bind !== undefined) forward['bind'] = bind;
+  if (target !== undefined) forward['target'] = target;
+  return forward;
+}
+
+/** `defaults.*` keys each flag sets, with the flag's spelling for messages. */
+const DEFAULT_FLAGS = [
+  ['target', 'target'],
+  ['region', 'region'],
+  ['profile', 'profile'],
+  ['endpoint', 'endpoint'],
+  ['bind', 'bind'],
+  ['reason', 'reason'],
+  ['eager', 'eager'],
+  ['keepAlive', 'keep-alive'],
+  ['idleStopMs', 'idle-stop-ms'],
+] as const satisfies readonly (readonly [keyof FlagValues, string])[];
+
+function isMapping(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/**
+ * Overlay flags on a parsed config file (or on nothing).
+ *
+ * @param file - the parsed file, if any
+ * @param flags - flag values; undefined entries are ignored
+ * @returns the raw config for {@link verifyConfig} and a source that names the flag or file position
+ * @throws ConfigError from {@link parseForwardSpec}
+ */
+export function overlayFlags(
+  file: RawConfigFile | undefined,
+  flags: FlagValues,
+): { raw: unknown; source: ConfigSource } {
+  const base = file?.raw ?? {};
+  if (!isMapping(base)) return { raw: base, source: file?.source ?? { locate: () => undefined } };
+  const raw: Record<string, unknown> = { ...base };
+  const fromFlag = new Map<string, string>();
+
+  const defaults: Record<string, unknown> = isMapping(base['defaults']) ? { ...base['defaults'] } : {};
+  let touchedDefaults = false;
+  for (const [key, flag] of DEFAULT_FLAGS) {
+    const value = flags[key];
+    if (value === undefined) continue;
+    defaults[key] = value;
+    fromFlag.set(`defaults.${key}`, `--${flag}`);
+    touchedDefaults = true;
+  }
+  if (touchedDefaults) raw['defaults'] = defaults;
+
+  const log: Record<string, unknown> = isMapping(base['log']) ? { ...base['log'] } : {};
+  if (flags.logLevel !== undefined) {
+    log['level'] = flags.logLevel;
+    fromFlag.set('log.level', '--log-level');
+  }
+  if (flags.logFormat !== undefined) {
+    log['format'] = flags.logFormat;
+    fromFlag.set('log.format', '--log-format');
+  }
+  if (flags.logLevel !== undefined || flags.logFormat !== undefined) raw['log'] = log;
+
+  const forwards: Record<string, unknown>[] = [];
+  const forwardOrigins: string[] = [];
+  if (flags.port !== undefined) {
+    const forward: Record<string, unknown> = { remotePort: flags.port };
+    if (flags.localPort !== undefined) forward['localPort'] = flags.localPort;
+    if (flags.host !== undefined) forward['host'] = flags.host;
+    forwards.push(forward);
+    forwardOrigins.push('--port');
+  }
+  for (const spec of flags.forward ?? []) {
+    forwards.push(parseForwardSpec(spec));
+    forwardOrigins.push(`--forward ${spec}`);
+  }
+  if (forwards.length > 0) raw['forwards'] = forwards;
+
+  const source: ConfigSource = {
+    locate(path: ConfigPath, what: 'value' | 'key'): string | undefined {
+      const [first, second] = path;
+      if (typeof first === 'string' && typeof second === 'string') {
+        const flag = fromFlag.get(`${first}.${second}`);
+        if (flag) return `from ${flag}`;
+      }
+      if (first === 'forwards' && forwards.length > 0) {
+        return typeof second === 'number' && forwardOrigins[second]
+          ? `from ${forwardOrigins[second]}`
+          : 'from the command line';
+      }
+      return file?.source.locate(path, what);
+    },
+  };
+  return { raw, source };
+}

@@ -1,0 +1,451 @@
+/**
+ * Validate raw configuration (parsed YAML, or the CLI's flags mapped onto the same shape) once, at the edge
+ * (house style §5). {@link verifyConfig} lists every problem with its field path and, when a
+ * {@link ConfigSource} is given, where the value came from (`config.yaml:7:17`, `--port`), applies the
+ * documented defaults of `types.ts`, and returns a deep-frozen {@link DaemonConfig}.
+ *
+ * Raw shape (see `config.example.yaml`):
+ * ```yaml
+ * defaults: { target, region, profile, endpoint, bind, reason, eager, idleStopMs, keepAlive }
+ * log: { level, format }
+ * tuning: { <every TuningConfig key> }
+ * forwards: [ { name, target, remotePort, host, localPort, bind, region, profile, endpoint, reason, eager, idleStopMs, keepAlive } ]
+ * ```
+ */
+import { isIP } from 'node:net';
+import { ConfigError } from '../errors.js';
+import type { LogFormat, LogLevel } from '../log.js';
+import { defaultForward, defaultLog, defaultTuning } from './types.js';
+import type { DaemonConfig, ForwardConfig, LogConfig, TuningConfig } from './types.js';
+
+/** A path into the raw configuration, e.g. `['forwards', 1, 'remotePort']`. */
+export type ConfigPath = readonly (string | number)[];
+
+/** Tells where a raw value came from, so problems can point at it. */
+export interface ConfigSource {
+  /**
+   * Describe the origin of the value (or, with `what: 'key'`, of the mapping key) at `path`, e.g.
+   * `at config.yaml:7:17` or `from --port`. Undefined when unknown. For a path that does not exist
+   * (a missing field) the nearest existing parent may be described.
+   */
+  locate(path: ConfigPath, what: 'value' | 'key'): string | undefined;
+}
+
+/** A {@link ConfigError} (`PF_ERR_CONFIG`) carrying every problem found, one line each. */
+export class ConfigProblemsError extends ConfigError {
+  /** Each problem as `<path>: <what is wrong> (got <value>) <where>`. */
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    const head =
+      problems.length === 1
+        ? 'invalid configuration: '
+        : `invalid configuration (${problems.length} problems): `;
+    super('PF_ERR_CONFIG', head + problems.join('; '));
+    this.problems = Object.freeze([...problems]);
+  }
+}
+
+/** Largest delay Node timers accept, ms (2^31 − 1; larger values fire immediately). */
+export const MAX_TIMER_MS = 2_147_483_647;
+/** Managed node ids: EC2 instances (`i-`) and hybrid managed nodes (`mi-`). */
+export const TARGET_PATTERN = /^(i|mi)-[0-9a-f]{8,17}$/;
+/** Bounds of StartSession `Reason`, characters (SSM API reference). */
+export const REASON_MAX_CHARS = 256;
+/** Upper bound of a forward name, characters (our own limit: it goes into every log line). */
+export const NAME_MAX_CHARS = 100;
+
+const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+const LOG_FORMATS: readonly LogFormat[] = ['auto', 'text', 'plain', 'json'];
+
+/** Render a path as `forwards[1].remotePort`. */
+export function formatPath(path: ConfigPath): string {
+  let out = '';
+  for (const part of path) out += typeof part === 'number' ? `[${part}]` : out ? `.${part}` : part;
+  return out || '(top level)';
+}
+
+/** Short rendering of an offending value for messages. */
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (Array.isArray(value)) return 'a list';
+  if (value !== null && typeof value === 'object') return 'a mapping';
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Levenshtein distance, for did-you-mean hints. */
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0] ?? 0;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j] ?? 0;
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      row[j] = Math.min(above + 1, (row[j - 1] ?? 0) + 1, diagonal + cost);
+      diagonal = above;
+    }
+  }
+  return row[b.length] ?? 0;
+}
+
+/** Aliases people reach for, mapped to the one accepted spelling. */
+const KNOWN_MISSPELLINGS: Record<string, string> = {
+  port: 'remotePort',
+  remote: 'remotePort',
+  instance: 'target',
+  instanceid: 'target',
+  address: 'bind',
+  listen: 'bind',
+  remotehost: 'host',
+};
+
+/** The closest known key to `key`, if close enough to be a likely typo. */
+export function didYouMean(key: string, known: readonly string[]): string | undefined {
+  const norm = (s: string): string => s.toLowerCase().replace(/[-_\s]/g, '');
+  const wanted = norm(key);
+  const alias = KNOWN_MISSPELLINGS[wanted];
+  if (alias && known.includes(alias)) return alias;
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const d = distance(wanted, norm(candidate));
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best !== undefined && bestDistance <= Math.max(2, Math.floor(wanted.length / 3)) ? best : undefined;
+}
+
+/** Checks one value; returns what is wrong (without path or origin) or undefined when fine. */
+type Check = (value: unknown) => string | undefined;
+
+function integer(min: number, max: number, unit = ''): Check {
+  return (v) =>
+    typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
+      ? undefined
+      : `must be an integer ${min}-${max}${unit}`;
+}
+
+const boolean: Check = (v) => (typeof v === 'boolean' ? undefined : 'must be true or false');
+
+function text(min: number, max: number, pattern?: RegExp, hint = ''): Check {
+  return (v) => {
+    if (typeof v !== 'string' || v.length < min || v.length > max) {
+      return `must be a string of ${min}-${max} characters${hint}`;
+    }
+    return pattern && !pattern.test(v) ? `is not valid${hint}` : undefined;
+  };
+}
+
+const checkTarget: Check = (v) =>
+  typeof v === 'string' && TARGET_PATTERN.test(v)
+    ? undefined
+    : 'must be a managed node id like i-0123456789abcdef0 or mi-0123456789abcdef0';
+
+const checkBind: Check = (v) =>
+  typeof v === 'string' && (isIP(v) !== 0 || v === 'localhost')
+    ? undefined
+    : 'must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0';
+
+const checkEndpoint: Check = (v) => {
+  if (typeof v === 'string') {
+    try {
+      const url = new URL(v);
+      if (url.protocol === 'http:' || url.protocol === 'https:') return undefined;
+    } catch {
+      // fall through to the message
+    }
+  }
+  return 'must be an http(s) URL such as https://ssm.eu-west-1.amazonaws.com or http://127.0.0.1:8080';
+};
+
+/** Checks of the fields a forward (and, for most, `defaults`) may carry. */
+const FORWARD_CHECKS = {
+  name: text(1, NAME_MAX_CHARS, /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/, ' (letters, digits and . _ : @ / -)'),
+  target: checkTarget,
+  remotePort: integer(1, 65535),
+  host: text(1, 253, /^[A-Za-z0-9._:%[\]-]+$/, ' (a DNS name or IP address)'),
+  localPort: integer(0, 65535, ' (0 = any free port)'),
+  bind: checkBind,
+  region: text(1, 32, /^[a-z0-9]+(-[a-z0-9]+)*$/, ', a region name such as eu-west-1'),
+  profile: text(1, 128, /^\S+$/, ' without spaces'),
+  endpoint: checkEndpoint,
+  reason: text(1, REASON_MAX_CHARS),
+  eager: boolean,
+  idleStopMs: integer(0, MAX_TIMER_MS, ' ms (0 = never)'),
+  keepAlive: boolean,
+} satisfies Record<keyof ForwardConfig, Check>;
+
+type ForwardKey = keyof typeof FORWARD_CHECKS;
+const FORWARD_KEYS = Object.keys(FORWARD_CHECKS) as ForwardKey[];
+/** Keys `defaults` may carry: every forward field that makes sense shared. */
+const DEFAULT_KEYS: readonly ForwardKey[] = [
+  'target',
+  'region',
+  'profile',
+  'endpoint',
+  'bind',
+  'reason',
+  'eager',
+  'idleStopMs',
+  'keepAlive',
+];
+
+/** Bounds of every tuning knob (our own limits unless a spec section is cited in types.ts). */
+const TUNING_CHECKS = {
+  clientVersion: text(5, 32, /^\d+(\.\d+){2,3}$/, ', a dotted version such as 1.2.694.0'),
+  sendWindowMessages: integer(1, 10_000),
+  reorderLimitMessages: integer(1, 100_000),
+  streamReceiveBufferBytes: integer(64 * 1024, 1024 ** 3, ' bytes'),
+  sessionReceiveBufferBytes: integer(64 * 1024, 16 * 1024 ** 3, ' bytes'),
+  pingIntervalMs: integer(1, MAX_TIMER_MS, ' ms'),
+  livenessTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
+  connectTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
+  handshakeTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
+  resumeBudgetMs: integer(1, MAX_TIMER_MS, ' ms'),
+  drainGraceMs: integer(0, MAX_TIMER_MS, ' ms'),
+  giveUpMs: integer(1, MAX_TIMER_MS, ' ms'),
+  keepAliveIntervalMs: integer(1, MAX_TIMER_MS, ' ms'),
+} satisfies Record<keyof TuningConfig, Check>;
+
+const LOG_CHECKS = {
+  level: (v: unknown) =>
+    LOG_LEVELS.includes(v as LogLevel) ? undefined : `must be one of ${LOG_LEVELS.join(', ')}`,
+  format: (v: unknown) =>
+    LOG_FORMATS.includes(v as LogFormat) ? undefined : `must be one of ${LOG_FORMATS.join(', ')}`,
+} satisfies Record<keyof LogConfig, Check>;
+
+const TOP_KEYS = ['defaults', 'log', 'tuning', 'forwards'] as const;
+
+function isMapping(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Collects problems while walking the raw config. */
+class Problems {
+  readonly list: string[] = [];
+  constructor(private readonly source: ConfigSource | undefined) {}
+
+  add(path: ConfigPath, message: string, options: { got?: unknown; key?: boolean } = {}): void {
+    const got = 'got' in options ? ` (got ${show(options.got)})` : '';
+    const where = this.source?.locate(path, options.key ? 'key' : 'value');
+    this.list.push(`${formatPath(path)}: ${message}${got}${where ? ` ${where}` : ''}`);
+  }
+
+  /** Run `check` on `value`; record a problem and return false when it fails. */
+  check(path: ConfigPath, value: unknown, check: Check): boolean {
+    const problem = check(value);
+    if (problem === undefined) return true;
+    this.add(path, problem, { got: value });
+    return false;
+  }
+
+  /** Reject keys of `value` not in `known`, with a did-you-mean. */
+  unknownKeys(path: ConfigPath, value: Record<string, unknown>, known: readonly string[]): void {
+    for (const key of Object.keys(value)) {
+      if (known.includes(key)) continue;
+      const hint = didYouMean(key, known);
+      this.add(
+        [...path, key],
+        hint ? `unknown key; did you mean "${hint}"?` : `unknown key (allowed: ${known.join(', ')})`,
+        {
+          key: true,
+        },
+      );
+    }
+  }
+
+  /** The value at `path` must be a mapping (or absent); returns it, or {} after recording a problem. */
+  mapping(path: ConfigPath, value: unknown): Record<string, unknown> {
+    if (value === undefined || value === null) return {};
+    if (isMapping(value)) return value;
+    this.add(path, 'must be a mapping of key: value', { got: value });
+    return {};
+  }
+}
+
+/** Check each present key of a section against its table; returns the valid values. */
+function section<K extends string>(
+  problems: Problems,
+  path: ConfigPath,
+  raw: Record<string, unknown>,
+  checks: Record<K, Check>,
+  keys: readonly K[] = Object.keys(checks) as K[],
+): Partial<Record<K, unknown>> {
+  problems.unknownKeys(path, raw, keys);
+  const out: Partial<Record<K, unknown>> = {};
+  for (const key of keys) {
+    const value = raw[key];
+    if (value === undefined || value === null) continue;
+    if (problems.check([...path, key], value, checks[key])) out[key] = value;
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Whether two listeners on the same port collide: same address, or one is a wildcard. */
+function bindsCollide(a: string, b: string): boolean {
+  const wildcard = (s: string): boolean => s === '0.0.0.0' || s === '::';
+  const family = (s: string): number => (s === 'localhost' ? 4 : isIP(s));
+  if (a === b) return true;
+  if (a === '::' || b === '::') return true;
+  return (wildcard(a) || wildcard(b)) && family(a) === family(b);
+}
+
+/** Name used when a forward has none: `<localPort>:<host|localhost>:<remotePort>@<target>`. */
+export function defaultForwardName(
+  f: Pick<ForwardConfig, 'localPort' | 'host' | 'remotePort' | 'target'>,
+): string {
+  return `${f.localPort}:${f.host ?? 'localhost'}:${f.remotePort}@${f.target}`;
+}
+
+/**
+ * Validate a raw configuration and resolve it.
+ *
+ * @param raw - parsed YAML (or the CLI's equivalent object); `null`/`undefined` counts as empty
+ * @param source - optional locator so problems name `file:line:column` or the flag
+ * @returns a deep-frozen config with every default applied
+ * @throws ConfigProblemsError (`PF_ERR_CONFIG`) listing every problem found
+ */
+export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig {
+  const problems = new Problems(source);
+  const top = problems.mapping([], raw);
+  problems.unknownKeys([], top, TOP_KEYS);
+
+  const defaults = section(
+    problems,
+    ['defaults'],
+    problems.mapping(['defaults'], top['defaults']),
+    FORWARD_CHECKS,
+    DEFAULT_KEYS,
+  );
+  const logRaw = section(problems, ['log'], problems.mapping(['log'], top['log']), LOG_CHECKS);
+  const tuningRaw = section(problems, ['tuning'], problems.mapping(['tuning'], top['tuning']), TUNING_CHECKS);
+
+  const tuning: TuningConfig = { ...defaultTuning, ...(tuningRaw as Partial<TuningConfig>) };
+  if (tuning.livenessTimeoutMs <= tuning.pingIntervalMs) {
+    problems.add(
+      ['tuning', tuningRaw.livenessTimeoutMs !== undefined ? 'livenessTimeoutMs' : 'pingIntervalMs'],
+      `livenessTimeoutMs (${tuning.livenessTimeoutMs}) must be greater than pingIntervalMs (${tuning.pingIntervalMs})`,
+    );
+  }
+  if (tuning.sessionReceiveBufferBytes < tuning.streamReceiveBufferBytes) {
+    problems.add(
+      [
+        'tuning',
+        tuningRaw.sessionReceiveBufferBytes !== undefined
+          ? 'sessionReceiveBufferBytes'
+          : 'streamReceiveBufferBytes',
+      ],
+      `sessionReceiveBufferBytes (${tuning.sessionReceiveBufferBytes}) must be at least streamReceiveBufferBytes (${tuning.streamReceiveBufferBytes})`,
+    );
+  }
+  const log: LogConfig = { ...defaultLog, ...(logRaw as Partial<LogConfig>) };
+
+  const resolved: { forward: ForwardConfig; index: number; named: boolean }[] = [];
+  const rawForwards = top['forwards'];
+  if (
+    rawForwards === undefined ||
+    rawForwards === null ||
+    (Array.isArray(rawForwards) && rawForwards.length === 0)
+  ) {
+    problems.add(
+      ['forwards'],
+      'no forwards configured: add at least one under forwards:, or pass --target and --port (or --forward)',
+    );
+  } else if (!Array.isArray(rawForwards)) {
+    problems.add(['forwards'], 'must be a list of forwards (each item starting with "- ")', {
+      got: rawForwards,
+    });
+  } else {
+    rawForwards.forEach((item: unknown, index) => {
+      const path = ['forwards', index] as const;
+      if (!isMapping(item)) {
+        problems.add(
+          path,
+          'must be a mapping with at least remotePort (and target unless defaults.target is set)',
+          {
+            got: item,
+          },
+        );
+        return;
+      }
+      const before = problems.list.length;
+      const own = section(problems, path, item, FORWARD_CHECKS, FORWARD_KEYS);
+      const merged = { ...defaults, ...own };
+      if (merged.target === undefined && (item['target'] === undefined || item['target'] === null)) {
+        problems.add(
+          [...path, 'target'],
+          'required: set target here or defaults.target in the config file, pass --target i-0123456789abcdef0, or end --forward with @i-0123456789abcdef0',
+        );
+      }
+      if (item['remotePort'] === undefined || item['remotePort'] === null) {
+        problems.add(
+          [...path, 'remotePort'],
+          'required: the port on the instance (or on host), e.g. remotePort: 5432',
+        );
+      }
+      // A forward with a bad field is not resolved, so cross-field rules do not repeat its problem.
+      if (problems.list.length > before) return;
+      const remotePort = merged.remotePort as number;
+      const forward: ForwardConfig = {
+        name: '',
+        target: merged.target as string,
+        remotePort,
+        localPort: (merged.localPort as number | undefined) ?? remotePort,
+        bind: (merged.bind as string | undefined) ?? defaultForward.bind,
+        eager: (merged.eager as boolean | undefined) ?? defaultForward.eager,
+        idleStopMs: (merged.idleStopMs as number | undefined) ?? defaultForward.idleStopMs,
+        keepAlive: (merged.keepAlive as boolean | undefined) ?? defaultForward.keepAlive,
+      };
+      // The local document already dials localhost on the instance and needs fewer IAM permissions.
+      if (merged.host !== undefined && merged.host !== 'localhost') forward.host = merged.host as string;
+      for (const key of ['region', 'profile', 'endpoint', 'reason'] as const) {
+        const value = merged[key];
+        if (typeof value === 'string') forward[key] = value;
+      }
+      forward.name = (merged.name as string | undefined) ?? defaultForwardName(forward);
+      resolved.push({ forward, index, named: own.name !== undefined });
+    });
+  }
+
+  // Cross-field rules over the forwards that resolved.
+  const seenNames = new Map<string, number>();
+  const seenListeners: { forward: ForwardConfig; index: number }[] = [];
+  for (const { forward: f, index, named } of resolved) {
+    const earlier = seenNames.get(f.name);
+    if (earlier !== undefined) {
+      problems.add(
+        ['forwards', index, named ? 'name' : 'remotePort'],
+        named
+          ? `name "${f.name}" is already used by forwards[${earlier}]; names must be unique`
+          : `same forward as forwards[${earlier}] ("${f.name}"); remove one or give them distinct name: values`,
+      );
+      continue;
+    }
+    seenNames.set(f.name, index);
+    if (f.localPort === 0) continue;
+    const clash = seenListeners.find(
+      (s) => s.forward.localPort === f.localPort && bindsCollide(s.forward.bind, f.bind),
+    );
+    if (clash) {
+      problems.add(
+        ['forwards', index, 'localPort'],
+        `${f.bind}:${f.localPort} is already used by forwards[${clash.index}] ("${clash.forward.name}" on ${clash.forward.bind}); pick another localPort or bind`,
+      );
+    }
+    seenListeners.push({ forward: f, index });
+  }
+
+  if (problems.list.length > 0) throw new ConfigProblemsError(problems.list);
+  return deepFreeze({ forwards: resolved.map((r) => r.forward), log, tuning });
+}
