@@ -415,7 +415,6 @@ async function runDaemon(
   }
   const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
   log.info(`started; ${summary}`);
-  await notify.ready(summary);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -471,6 +470,8 @@ async function runDaemon(
     signals.on('SIGTERM', onStop);
     signals.on('SIGINT', onStop);
     signals.on('SIGHUP', onReload);
+    // READY only once the handlers are in place, so "ready" also means "stoppable and reloadable".
+    void notify.ready(summary);
   });
 }
 
