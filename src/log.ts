@@ -57,7 +57,15 @@ const SECRET_IN_TEXT: [RegExp, string][] = [
   [/((?:wss?|https?):\/\/[^\s?"']+)\?[^\s"']*/g, '$1?[REDACTED]'],
   // AWS access key ids.
   [/\b(?:AKIA|ASIA)[A-Z0-9]{16}\b/g, '[REDACTED-KEY-ID]'],
+  // SigV4 headers and query parameters, and credentials-file lines, in free text.
+  [
+    /((?:X-Amz-Security-Token|X-Amz-Signature|X-Amz-Credential|aws_secret_access_key|aws_session_token|Signature)"?\s*[:=]\s*"?)[^",\s&}]+/gi,
+    '$1[REDACTED]',
+  ],
 ];
+
+/** Nesting depth below which {@link redact} stops descending and drops the value. */
+const REDACT_MAX_DEPTH = 4;
 
 /** Remove secrets from a log string (tokens, credentials, URL query strings). */
 export function redactText(text: string): string {
@@ -69,8 +77,11 @@ export function redactText(text: string): string {
 /** Deep-redact a metadata value: secret-named keys are replaced, strings are scrubbed. */
 export function redact(value: unknown, depth = 0): unknown {
   if (typeof value === 'string') return redactText(value);
-  if (depth > 4 || value === null || typeof value !== 'object') return value;
+  if (value === null || typeof value !== 'object') return value;
+  // Deeper values are dropped rather than passed through unscrubbed.
+  if (depth > REDACT_MAX_DEPTH) return '[TRUNCATED]';
   if (value instanceof Error) return redactText(value.message);
+  if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
   if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
   const out: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(value)) {
