@@ -1,0 +1,237 @@
+/**
+ * The benchmark's result model, the issue-7 targets evaluated against it, and the printed table.
+ * Units: MB = 10^6 bytes, MiB = 2^20 bytes, GiB = 2^30 bytes; rates in MB/s.
+ */
+import { REFERENCE_CEILING_BYTES_PER_SECOND } from './pace.js';
+
+/** Where a figure was measured. */
+export type Path = 'direct' | 'tunnel' | 'reference';
+
+/** Daemon (and emulator) resource use over one tunnel measurement. */
+export interface Usage {
+  /** Payload bytes that crossed the daemon during the measurement, both directions summed. */
+  tunnelBytes: number;
+  /** Bulk data; only these count toward CPU s/GiB (latency probes cost per message, not per byte). */
+  bulk: boolean;
+  /** Daemon user + system CPU time, s. */
+  daemonCpuSeconds: number | null;
+  /** {@link daemonCpuSeconds} per GiB of {@link tunnelBytes}, s/GiB. */
+  daemonCpuSecondsPerGiB: number | null;
+  /** Peak daemon RSS during the measurement (`VmHWM` after a reset, or sampled `VmRSS`), bytes. */
+  daemonPeakRssBytes: number | null;
+  /** CPU time of the emulator that carried the traffic, s (for context: it shares the 2 cores). */
+  emulatorCpuSeconds: number | null;
+}
+
+/** One measured figure. */
+export interface Measurement {
+  /** Stable id, e.g. `upload-unpaced` (the same id exists for `direct` and `tunnel`). */
+  id: string;
+  path: Path;
+  /** Headline value in {@link unit}. */
+  value: number;
+  unit: 'MB/s' | 'µs' | 'ms' | 's';
+  /** Supporting numbers (bytes, seconds, percentiles…), names carry their unit. */
+  details: Record<string, number>;
+  /** Set for tunnel measurements. */
+  usage?: Usage;
+}
+
+/** Outcome of one named step. */
+export interface StepResult {
+  name: string;
+  ok: boolean;
+  /** Error message when `ok` is false. */
+  error?: string;
+  /** Wall time of the step, s. */
+  seconds: number;
+}
+
+/** Verdict of one issue-7 target. */
+export interface TargetResult {
+  id: string;
+  /** The target as the issue states it. */
+  description: string;
+  /** Measured value, or null when the figure was not measured. */
+  value: number | null;
+  /** Threshold in the same unit as {@link value}. */
+  threshold: number;
+  unit: string;
+  /** null = not measured in this run. */
+  pass: boolean | null;
+}
+
+/** Human labels and row order of the table. */
+const ROWS: ReadonlyArray<{ id: string; label: string }> = [
+  { id: 'upload-unpaced', label: 'bulk upload, unpaced emulator' },
+  { id: 'download-unpaced', label: 'bulk download, unpaced emulator' },
+  { id: 'sender-1ms-per-kib', label: '1 ms-per-1024-byte sender, theoretical' },
+  { id: 'emulator-paced-rate', label: "paced emulator's own rate (its pump)" },
+  { id: 'upload-paced', label: 'bulk upload, paced emulator' },
+  { id: 'download-paced', label: 'bulk download, paced emulator' },
+  { id: 'ping-pong-p50', label: 'ping-pong 64 B, p50' },
+  { id: 'ping-pong-p99', label: 'ping-pong 64 B, p99' },
+  { id: 'ping-pong-added-p50', label: 'ping-pong 64 B, added p50' },
+  { id: 'ping-pong-latency-p50', label: 'ping-pong 64 B, +20 ms/frame, p50' },
+  { id: 'ping-pong-latency-p99', label: 'ping-pong 64 B, +20 ms/frame, p99' },
+  { id: 'upload-latency', label: 'bulk upload, +20 ms/frame emulator' },
+  { id: 'first-byte-cold', label: 'first byte, cold forward' },
+  { id: 'first-byte-warm', label: 'first byte, warm forward (median)' },
+  { id: 'connections', label: 'concurrent echo connections, time' },
+];
+
+/** Key of a measurement in the result map. */
+export function key(id: string, path: Path): string {
+  return `${id}:${path}`;
+}
+
+/** MB (10^6 bytes) per second of a transfer. */
+export function megabytesPerSecond(bytes: number, seconds: number): number {
+  return bytes / seconds / 1e6;
+}
+
+/** Evaluate the issue-7 targets against the measurements of this run. */
+export function evaluateTargets(measurements: ReadonlyMap<string, Measurement>): TargetResult[] {
+  const get = (id: string, path: Path): number | null => measurements.get(key(id, path))?.value ?? null;
+  const target = (
+    id: string,
+    description: string,
+    value: number | null,
+    threshold: number,
+    unit: string,
+    higherIsBetter: boolean,
+  ): TargetResult => ({
+    id,
+    description,
+    value,
+    threshold,
+    unit,
+    pass: value === null ? null : higherIsBetter ? value >= threshold : value <= threshold,
+  });
+  const pacedDownload = get('download-paced', 'tunnel');
+  const ownRate = get('emulator-paced-rate', 'reference');
+  const connections = measurements.get(key('connections', 'tunnel'));
+  return [
+    target(
+      'unpaced-upload',
+      'unpaced tunnel upload ≥ 50 MB/s',
+      get('upload-unpaced', 'tunnel'),
+      50,
+      'MB/s',
+      true,
+    ),
+    target(
+      'unpaced-download',
+      'unpaced tunnel download ≥ 50 MB/s',
+      get('download-unpaced', 'tunnel'),
+      50,
+      'MB/s',
+      true,
+    ),
+    target(
+      'paced-download',
+      "paced download ≥ 90 % of the emulator's own paced rate",
+      pacedDownload !== null && ownRate !== null ? (100 * pacedDownload) / ownRate : null,
+      90,
+      '%',
+      true,
+    ),
+    target(
+      'paced-upload',
+      'paced upload ≥ 10× a 1 ms-per-1024-byte sender (10.24 MB/s)',
+      get('upload-paced', 'tunnel'),
+      (10 * REFERENCE_CEILING_BYTES_PER_SECOND) / 1e6,
+      'MB/s',
+      true,
+    ),
+    target(
+      'added-latency',
+      'added ping-pong p50 ≤ 300 µs',
+      get('ping-pong-added-p50', 'tunnel'),
+      300,
+      'µs',
+      false,
+    ),
+    target('warm-first-byte', 'warm first byte ≤ 5 ms', get('first-byte-warm', 'tunnel'), 5, 'ms', false),
+    target(
+      'connections-rss',
+      '1000 connections, all bytes verified, peak daemon RSS ≤ 150 MB',
+      connections?.usage?.daemonPeakRssBytes != null ? connections.usage.daemonPeakRssBytes / 1e6 : null,
+      150,
+      'MB',
+      false,
+    ),
+  ];
+}
+
+function format(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) return '—';
+  const abs = Math.abs(value);
+  return abs >= 100 ? value.toFixed(0) : abs >= 10 ? value.toFixed(1) : value.toFixed(2);
+}
+
+function verdict(pass: boolean | null): string {
+  return pass === null ? 'n/a' : pass ? 'PASS' : 'FAIL';
+}
+
+/** The results as text: measurements (direct vs tunnel), daemon resource use, then the targets. */
+export function renderTable(
+  measurements: ReadonlyMap<string, Measurement>,
+  targets: readonly TargetResult[],
+  steps: readonly StepResult[],
+): string {
+  const lines: string[] = [];
+  const pad = (cells: string[], widths: number[]): string =>
+    cells
+      .map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0)))
+      .join('  ');
+  const widths = [40, 12, 12, 6];
+  lines.push(pad(['figure', 'direct/ref', 'tunnel', 'unit'], widths));
+  lines.push('-'.repeat(widths.reduce((a, b) => a + b + 2, -2)));
+  for (const row of ROWS) {
+    const direct = measurements.get(key(row.id, 'direct')) ?? measurements.get(key(row.id, 'reference'));
+    const tunnel = measurements.get(key(row.id, 'tunnel'));
+    if (!direct && !tunnel) continue;
+    let label = row.label;
+    const count = (direct ?? tunnel)?.details['connections'];
+    if (row.id === 'connections' && count !== undefined) {
+      const each = ((direct ?? tunnel)?.details['bytesEach'] ?? 0) / 1024;
+      label = `${count} echo connections × ${each} KiB, time`;
+    }
+    lines.push(
+      pad([label, format(direct?.value), format(tunnel?.value), (direct ?? tunnel)?.unit ?? ''], widths),
+    );
+  }
+  lines.push('');
+  lines.push(pad(['daemon, per tunnel measurement', 'CPU s', 's/GiB', 'peak MB'], [40, 12, 12, 8]));
+  lines.push('-'.repeat(78));
+  for (const measurement of measurements.values()) {
+    const usage = measurement.usage;
+    if (!usage) continue;
+    lines.push(
+      pad(
+        [
+          measurement.id,
+          format(usage.daemonCpuSeconds),
+          usage.bulk ? format(usage.daemonCpuSecondsPerGiB) : '—',
+          format(usage.daemonPeakRssBytes === null ? null : usage.daemonPeakRssBytes / 1e6),
+        ],
+        [40, 12, 12, 8],
+      ),
+    );
+  }
+  lines.push('');
+  lines.push('issue-7 targets');
+  lines.push('-'.repeat(78));
+  for (const t of targets) {
+    lines.push(
+      `${verdict(t.pass).padEnd(5)} ${t.description}: ${format(t.value)} ${t.unit} (threshold ${format(t.threshold)})`,
+    );
+  }
+  const failed = steps.filter((step) => !step.ok);
+  if (failed.length > 0) {
+    lines.push('');
+    for (const step of failed) lines.push(`step ${step.name} FAILED: ${step.error ?? ''}`);
+  }
+  return lines.join('\n');
+}
