@@ -420,13 +420,16 @@ async function runDaemon(
     let stopping = false;
     let reloads: Promise<void> = Promise.resolve();
     const cleanup = (): void => {
-      signals.off('SIGTERM', onStop);
-      signals.off('SIGINT', onStop);
+      signals.off('SIGTERM', onTerm);
+      signals.off('SIGINT', onInt);
       signals.off('SIGHUP', onReload);
     };
-    function onStop(): void {
+    function onStop(signal: HandledSignal): void {
       if (stopping) {
-        log.warn('second stop signal: exiting without waiting for the drain');
+        // A second Ctrl-C means "now"; repeated SIGTERMs (wrappers that signal the whole process group)
+        // are ignored, and systemd escalates to SIGKILL after TimeoutStopSec anyway.
+        if (signal !== 'SIGINT') return;
+        log.warn('second SIGINT: exiting without waiting for the drain');
         cleanup();
         resolve(EXIT_FAILURE);
         return;
@@ -467,8 +470,10 @@ async function runDaemon(
         await notify.ready(`forwarding ${config.forwards.length} port(s)`);
       });
     }
-    signals.on('SIGTERM', onStop);
-    signals.on('SIGINT', onStop);
+    const onTerm = (): void => onStop('SIGTERM');
+    const onInt = (): void => onStop('SIGINT');
+    signals.on('SIGTERM', onTerm);
+    signals.on('SIGINT', onInt);
     signals.on('SIGHUP', onReload);
     // READY only once the handlers are in place, so "ready" also means "stoppable and reloadable".
     void notify.ready(summary);

@@ -364,3 +364,23 @@ test('sd-notify: a failing systemd-notify disables it softly', async (t) => {
   t.false(notify.enabled);
   t.is(runs, 1);
 });
+
+test('a repeated SIGTERM is ignored while draining; a second SIGINT forces exit 1', async (t) => {
+  const release = deferred();
+  const h = harness({ stop: () => release.promise });
+  const exit = main(['--target', T, '--port', '5432'], h.io);
+  await h.started;
+  emit(h, 'SIGTERM');
+  emit(h, 'SIGTERM');
+  release.resolve();
+  t.is(await exit, 0);
+
+  const never = deferred();
+  const h2 = harness({ stop: () => never.promise });
+  const exit2 = main(['--target', T, '--port', '5432'], h2.io);
+  await h2.started;
+  emit(h2, 'SIGINT');
+  emit(h2, 'SIGINT');
+  t.is(await exit2, 1);
+  t.is(h2.signals.listenerCount('SIGINT'), 0);
+});
