@@ -14,13 +14,31 @@ const TAIL_LINES = 40;
 export const STOP_GRACE_MS = 15_000;
 
 const live = new Set<ChildProcess>();
+const exitActions = new Set<() => void>();
 let exitHooksInstalled = false;
+
+/**
+ * Run a synchronous clean-up when the benchmark process exits, however it exits.
+ * @returns a function that unregisters it (call it once the clean-up has been done normally)
+ */
+export function atExit(action: () => void): () => void {
+  installExitHooks();
+  exitActions.add(action);
+  return () => exitActions.delete(action);
+}
 
 function installExitHooks(): void {
   if (exitHooksInstalled) return;
   exitHooksInstalled = true;
   process.on('exit', () => {
     for (const child of live) child.kill('SIGKILL');
+    for (const action of exitActions) {
+      try {
+        action();
+      } catch {
+        // Best effort: the process is exiting anyway.
+      }
+    }
   });
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(signal, () => {

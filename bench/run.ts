@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { SocketScope, concurrentEcho, download, firstByte, percentile, pingPong, upload } from './clients.js';
+import { renderProfileSummary } from './profile.js';
 import { REFERENCE_CEILING_BYTES_PER_SECOND, measureEmulatorPacedRate } from './pace.js';
 import { cpuSeconds, memoryStatus, resetPeakRss, RssSampler } from './processes.js';
 import { evaluateTargets, key, megabytesPerSecond, renderTable } from './report.js';
@@ -39,6 +40,8 @@ const RSS_SAMPLE_MS = 50;
 const SETTLE_MS = 500;
 /** Untimed connections before the warm first-byte samples. */
 const WARM_UP_CONNECTIONS = 5;
+/** Rows of the CPU profile summary printed after a `--cpu-prof` run. */
+const PROFILE_SUMMARY_ROWS = 15;
 /** Hard limit of the whole run, ms: after it everything is killed. */
 const RUN_TIMEOUT_MS = 15 * 60_000;
 
@@ -619,7 +622,9 @@ async function main(): Promise<number> {
     process.stdout.write(
       `results: ${relative(process.cwd(), outPath)} (${report.wallSeconds.toFixed(0)} s)\n`,
     );
-    for (const profile of report.cpuProfiles) process.stdout.write(`cpu profile: ${profile}\n`);
+    for (const profile of profiles) {
+      process.stdout.write(`\n${renderProfileSummary(join(RESULTS_DIR, profile), PROFILE_SUMMARY_ROWS)}\n`);
+    }
   }
   return results.every((step) => step.ok) ? 0 : 1;
 }

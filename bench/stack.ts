@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { LOOPBACK } from './clients.js';
-import { Child } from './processes.js';
+import { Child, atExit } from './processes.js';
 import { SERVERS_READY_PREFIX } from './servers.js';
 import type { ServerPorts } from './servers.js';
 
@@ -124,11 +124,14 @@ function childEnv(): NodeJS.ProcessEnv {
 export async function startStack(options: StackOptions): Promise<Stack> {
   const started: Child[] = [];
   const workDir = mkdtempSync(join(tmpdir(), 'pf-bench-'));
+  const removeWorkDir = (): void => rmSync(workDir, { recursive: true, force: true });
+  const forgetWorkDir = atExit(removeWorkDir);
   const env = childEnv();
   const stopAll = async (): Promise<void> => {
     // Reverse start order: the daemon goes first, so it drains and writes its CPU profile.
     for (const child of [...started].reverse()) await child.stop();
-    rmSync(workDir, { recursive: true, force: true });
+    removeWorkDir();
+    forgetWorkDir();
   };
   try {
     const servers = new Child('servers', process.execPath, [SERVERS_PATH], env);
