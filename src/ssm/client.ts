@@ -20,6 +20,11 @@ import type { SessionGrant, SsmApi, StartSessionRequest } from './types.js';
 import { mapSsmError } from './errors.js';
 import type { SsmErrorContext, SsmOperation } from './errors.js';
 
+/** Default time one SSM API request may take before it fails as a retryable network error, ms (our own bound). */
+export const SSM_REQUEST_TIMEOUT_MS = 30_000;
+/** Default TCP/TLS connect timeout towards the SSM endpoint, ms (our own bound). */
+export const SSM_CONNECT_TIMEOUT_MS = 10_000;
+
 /** Static credentials (tests, the emulator). Production uses the SDK chain instead. */
 export interface StaticCredentials {
   accessKeyId: string;
@@ -41,6 +46,8 @@ export interface SsmApiOptions {
   userAgent?: string;
   /** Fixed credentials instead of the SDK chain; meant for tests and the emulator. */
   credentials?: StaticCredentials;
+  /** Time one request may take, ms. Default {@link SSM_REQUEST_TIMEOUT_MS}. */
+  requestTimeoutMs?: number;
   /** Attempts per call including the first, handled by the SDK's standard retry strategy. Default 3 (SDK default). */
   maxAttempts?: number;
 }
@@ -60,7 +67,14 @@ interface GrantOutput {
  */
 export function createSsmApi(options: SsmApiOptions): SsmApi {
   const log = options.logger.child('ssm');
-  const config: SSMClientConfig = {};
+  const config: SSMClientConfig = {
+    // The SDK's own default is no request timeout at all: a hung call would stall a forward forever.
+    requestHandler: {
+      requestTimeout: options.requestTimeoutMs ?? SSM_REQUEST_TIMEOUT_MS,
+      connectionTimeout: Math.min(SSM_CONNECT_TIMEOUT_MS, options.requestTimeoutMs ?? SSM_CONNECT_TIMEOUT_MS),
+      throwOnRequestTimeout: true,
+    },
+  };
   if (options.region) config.region = options.region;
   if (options.profile) config.profile = options.profile;
   if (options.endpoint) config.endpoint = options.endpoint;

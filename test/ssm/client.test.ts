@@ -5,7 +5,7 @@
 import test from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { IncomingHttpHeaders, Server } from 'node:http';
+import type { IncomingHttpHeaders, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -314,4 +314,27 @@ test('an unknown profile fails with PF_ERR_CREDENTIALS naming the profile', asyn
   t.true(isPfError(err, 'PF_ERR_CREDENTIALS'), String(err));
   t.regex(err?.message ?? '', /profile nosuchprofile/);
   t.is(fake.seen.length, 0);
+});
+
+test('a request that gets no answer times out as a retryable network error', async (t) => {
+  const held: ServerResponse[] = [];
+  const server = createServer((_req, res) => void held.push(res));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const res of held) res.destroy();
+    server.close();
+  });
+  const { port } = server.address() as AddressInfo;
+  const client = createSsmApi({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${port}`,
+    logger: silentLogger,
+    credentials,
+    maxAttempts: 1,
+    requestTimeoutMs: 300,
+  });
+  const err = await t.throwsAsync(client.startSession(startRequest));
+  t.true(isPfError(err, 'PF_ERR_AWS'), String(err));
+  t.true((err as { retryable?: boolean }).retryable);
+  t.regex(err?.message ?? '', /cannot reach the SSM endpoint for StartSession in us-east-1 \(ETIMEDOUT\)/);
 });
