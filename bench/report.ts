@@ -65,7 +65,7 @@ export interface TargetResult {
 }
 
 /** Human labels and row order of the table. */
-const ROWS: ReadonlyArray<{ id: string; label: string }> = [
+export const ROWS: ReadonlyArray<{ id: string; label: string }> = [
   { id: 'upload-unpaced', label: 'bulk upload, unpaced emulator' },
   { id: 'download-unpaced', label: 'bulk download, unpaced emulator' },
   { id: 'sender-1ms-per-kib', label: '1 ms-per-1024-byte sender, theoretical' },
@@ -82,6 +82,14 @@ const ROWS: ReadonlyArray<{ id: string; label: string }> = [
   { id: 'first-byte-warm', label: 'first byte, warm forward (median)' },
   { id: 'connections', label: 'concurrent echo connections, time' },
 ];
+
+/** The table label of a row; the connection row names its count and size. */
+export function rowLabel(row: { id: string; label: string }, measurement: Measurement | undefined): string {
+  const count = measurement?.details['connections'];
+  if (row.id !== 'connections' || count === undefined) return row.label;
+  const eachKiB = (measurement?.details['bytesEach'] ?? 0) / 1024;
+  return `${count} echo connections × ${eachKiB} KiB both ways, time`;
+}
 
 /** Key of a measurement in the result map. */
 export function key(id: string, path: Path): string {
@@ -175,13 +183,15 @@ function connectionsTarget(connections: Measurement | undefined): TargetResult {
   };
 }
 
-function format(value: number | null | undefined): string {
+/** A figure with 3 significant-ish digits; `—` when missing. */
+export function format(value: number | null | undefined): string {
   if (value === null || value === undefined || !Number.isFinite(value)) return '—';
   const abs = Math.abs(value);
   return abs >= 100 ? value.toFixed(0) : abs >= 10 ? value.toFixed(1) : value.toFixed(2);
 }
 
-function verdict(pass: boolean | null): string {
+/** PASS, FAIL or n/a (not measured). */
+export function verdict(pass: boolean | null): string {
   return pass === null ? 'n/a' : pass ? 'PASS' : 'FAIL';
 }
 
@@ -203,12 +213,7 @@ export function renderTable(
     const direct = measurements.get(key(row.id, 'direct')) ?? measurements.get(key(row.id, 'reference'));
     const tunnel = measurements.get(key(row.id, 'tunnel'));
     if (!direct && !tunnel) continue;
-    let label = row.label;
-    const count = (direct ?? tunnel)?.details['connections'];
-    if (row.id === 'connections' && count !== undefined) {
-      const each = ((direct ?? tunnel)?.details['bytesEach'] ?? 0) / 1024;
-      label = `${count} echo connections × ${each} KiB, time`;
-    }
+    const label = rowLabel(row, direct ?? tunnel);
     lines.push(
       pad([label, format(direct?.value), format(tunnel?.value), (direct ?? tunnel)?.unit ?? ''], widths),
     );
