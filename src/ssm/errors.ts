@@ -161,12 +161,16 @@ function ssoLogin(profile: string | undefined): string {
  * Map an error thrown by an SSM call to an {@link AwsSessionError}.
  *
  * @param err - whatever the SDK (or its credential chain, or the socket) threw
- * @param op - the SSM operation that failed
+ * @param op - the SSM operation that failed (`StartSession`, …); named in messages
  * @param context - target/region/profile to name in the message
  * @returns the mapped error; `cause` is the original value, `retryable` is true for throttling, 5xx and
  *   network failures (spec §2.4)
  */
-export function mapSsmError(err: unknown, op: SsmOperation, context: SsmErrorContext = {}): AwsSessionError {
+export function mapSsmError(
+  err: unknown,
+  op: SsmOperation | (string & {}),
+  context: SsmErrorContext = {},
+): AwsSessionError {
   if (err instanceof AwsSessionError) return err;
   const shape = shapeOf(err);
   const awsText = shape.message ? clean(shape.message) : '';
