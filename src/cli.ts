@@ -563,6 +563,9 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
+  // The SDK prints a multi-line Node-version notice on its first call; under journald it would read as
+  // several unrelated log lines. engines.node documents our support instead. The user can still set it.
+  process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
     // Lingering sockets (SDK keep-alive pools) must not keep a stopped daemon alive under systemd.
