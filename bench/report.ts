@@ -206,7 +206,7 @@ export function renderTable(
     cells
       .map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0)))
       .join('  ');
-  const widths = [40, 12, 12, 6];
+  const widths = [48, 12, 12, 6];
   lines.push(pad(['figure', 'direct/ref', 'tunnel', 'unit'], widths));
   lines.push('-'.repeat(widths.reduce((a, b) => a + b + 2, -2)));
   for (const row of ROWS) {
@@ -219,8 +219,8 @@ export function renderTable(
     );
   }
   lines.push('');
-  lines.push(pad(['daemon, per tunnel measurement', 'CPU s', 's/GiB', 'peak MB'], [40, 12, 12, 8]));
-  lines.push('-'.repeat(78));
+  lines.push(pad(['daemon, per tunnel measurement', 'CPU s', 's/GiB', 'peak MB'], [48, 12, 12, 8]));
+  lines.push('-'.repeat(86));
   for (const measurement of measurements.values()) {
     const usage = measurement.usage;
     if (!usage) continue;
@@ -232,13 +232,13 @@ export function renderTable(
           usage.bulk ? format(usage.daemonCpuSecondsPerGiB) : '—',
           format(usage.daemonPeakRssBytes === null ? null : usage.daemonPeakRssBytes / 1e6),
         ],
-        [40, 12, 12, 8],
+        [48, 12, 12, 8],
       ),
     );
   }
   lines.push('');
   lines.push('issue-7 targets');
-  lines.push('-'.repeat(78));
+  lines.push('-'.repeat(86));
   for (const t of targets) {
     lines.push(
       `${verdict(t.pass).padEnd(5)} ${t.description}: ${format(t.value)} ${t.unit} (threshold ${format(t.threshold)})`,
