@@ -16,6 +16,7 @@ import {
 import type { SSMClientConfig } from '@aws-sdk/client-ssm';
 import { AwsSessionError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { describeProxy, proxyAgentFor, proxyUrlFor } from '../proxy.js';
 import type { SessionGrant, SsmApi, StartSessionRequest } from './types.js';
 import { mapSsmError } from './errors.js';
 import type { SsmErrorContext, SsmOperation } from './errors.js';
@@ -67,12 +68,20 @@ interface GrantOutput {
  */
 export function createSsmApi(options: SsmApiOptions): SsmApi {
   const log = options.logger.child('ssm');
+  // The SDK ignores HTTPS_PROXY; route the API through the same proxy rules as the WebSocket. Without an
+  // endpoint the regional host is not known yet, so NO_PROXY is matched against the service domain.
+  const proxyAgent = proxyAgentFor(options.endpoint ?? 'https://ssm.amazonaws.com');
+  if (proxyAgent)
+    log.debug(
+      `SSM API through proxy ${describeProxy(proxyUrlFor(options.endpoint ?? 'https://ssm.amazonaws.com') ?? '')}`,
+    );
   const config: SSMClientConfig = {
     // The SDK's own default is no request timeout at all: a hung call would stall a forward forever.
     requestHandler: {
       requestTimeout: options.requestTimeoutMs ?? SSM_REQUEST_TIMEOUT_MS,
       connectionTimeout: Math.min(SSM_CONNECT_TIMEOUT_MS, options.requestTimeoutMs ?? SSM_CONNECT_TIMEOUT_MS),
       throwOnRequestTimeout: true,
+      ...(proxyAgent ? { httpAgent: proxyAgent, httpsAgent: proxyAgent } : {}),
     },
   };
   if (options.region) config.region = options.region;
