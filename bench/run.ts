@@ -416,7 +416,7 @@ function parseArgs(): Args {
       quick: {
         type: 'boolean',
         default: false,
-        description: 'small sizes and counts: a smoke run of about a minute',
+        description: 'small sizes and counts: a smoke run of about 30 s',
       },
       only: {
         type: 'string',
@@ -442,6 +442,7 @@ function parseArgs(): Args {
     .example('$0 --quick --only throughput ping-pong', 'smoke run of two steps')
     .example('$0 --only throughput --cpu-prof', 'profile the daemon during the bulk transfers')
     .strict()
+    .version(false)
     .help()
     .parseSync();
   return {
