@@ -38,8 +38,71 @@ export type DownReason = 'closed-by-peer' | 'error' | 'liveness' | 'closed-by-us
 
 /** Text of the WebSocket ping payload (spec §3.4). */
 const PING_PAYLOAD = Buffer.from('keepalive');
+/** Options of every binary send: one shared object instead of one per frame. */
+const SEND_BINARY = Object.freeze({ binary: true });
 /** Normal-closure code we send on orderly close (spec §3.5). */
 const CLOSE_NORMAL = 1000;
+
+/** The part of a `net.Socket` a {@link WriteCoalescer} uses. */
+export interface CorkableSocket {
+  cork(): void;
+  uncork(): void;
+}
+
+function isCorkable(value: unknown): value is CorkableSocket {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as Partial<CorkableSocket>).cork === 'function' &&
+    typeof (value as Partial<CorkableSocket>).uncork === 'function'
+  );
+}
+
+/**
+ * The TCP (or TLS) socket under a `ws` WebSocket, or undefined. `ws` has no public API for it; ws 8 keeps it
+ * in the private `_socket` field from the upgrade on (`WebSocket#setSocket`). Read through this one narrow,
+ * guarded accessor so a future ws without the field only loses write coalescing, never correctness.
+ */
+export function underlyingSocketOf(ws: WebSocket): CorkableSocket | undefined {
+  const socket: unknown = (ws as unknown as { _socket?: unknown })._socket;
+  return isCorkable(socket) ? socket : undefined;
+}
+
+/**
+ * Coalesces the socket writes of one synchronous burst into one `writev` (issue 7): the first write of a
+ * burst corks the socket and schedules the uncork for `process.nextTick`, i.e. right after the event that
+ * caused the burst (a WebSocket read carrying many frames, an ack opening the window) has been handled.
+ * Without it every WebSocket frame — each data message and each ack — is its own write syscall. `cork()` is
+ * counted, so the cork/uncork pairs ws's Sender issues per frame nest inside ours. Adds no timer and no
+ * latency beyond the current tick.
+ */
+export class WriteCoalescer {
+  private corked = false;
+
+  constructor(private readonly socket: CorkableSocket | undefined) {}
+
+  /** Call before each write of a burst; idempotent within one tick. */
+  hold(): void {
+    if (this.corked || this.socket === undefined) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.release);
+  }
+
+  /**
+   * Write out what the current burst holds back, now. Call before anything that may destroy the socket
+   * (`terminate()`), which would otherwise discard corked bytes that a plain write would have delivered.
+   */
+  flush(): void {
+    this.release();
+  }
+
+  private readonly release = (): void => {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket?.uncork();
+  };
+}
 
 /** Host and path of a StreamUrl, without its query string (which may carry signed parameters). */
 export function describeStreamUrl(url: string): string {
@@ -63,6 +126,7 @@ function tlsOptionsFromEnv(env: NodeJS.ProcessEnv): { ca?: Buffer } {
  */
 export class DataChannelConnection extends EventEmitter {
   private socket: WebSocket | undefined;
+  private writes: WriteCoalescer | undefined;
   private livenessTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
   private lastHeardAt = 0;
@@ -134,6 +198,7 @@ export class DataChannelConnection extends EventEmitter {
       });
     });
     this.socket = socket;
+    this.writes = new WriteCoalescer(underlyingSocketOf(socket));
     socket.binaryType = 'nodebuffer';
     this.lastHeardAt = Date.now();
     socket.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
@@ -171,7 +236,8 @@ export class DataChannelConnection extends EventEmitter {
     const socket = this.socket;
     if (this.isDown || socket === undefined || socket.readyState !== WebSocket.OPEN) return;
     this.framesSent++;
-    socket.send(frame, { binary: true });
+    this.writes?.hold();
+    socket.send(frame, SEND_BINARY);
   }
 
   /** Orderly close with a close frame (spec §3.5, weakness #9). */
@@ -218,6 +284,7 @@ export class DataChannelConnection extends EventEmitter {
       socket.removeAllListeners('close');
       socket.removeAllListeners('error');
       socket.on('error', () => undefined);
+      this.writes?.flush();
       if (reason !== 'closed-by-us') socket.terminate();
     }
     this.emit('down', reason, detail);

@@ -234,9 +234,7 @@ export class OutboundPump {
   kick(): void {
     if (this.running || this.stopped || this.queue.length === 0 || !this.deps.canRun()) return;
     this.running = true;
-    void this.loop().finally(() => {
-      this.running = false;
-    });
+    void this.loop();
   }
 
   /** Stop for good and drop the queue. */
@@ -246,15 +244,21 @@ export class OutboundPump {
   }
 
   private async loop(): Promise<void> {
-    let unpaced = 0;
-    while (!this.stopped && this.queue.length > 0 && this.deps.canRun()) {
-      this.deps.emit(this.queue.take(this.options.chunkSize));
-      this.checkLow();
-      if (this.options.pacingMs > 0) {
-        await sleep(this.options.pacingMs);
-      } else if (++unpaced % PORT_PLUGIN.UNPACED_BATCH_MESSAGES === 0) {
-        await yieldToLoop();
+    // `running` is cleared inside the loop's own frame: when the loop ends without awaiting, bytes pushed
+    // right after it (in the same turn) must find the pump idle and restart it, not wait for a later push.
+    try {
+      let unpaced = 0;
+      while (!this.stopped && this.queue.length > 0 && this.deps.canRun()) {
+        this.deps.emit(this.queue.take(this.options.chunkSize));
+        this.checkLow();
+        if (this.options.pacingMs > 0) {
+          await sleep(this.options.pacingMs);
+        } else if (++unpaced % PORT_PLUGIN.UNPACED_BATCH_MESSAGES === 0) {
+          await yieldToLoop();
+        }
       }
+    } finally {
+      this.running = false;
     }
   }
 

@@ -12,6 +12,7 @@ import { HEADER, MessageType, PayloadType } from '../datachannel/constants.js';
 import { decodeMessage, encodeMessage, newMessage } from '../datachannel/message.js';
 import type { OpenDataChannelInput } from '../datachannel/payloads.js';
 import { decodeAcknowledge, encodeChannelClosed } from '../datachannel/payloads.js';
+import { WriteCoalescer, underlyingSocketOf } from '../datachannel/connection.js';
 import type { Logger } from '../log.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from './agent.js';
 import type { StartSessionInput } from './api.js';
@@ -191,6 +192,9 @@ export interface SessionEnvironment {
   emit(event: string, ...args: unknown[]): void;
 }
 
+/** Options of every binary send: one shared object instead of one per frame. */
+const SEND_BINARY = Object.freeze({ binary: true });
+
 /** Hex digits of a SessionId suffix (observed format `alice-0a1b2c3d4e5f67890`). */
 const SESSION_ID_SUFFIX_HEX = 17;
 /** Bytes of entropy in a TokenValue (our choice; real tokens are longer opaque base64). */
@@ -250,6 +254,8 @@ export class EmulatedSession implements EmulatedSessionInfo {
 
   private readonly frameLog: FrameRecord[] = [];
   private socket: WebSocket | undefined;
+  /** Coalesces the relay's writes to `socket` per tick (one writev instead of one syscall per frame). */
+  private writes: WriteCoalescer | undefined;
   private readonly input: StartSessionInput;
   private readonly toAgent: FaultPipe;
   private readonly toClient: FaultPipe;
@@ -337,6 +343,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
     const previous = this.socket;
     const firstConnect = this.agent === undefined;
     this.socket = ws;
+    this.writes = new WriteCoalescer(underlyingSocketOf(ws));
     if (previous !== undefined) {
       this.env.logger.debug('client socket replaced by a new connect');
       this.endConnection();
@@ -393,6 +400,8 @@ export class EmulatedSession implements EmulatedSessionInfo {
     this.drops += 1;
     this.counters.webSocketDrops += 1;
     this.env.logger.debug('dropping client socket', { mode });
+    // Frames relayed before the drop were written before it; only a cork could still hold them back.
+    this.writes?.flush();
     if (mode === 'abrupt') ws.terminate();
     else ws.close(WS_CLOSE.NORMAL, 'Bye');
   }
@@ -425,6 +434,8 @@ export class EmulatedSession implements EmulatedSessionInfo {
       });
       this.sendServiceMessage(MessageType.ChannelClosed, payload);
       ws.close(WS_CLOSE.NORMAL, 'channel closed');
+      // The emulator may terminate the socket right after (close()); channel_closed must be out first.
+      this.writes?.flush();
     }
     this.endConnection();
     this.socket = undefined;
@@ -487,7 +498,8 @@ export class EmulatedSession implements EmulatedSessionInfo {
       this.record('toClient', source, 'discarded', frame);
       return;
     }
-    ws.send(frame, { binary: true });
+    this.writes?.hold();
+    ws.send(frame, SEND_BINARY);
     this.counters.clientFramesOut += 1;
     this.counters.clientBytesOut += frame.length;
     this.record('toClient', source, 'relayed', frame);

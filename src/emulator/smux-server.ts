@@ -23,6 +23,7 @@
 import type net from 'node:net';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
+import { WriteCoalescer } from '../datachannel/connection.js';
 import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../mux/frame.js';
 import type { SmuxFrame } from '../mux/frame.js';
 
@@ -94,6 +95,8 @@ interface ServerStream {
   /** FIN arrived before the destination was connected. */
   finReceived: boolean;
   socket: net.Socket | undefined;
+  /** Coalesces the PSH writes of one burst into one syscall (mechanics only: same bytes, same order). */
+  writes: WriteCoalescer | undefined;
 }
 
 /** smux v1 server over the agent's Output stream; see the module comment. */
@@ -194,7 +197,10 @@ export class SmuxServer {
     if (this.closed) return;
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
-    for (const stream of this.streams.values()) stream.socket?.destroy();
+    for (const stream of this.streams.values()) {
+      stream.writes?.flush();
+      stream.socket?.destroy();
+    }
     this.streams.clear();
     this.acceptQueue.length = 0;
   }
@@ -239,6 +245,7 @@ export class SmuxServer {
       heldBytes: 0,
       finReceived: false,
       socket: undefined,
+      writes: undefined,
     };
     this.streams.set(sid, stream);
     this.acceptQueue.push(stream);
@@ -252,6 +259,7 @@ export class SmuxServer {
       stream.heldBytes += data.length;
       return;
     }
+    stream.writes?.hold();
     stream.socket.write(data);
     this.hooks.bytes(stream.sid, 'toDestination', data.length);
   }
@@ -289,6 +297,7 @@ export class SmuxServer {
   /** Dial succeeded: state Connected, write held data, then honour a FIN that arrived meanwhile. */
   private attach(stream: ServerStream, socket: net.Socket): void {
     stream.socket = socket;
+    stream.writes = new WriteCoalescer(socket);
     stream.state = StreamState.Connected;
     socket.on('data', (chunk: Buffer) => this.fromDestination(stream, chunk));
     socket.on('end', () => this.finish(stream));
@@ -327,6 +336,8 @@ export class SmuxServer {
   /** Close the destination fully, send FIN, forget the stream. Idempotent per stream. */
   private finish(stream: ServerStream): void {
     if (this.streams.get(stream.sid) !== stream) return;
+    // Bytes written before this point were written; a cork must not turn them into lost data.
+    stream.writes?.flush();
     stream.socket?.destroy();
     this.write(encodeFrame(SmuxCommand.FIN, stream.sid));
     this.forget(stream);
