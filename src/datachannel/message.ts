@@ -2,7 +2,7 @@
  * Pure codec for data-channel messages: one binary WebSocket frame = 120-byte header + payload
  * (spec §4). No sockets, timers or logging here.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { hash, randomFillSync, randomUUID } from 'node:crypto';
 import { ProtocolError } from '../errors.js';
 import { HEADER, MessageType, SCHEMA_VERSION } from './constants.js';
 
@@ -40,9 +40,56 @@ export interface DecodeOptions {
   copyPayload?: boolean;
 }
 
+/**
+ * Header fields {@link sealFrame} writes in place around a payload already at `HEADER.PAYLOAD_OFFSET`: one
+ * allocation per outgoing frame, no intermediate payload buffer (issue 7).
+ */
+export interface FrameHeader {
+  /** MessageType string (1–32 ASCII bytes). */
+  messageType: string;
+  /** SchemaVersion header field. */
+  schemaVersion: number;
+  /** CreatedDate, Unix time in milliseconds. */
+  createdDate: number;
+  /** SequenceNumber (spec §7.1). */
+  sequenceNumber: number;
+  /** Flags header field (spec §4.4). */
+  flags: number;
+  /**
+   * MessageId as a UUID string, or undefined for a fresh random UUIDv4 written straight from random bytes
+   * (spec §4.5) without going through a string.
+   */
+  messageId: string | undefined;
+  /** PayloadType (spec §4.3). */
+  payloadType: number;
+}
+
 const MESSAGE_TYPE_PADDING = 0x20;
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const MAX_SEQUENCE = BigInt(Number.MAX_SAFE_INTEGER);
+/** 2^32: splits a safe integer into the two u32 halves of a 64-bit field. */
+const U32_SPAN = 0x1_0000_0000;
+/** Largest high u32 half of a non-negative safe integer (2^53 − 1 >> 32). */
+const MAX_SAFE_HIGH_WORD = 0x1f_ffff;
+
+/** Two lowercase hex digits per byte value, for building MessageId strings without `toString('hex')`. */
+const HEX_BYTE: readonly string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+/** The message types we know, space-padded to 32 bytes as every reference encoder writes them (spec §4.1). */
+const PADDED_TYPES: ReadonlyMap<string, Buffer> = new Map(
+  Object.values(MessageType).map((type) => {
+    const padded = Buffer.alloc(HEADER.MESSAGE_TYPE_BYTES, MESSAGE_TYPE_PADDING);
+    padded.write(type, 0, 'latin1');
+    return [type, padded];
+  }),
+);
+const PADDED_TYPE_LIST: readonly (readonly [string, Buffer])[] = [...PADDED_TYPES];
+
+/**
+ * Random bytes for MessageIds, refilled 16 × 256 at a time: one `randomFillSync` per 256 messages instead of
+ * one `randomUUID()` string (and its hex parse) per message.
+ */
+const RANDOM_ID_POOL = Buffer.allocUnsafe(HEADER.MESSAGE_ID_BYTES * 256);
+let randomIdOffset = RANDOM_ID_POOL.length;
 
 /** Message types the parser accepts without header validation (spec §4.1). */
 function isPublicationControl(messageType: string): boolean {
@@ -59,6 +106,12 @@ export function newMessageId(): string {
   return randomUUID();
 }
 
+/** Value of one hex digit character code (already validated by {@link UUID_PATTERN}). */
+function hexDigit(code: number): number {
+  // '0'-'9' → 0-9; 'a'-'f' and 'A'-'F' → 10-15 (bit 5 folds case).
+  return code <= 0x39 ? code - 0x30 : (code | 0x20) - 0x57;
+}
+
 /**
  * Write a UUID string into `target` at `offset` in wire order: bytes 8..15 first, then 0..7 (spec §4.5).
  * @throws ProtocolError `PF_ERR_MESSAGE_ID` when `uuid` is not a UUID string.
@@ -66,21 +119,131 @@ export function newMessageId(): string {
 export function writeMessageId(target: Buffer, offset: number, uuid: string): void {
   if (!UUID_PATTERN.test(uuid))
     throw new ProtocolError('PF_ERR_MESSAGE_ID', `not a UUID: ${JSON.stringify(uuid)}`);
-  const hex = uuid.replace(/-/g, '');
-  // hex chars 16..31 are RFC bytes 8..15; they go first on the wire.
-  target.write(hex.slice(16), offset, 8, 'hex');
-  target.write(hex.slice(0, 16), offset + 8, 8, 'hex');
+  let char = 0;
+  for (let byte = 0; byte < HEADER.MESSAGE_ID_BYTES; byte++) {
+    if (char === 8 || char === 13 || char === 18 || char === 23) char++;
+    const value = (hexDigit(uuid.charCodeAt(char)) << 4) | hexDigit(uuid.charCodeAt(char + 1));
+    char += 2;
+    // RFC bytes 8..15 go first on the wire.
+    target[offset + (byte < 8 ? byte + 8 : byte - 8)] = value;
+  }
+}
+
+/** Write fresh random UUIDv4 bytes (version 4, RFC 4122 variant) at `offset`, in wire order (spec §4.5). */
+function writeRandomMessageId(target: Buffer, offset: number): void {
+  if (randomIdOffset === RANDOM_ID_POOL.length) {
+    randomFillSync(RANDOM_ID_POOL);
+    randomIdOffset = 0;
+  }
+  const from = randomIdOffset;
+  randomIdOffset += HEADER.MESSAGE_ID_BYTES;
+  // Wire bytes 0..7 are RFC bytes 8..15 (variant in RFC byte 8), wire 8..15 are RFC 0..7 (version in byte 6).
+  RANDOM_ID_POOL.copy(target, offset, from, from + HEADER.MESSAGE_ID_BYTES);
+  target[offset] = ((target[offset] as number) & 0x3f) | 0x80;
+  target[offset + 14] = ((target[offset + 14] as number) & 0x0f) | 0x40;
 }
 
 /** Read a wire-order MessageId (spec §4.5) as a lowercase hyphenated UUID string. */
 export function readMessageId(source: Buffer, offset: number): string {
-  const hex = source.toString('hex', offset + 8, offset + 16) + source.toString('hex', offset, offset + 8);
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  const b = (i: number): string => HEX_BYTE[source[offset + (i < 8 ? i + 8 : i - 8)] as number] as string;
+  return (
+    b(0) +
+    b(1) +
+    b(2) +
+    b(3) +
+    '-' +
+    b(4) +
+    b(5) +
+    '-' +
+    b(6) +
+    b(7) +
+    '-' +
+    b(8) +
+    b(9) +
+    '-' +
+    b(10) +
+    b(11) +
+    b(12) +
+    b(13) +
+    b(14) +
+    b(15)
+  );
 }
 
-/** SHA-256 of `payload`. */
+/** SHA-256 of `payload` (one-shot `crypto.hash`: no Hash object per message). */
 export function payloadDigest(payload: Buffer): Buffer {
-  return createHash('sha256').update(payload).digest();
+  return hash('sha256', payload, 'buffer');
+}
+
+/** Write an unsigned 64-bit field; safe integers without BigInt, anything else through BigInt (same errors). */
+function writeU64(frame: Buffer, value: number, offset: number): void {
+  if (Number.isSafeInteger(value) && value >= 0) {
+    frame.writeUInt32BE(Math.floor(value / U32_SPAN), offset);
+    frame.writeUInt32BE(value >>> 0, offset + 4);
+  } else {
+    frame.writeBigUInt64BE(BigInt(value), offset);
+  }
+}
+
+/** Write a signed 64-bit field; safe integers without BigInt, anything else through BigInt (same errors). */
+function writeI64(frame: Buffer, value: number, offset: number): void {
+  if (Number.isSafeInteger(value)) {
+    const high = Math.floor(value / U32_SPAN);
+    frame.writeInt32BE(high, offset);
+    frame.writeUInt32BE(value - high * U32_SPAN, offset + 4);
+  } else {
+    frame.writeBigInt64BE(BigInt(value), offset);
+  }
+}
+
+/** Read an unsigned 64-bit field as the nearest double (identical to `Number(readBigUInt64BE())`). */
+function readU64(frame: Buffer, offset: number): number {
+  return frame.readUInt32BE(offset) * U32_SPAN + frame.readUInt32BE(offset + 4);
+}
+
+/**
+ * An uninitialised frame for a payload of `payloadBytes`: the caller writes the payload at
+ * `HEADER.PAYLOAD_OFFSET`, then calls {@link sealFrame}.
+ */
+export function allocateFrame(payloadBytes: number): Buffer {
+  return Buffer.allocUnsafe(HEADER.TOTAL_BYTES + payloadBytes);
+}
+
+/**
+ * Write the 120-byte header of `frame` in place: the payload is every byte from `HEADER.PAYLOAD_OFFSET` on,
+ * already written by the caller; its digest is computed here. Produces exactly the bytes of
+ * {@link encodeMessage} for the same fields. Returns `frame`.
+ * @throws ProtocolError when the message type is too long or the MessageId is not a UUID.
+ */
+export function sealFrame(frame: Buffer, header: FrameHeader): Buffer {
+  const type = header.messageType;
+  const padded = PADDED_TYPES.get(type);
+  if (padded !== undefined) {
+    padded.copy(frame, HEADER.MESSAGE_TYPE_OFFSET);
+  } else {
+    const typeBytes = Buffer.byteLength(type, 'latin1');
+    if (typeBytes === 0 || typeBytes > HEADER.MESSAGE_TYPE_BYTES) {
+      throw new ProtocolError('PF_ERR_MESSAGE_TYPE', `message type must be 1-32 ASCII bytes: ${type}`);
+    }
+    frame.write(type, HEADER.MESSAGE_TYPE_OFFSET, 'latin1');
+    frame.fill(
+      MESSAGE_TYPE_PADDING,
+      HEADER.MESSAGE_TYPE_OFFSET + typeBytes,
+      HEADER.MESSAGE_TYPE_OFFSET + HEADER.MESSAGE_TYPE_BYTES,
+    );
+  }
+  const payloadLength = frame.length - HEADER.PAYLOAD_OFFSET;
+  frame.writeUInt32BE(HEADER.HEADER_LENGTH_VALUE, HEADER.HEADER_LENGTH_OFFSET);
+  frame.writeUInt32BE(header.schemaVersion, HEADER.SCHEMA_VERSION_OFFSET);
+  writeU64(frame, header.createdDate, HEADER.CREATED_DATE_OFFSET);
+  writeI64(frame, header.sequenceNumber, HEADER.SEQUENCE_NUMBER_OFFSET);
+  writeU64(frame, header.flags, HEADER.FLAGS_OFFSET);
+  if (header.messageId === undefined) writeRandomMessageId(frame, HEADER.MESSAGE_ID_OFFSET);
+  else writeMessageId(frame, HEADER.MESSAGE_ID_OFFSET, header.messageId);
+  payloadDigest(frame.subarray(HEADER.PAYLOAD_OFFSET)).copy(frame, HEADER.PAYLOAD_DIGEST_OFFSET);
+  frame.writeUInt32BE(header.payloadType, HEADER.PAYLOAD_TYPE_OFFSET);
+  frame.writeUInt32BE(payloadLength, HEADER.PAYLOAD_LENGTH_OFFSET);
+  return frame;
 }
 
 /**
@@ -89,32 +252,10 @@ export function payloadDigest(payload: Buffer): Buffer {
  * @throws ProtocolError when the message type is too long or the MessageId is not a UUID.
  */
 export function encodeMessage(message: ClientMessage): Buffer {
-  const typeBytes = Buffer.byteLength(message.messageType, 'latin1');
-  if (typeBytes === 0 || typeBytes > HEADER.MESSAGE_TYPE_BYTES) {
-    throw new ProtocolError(
-      'PF_ERR_MESSAGE_TYPE',
-      `message type must be 1-32 ASCII bytes: ${message.messageType}`,
-    );
-  }
   const payload = message.payload;
-  const frame = Buffer.allocUnsafe(HEADER.TOTAL_BYTES + payload.length);
-  frame.writeUInt32BE(HEADER.HEADER_LENGTH_VALUE, HEADER.HEADER_LENGTH_OFFSET);
-  frame.write(message.messageType, HEADER.MESSAGE_TYPE_OFFSET, 'latin1');
-  frame.fill(
-    MESSAGE_TYPE_PADDING,
-    HEADER.MESSAGE_TYPE_OFFSET + typeBytes,
-    HEADER.MESSAGE_TYPE_OFFSET + HEADER.MESSAGE_TYPE_BYTES,
-  );
-  frame.writeUInt32BE(message.schemaVersion, HEADER.SCHEMA_VERSION_OFFSET);
-  frame.writeBigUInt64BE(BigInt(message.createdDate), HEADER.CREATED_DATE_OFFSET);
-  frame.writeBigInt64BE(BigInt(message.sequenceNumber), HEADER.SEQUENCE_NUMBER_OFFSET);
-  frame.writeBigUInt64BE(BigInt(message.flags), HEADER.FLAGS_OFFSET);
-  writeMessageId(frame, HEADER.MESSAGE_ID_OFFSET, message.messageId);
-  createHash('sha256').update(payload).digest().copy(frame, HEADER.PAYLOAD_DIGEST_OFFSET);
-  frame.writeUInt32BE(message.payloadType, HEADER.PAYLOAD_TYPE_OFFSET);
-  frame.writeUInt32BE(payload.length, HEADER.PAYLOAD_LENGTH_OFFSET);
+  const frame = allocateFrame(payload.length);
   payload.copy(frame, HEADER.PAYLOAD_OFFSET);
-  return frame;
+  return sealFrame(frame, message);
 }
 
 /** Convenience: a message with SchemaVersion 1, CreatedDate now and a fresh MessageId. */
@@ -130,8 +271,30 @@ export function newMessage(
   };
 }
 
+/** The known message type whose space-padded form fills the MessageType field exactly, if any. */
+function knownMessageType(frame: Buffer): string | undefined {
+  const first = frame[HEADER.MESSAGE_TYPE_OFFSET];
+  for (const [type, padded] of PADDED_TYPE_LIST) {
+    if (padded[0] !== first) continue;
+    if (
+      frame.compare(
+        padded,
+        0,
+        HEADER.MESSAGE_TYPE_BYTES,
+        HEADER.MESSAGE_TYPE_OFFSET,
+        HEADER.MESSAGE_TYPE_OFFSET + HEADER.MESSAGE_TYPE_BYTES,
+      ) === 0
+    ) {
+      return type;
+    }
+  }
+  return undefined;
+}
+
 /** Read the MessageType field: strip NUL bytes, then surrounding whitespace (spec §4.1). */
 function readMessageType(frame: Buffer): string {
+  const known = knownMessageType(frame);
+  if (known !== undefined) return known;
   let text = '';
   for (let i = HEADER.MESSAGE_TYPE_OFFSET; i < HEADER.MESSAGE_TYPE_OFFSET + HEADER.MESSAGE_TYPE_BYTES; i++) {
     const byte = frame[i] as number;
@@ -154,10 +317,11 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
   const control = isPublicationControl(messageType);
   const headerLength = frame.readUInt32BE(HEADER.HEADER_LENGTH_OFFSET);
   const payloadLength = frame.readUInt32BE(HEADER.PAYLOAD_LENGTH_OFFSET);
-  const createdDateBig = frame.readBigUInt64BE(HEADER.CREATED_DATE_OFFSET);
-  const sequenceBig = frame.readBigInt64BE(HEADER.SEQUENCE_NUMBER_OFFSET);
+  const createdDate = readU64(frame, HEADER.CREATED_DATE_OFFSET);
+  const sequenceHigh = frame.readInt32BE(HEADER.SEQUENCE_NUMBER_OFFSET);
+  const sequenceLow = frame.readUInt32BE(HEADER.SEQUENCE_NUMBER_OFFSET + 4);
   const schemaVersion = frame.readUInt32BE(HEADER.SCHEMA_VERSION_OFFSET);
-  const flags = Number(frame.readBigUInt64BE(HEADER.FLAGS_OFFSET));
+  const flags = readU64(frame, HEADER.FLAGS_OFFSET);
   const payloadType = frame.readUInt32BE(HEADER.PAYLOAD_TYPE_OFFSET);
   const messageId = readMessageId(frame, HEADER.MESSAGE_ID_OFFSET);
 
@@ -166,7 +330,7 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
     return {
       messageType,
       schemaVersion,
-      createdDate: Number(createdDateBig),
+      createdDate,
       sequenceNumber: 0,
       flags,
       messageId,
@@ -185,25 +349,36 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
       `HeaderLength ${headerLength} + 4 + PayloadLength ${payloadLength} exceeds frame of ${frame.length} bytes`,
     );
   }
-  if (messageType.length === 0 || !/^[\x21-\x7e]+$/.test(messageType)) {
+  if (!PADDED_TYPES.has(messageType) && (messageType.length === 0 || !/^[\x21-\x7e]+$/.test(messageType))) {
     throw new ProtocolError('PF_ERR_MESSAGE_TYPE', `MessageType ${JSON.stringify(messageType)} is not valid`);
   }
-  if (createdDateBig === 0n) throw new ProtocolError('PF_ERR_CREATED_DATE', 'CreatedDate is 0');
+  if (createdDate === 0) throw new ProtocolError('PF_ERR_CREATED_DATE', 'CreatedDate is 0');
 
+  // In range (0 ≤ seq ≤ 2^53 − 1) exactly when the high word is in [0, 0x1fffff].
+  const sequenceInRange = sequenceHigh >= 0 && sequenceHigh <= MAX_SAFE_HIGH_WORD;
   let sequenceNumber = 0;
   if (isStreamData(messageType)) {
-    if (sequenceBig < 0n || sequenceBig > MAX_SEQUENCE) {
+    if (!sequenceInRange) {
+      const sequenceBig = frame.readBigInt64BE(HEADER.SEQUENCE_NUMBER_OFFSET);
       throw new ProtocolError('PF_ERR_SEQUENCE_NUMBER', `SequenceNumber ${sequenceBig} out of range`);
     }
-    sequenceNumber = Number(sequenceBig);
-  } else if (sequenceBig >= 0n && sequenceBig <= MAX_SEQUENCE) {
-    sequenceNumber = Number(sequenceBig);
+    sequenceNumber = sequenceHigh * U32_SPAN + sequenceLow;
+  } else if (sequenceInRange) {
+    sequenceNumber = sequenceHigh * U32_SPAN + sequenceLow;
   }
 
   const view = frame.subarray(payloadStart, payloadStart + payloadLength);
   if (payloadLength > 0 && options.verifyDigest !== false) {
     const digest = payloadDigest(view);
-    if (!digest.equals(frame.subarray(HEADER.PAYLOAD_DIGEST_OFFSET, HEADER.PAYLOAD_DIGEST_OFFSET + 32))) {
+    if (
+      frame.compare(
+        digest,
+        0,
+        HEADER.PAYLOAD_DIGEST_BYTES,
+        HEADER.PAYLOAD_DIGEST_OFFSET,
+        HEADER.PAYLOAD_DIGEST_OFFSET + HEADER.PAYLOAD_DIGEST_BYTES,
+      ) !== 0
+    ) {
       throw new ProtocolError(
         'PF_ERR_DIGEST_MISMATCH',
         `payload digest mismatch on ${messageType}#${sequenceNumber}`,
@@ -214,7 +389,7 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
   return {
     messageType,
     schemaVersion,
-    createdDate: Number(createdDateBig),
+    createdDate,
     sequenceNumber,
     flags,
     messageId,
@@ -230,12 +405,19 @@ export function frameDigestMatches(frame: Buffer): boolean {
   const payloadLength = frame.readUInt32BE(HEADER.PAYLOAD_LENGTH_OFFSET);
   const start = headerLength + 4;
   if (start + payloadLength > frame.length) return false;
-  return payloadDigest(frame.subarray(start, start + payloadLength)).equals(
-    frame.subarray(HEADER.PAYLOAD_DIGEST_OFFSET, HEADER.PAYLOAD_DIGEST_OFFSET + HEADER.PAYLOAD_DIGEST_BYTES),
+  const digest = payloadDigest(frame.subarray(start, start + payloadLength));
+  return (
+    frame.compare(
+      digest,
+      0,
+      HEADER.PAYLOAD_DIGEST_BYTES,
+      HEADER.PAYLOAD_DIGEST_OFFSET,
+      HEADER.PAYLOAD_DIGEST_OFFSET + HEADER.PAYLOAD_DIGEST_BYTES,
+    ) === 0
   );
 }
 
-/** Read just the SequenceNumber and MessageType of an encoded frame we produced (no validation). */
+/** Read just the SequenceNumber of an encoded frame we produced (no validation). */
 export function peekSequenceNumber(frame: Buffer): number {
   return Number(frame.readBigInt64BE(HEADER.SEQUENCE_NUMBER_OFFSET));
 }

@@ -5,6 +5,8 @@
  */
 import { ProtocolError } from '../errors.js';
 import type { ActionStatus, FlagCode } from './constants.js';
+import { HEADER, HeaderFlags, MessageType, PayloadType, SCHEMA_VERSION } from './constants.js';
+import { allocateFrame, sealFrame } from './message.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for validating parsed JSON without `any`.
@@ -58,19 +60,125 @@ export interface AcknowledgeContent {
   isSequentialMessage: boolean;
 }
 
-/** Encode an ack payload: compact JSON with the reference key order. */
-export function encodeAcknowledge(ack: AcknowledgeContent): Buffer {
-  return Buffer.from(
+/** An ack payload as JSON text: compact, with the reference key order (what {@link encodeAcknowledge} encodes). */
+export function acknowledgeJson(ack: AcknowledgeContent): string {
+  return (
     `{"AcknowledgedMessageType":${JSON.stringify(ack.acknowledgedMessageType)},` +
-      `"AcknowledgedMessageId":${JSON.stringify(ack.acknowledgedMessageId)},` +
-      `"AcknowledgedMessageSequenceNumber":${ack.acknowledgedMessageSequenceNumber},` +
-      `"IsSequentialMessage":${ack.isSequentialMessage}}`,
-    'utf8',
+    `"AcknowledgedMessageId":${JSON.stringify(ack.acknowledgedMessageId)},` +
+    `"AcknowledgedMessageSequenceNumber":${ack.acknowledgedMessageSequenceNumber},` +
+    `"IsSequentialMessage":${ack.isSequentialMessage}}`
   );
 }
 
-/** Parse an ack payload. */
+/** Encode an ack payload: compact JSON with the reference key order. */
+export function encodeAcknowledge(ack: AcknowledgeContent): Buffer {
+  return Buffer.from(acknowledgeJson(ack), 'utf8');
+}
+
+/**
+ * A whole `acknowledge` message frame (spec §4.4: seq 0, Flags 3, PayloadType 0, fresh MessageId) for `ack`,
+ * with the JSON written straight into the frame: one allocation per ack.
+ */
+export function encodeAcknowledgeMessage(ack: AcknowledgeContent, createdDate: number): Buffer {
+  const json = acknowledgeJson(ack);
+  const frame = allocateFrame(Buffer.byteLength(json, 'utf8'));
+  frame.write(json, HEADER.PAYLOAD_OFFSET, 'utf8');
+  return sealFrame(frame, {
+    messageType: MessageType.Acknowledge,
+    schemaVersion: SCHEMA_VERSION,
+    createdDate,
+    sequenceNumber: 0,
+    flags: HeaderFlags.Ack,
+    messageId: undefined,
+    payloadType: PayloadType.None,
+  });
+}
+
+// The canonical ack layout both reference ends write (spec §5), split at its variable parts.
+const ACK_TYPE_PREFIX = Buffer.from('{"AcknowledgedMessageType":"', 'latin1');
+const ACK_ID_KEY = Buffer.from('","AcknowledgedMessageId":"', 'latin1');
+const ACK_SEQUENCE_KEY = Buffer.from('","AcknowledgedMessageSequenceNumber":', 'latin1');
+const ACK_SEQUENTIAL_KEY = Buffer.from(',"IsSequentialMessage":', 'latin1');
+const ACK_TRUE_END = Buffer.from('true}', 'latin1');
+const ACK_FALSE_END = Buffer.from('false}', 'latin1');
+/** Most sequence-number digits the fast path takes: 15 digits stay below 2^53, so the value is exact. */
+const ACK_MAX_FAST_DIGITS = 15;
+const CHAR_QUOTE = 0x22;
+const CHAR_BACKSLASH = 0x5c;
+const CHAR_0 = 0x30;
+const CHAR_9 = 0x39;
+
+/** True when `literal` occurs in `payload` at `pos`. */
+function bytesAt(payload: Buffer, pos: number, literal: Buffer): boolean {
+  if (pos + literal.length > payload.length) return false;
+  for (let i = 0; i < literal.length; i++) if (payload[pos + i] !== literal[i]) return false;
+  return true;
+}
+
+/** End of a JSON string body from `pos` made only of printable ASCII without `"` or `\` (escapes: no). */
+function plainStringEnd(payload: Buffer, pos: number): number {
+  let i = pos;
+  for (; i < payload.length; i++) {
+    const c = payload[i] as number;
+    if (c < 0x20 || c > 0x7e || c === CHAR_BACKSLASH) return -1;
+    if (c === CHAR_QUOTE) return i;
+  }
+  return -1;
+}
+
+/**
+ * Parse an ack in the exact canonical layout (spec §5: compact JSON, reference key order, plain ASCII strings,
+ * a non-negative integer of at most 15 digits), without JSON.parse. Undefined for anything else, which then
+ * takes the general JSON path: on every input it accepts this returns what the JSON path returns.
+ */
+export function decodeCanonicalAcknowledge(payload: Buffer): AcknowledgeContent | undefined {
+  if (!bytesAt(payload, 0, ACK_TYPE_PREFIX)) return undefined;
+  const typeStart = ACK_TYPE_PREFIX.length;
+  const typeEnd = plainStringEnd(payload, typeStart);
+  if (typeEnd < 0 || !bytesAt(payload, typeEnd, ACK_ID_KEY)) return undefined;
+  const idStart = typeEnd + ACK_ID_KEY.length;
+  const idEnd = plainStringEnd(payload, idStart);
+  if (idEnd < 0 || !bytesAt(payload, idEnd, ACK_SEQUENCE_KEY)) return undefined;
+  let pos = idEnd + ACK_SEQUENCE_KEY.length;
+  const digitsStart = pos;
+  let seq = 0;
+  for (; pos < payload.length; pos++) {
+    const c = payload[pos] as number;
+    if (c < CHAR_0 || c > CHAR_9) break;
+    seq = seq * 10 + (c - CHAR_0);
+  }
+  const digits = pos - digitsStart;
+  if (digits === 0 || digits > ACK_MAX_FAST_DIGITS) return undefined;
+  // JSON forbids leading zeros ("07"); leave such input to JSON.parse, which rejects it.
+  if (digits > 1 && payload[digitsStart] === CHAR_0) return undefined;
+  if (!bytesAt(payload, pos, ACK_SEQUENTIAL_KEY)) return undefined;
+  pos += ACK_SEQUENTIAL_KEY.length;
+  let sequential: boolean;
+  if (bytesAt(payload, pos, ACK_TRUE_END)) {
+    sequential = true;
+    pos += ACK_TRUE_END.length;
+  } else if (bytesAt(payload, pos, ACK_FALSE_END)) {
+    sequential = false;
+    pos += ACK_FALSE_END.length;
+  } else {
+    return undefined;
+  }
+  if (pos !== payload.length) return undefined;
+  return {
+    acknowledgedMessageType: payload.toString('latin1', typeStart, typeEnd),
+    acknowledgedMessageId: payload.toString('latin1', idStart, idEnd),
+    acknowledgedMessageSequenceNumber: seq,
+    isSequentialMessage: sequential,
+  };
+}
+
+/**
+ * Parse an ack payload: the canonical layout every reference end writes takes a byte-level fast path
+ * ({@link decodeCanonicalAcknowledge}); anything else goes through JSON.parse and field validation.
+ */
 export function decodeAcknowledge(payload: Buffer): AcknowledgeContent {
+  const fast = decodeCanonicalAcknowledge(payload);
+  if (fast !== undefined) return fast;
   const what = 'acknowledge payload';
   const obj = parseJsonObject(payload, what);
   const seq = field(obj, 'AcknowledgedMessageSequenceNumber', isSafeInteger, what);

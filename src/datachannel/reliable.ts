@@ -11,11 +11,11 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { HeaderFlags, MessageType, PayloadType } from './constants.js';
+import { HEADER, HeaderFlags, MessageType, SCHEMA_VERSION } from './constants.js';
 import type { ClientMessage } from './message.js';
-import { decodeMessage, encodeMessage, newMessage } from './message.js';
+import { allocateFrame, decodeMessage, sealFrame } from './message.js';
 import type { ChannelClosed } from './payloads.js';
-import { decodeAcknowledge, decodeChannelClosed, encodeAcknowledge } from './payloads.js';
+import { decodeAcknowledge, decodeChannelClosed, encodeAcknowledgeMessage } from './payloads.js';
 import { RTT, RttEstimator } from './rtt.js';
 
 /** Interval at which the I/O layer is expected to call {@link ReliableChannel.tick}, ms (daemon default, spec §7.3). */
@@ -252,16 +252,46 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
    * un-acked+queued >= sendWindowMessages (caller should stop producing until 'drain').
    */
   send(payloadType: number, payload: Buffer): boolean {
-    const seq = this.nextSeq;
-    const frame = encodeMessage(
-      newMessage({
-        messageType: MessageType.InputStreamData,
-        sequenceNumber: seq,
-        flags: HeaderFlags.Data,
-        payloadType,
-        payload,
-      }),
+    const frame = allocateFrame(payload.length);
+    payload.copy(frame, HEADER.PAYLOAD_OFFSET);
+    return this.commit(payloadType, frame);
+  }
+
+  /**
+   * Like {@link send}, but the payload is written by `fill` straight into the new frame (at most
+   * `maxPayloadBytes` at the offset it is given): one allocation per message, no payload copy (issue 7).
+   * `fill` returns how many bytes it wrote; when it writes none, nothing is committed and no sequence number
+   * is used. Returns the payload bytes committed (0 = nothing). The window check is the caller's: compare
+   * {@link unacked} with the window before calling, as with `send()`'s return value.
+   */
+  sendFrom(
+    payloadType: number,
+    maxPayloadBytes: number,
+    fill: (target: Buffer, offset: number, maxBytes: number) => number,
+  ): number {
+    const frame = allocateFrame(maxPayloadBytes);
+    const written = fill(frame, HEADER.PAYLOAD_OFFSET, maxPayloadBytes);
+    if (!(written > 0)) return 0;
+    const length = Math.min(written, maxPayloadBytes);
+    this.commit(
+      payloadType,
+      length === maxPayloadBytes ? frame : frame.subarray(0, HEADER.PAYLOAD_OFFSET + length),
     );
+    return length;
+  }
+
+  /** Seal `frame` (payload in place) with the next sequence number and commit it; see {@link send}. */
+  private commit(payloadType: number, frame: Buffer): boolean {
+    const seq = this.nextSeq;
+    sealFrame(frame, {
+      messageType: MessageType.InputStreamData,
+      schemaVersion: SCHEMA_VERSION,
+      createdDate: Date.now(),
+      sequenceNumber: seq,
+      flags: HeaderFlags.Data,
+      messageId: undefined,
+      payloadType,
+    });
     const now = this.deps.now();
     if (this.outgoing.size === 0) {
       this.progressAt = now;
@@ -423,19 +453,14 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Ack one received sequenced message, ahead of any data (spec §5, §7.4). Not sent while detached. */
   private sendAck(message: ClientMessage): void {
     if (this.sendFrame === undefined) return;
-    const frame = encodeMessage(
-      newMessage({
-        messageType: MessageType.Acknowledge,
-        sequenceNumber: 0,
-        flags: HeaderFlags.Ack,
-        payloadType: PayloadType.None,
-        payload: encodeAcknowledge({
-          acknowledgedMessageType: MessageType.OutputStreamData,
-          acknowledgedMessageId: message.messageId,
-          acknowledgedMessageSequenceNumber: message.sequenceNumber,
-          isSequentialMessage: true,
-        }),
-      }),
+    const frame = encodeAcknowledgeMessage(
+      {
+        acknowledgedMessageType: MessageType.OutputStreamData,
+        acknowledgedMessageId: message.messageId,
+        acknowledgedMessageSequenceNumber: message.sequenceNumber,
+        isSequentialMessage: true,
+      },
+      Date.now(),
     );
     this.counters.acksSent++;
     this.write(frame);

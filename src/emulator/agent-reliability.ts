@@ -16,9 +16,9 @@
  */
 import type { Logger } from '../log.js';
 import type { ClientMessage } from '../datachannel/message.js';
-import { encodeMessage, newMessage } from '../datachannel/message.js';
-import { encodeAcknowledge } from '../datachannel/payloads.js';
-import { HeaderFlags, MessageType, PayloadType } from '../datachannel/constants.js';
+import { HEADER, HeaderFlags, MessageType, PayloadType, SCHEMA_VERSION } from '../datachannel/constants.js';
+import { allocateFrame, readMessageId, sealFrame } from '../datachannel/message.js';
+import { encodeAcknowledgeMessage } from '../datachannel/payloads.js';
 
 /** Reliability constants of the reference agent (spec §7.2, §7.3). All protocol values. */
 export const AGENT_RELIABILITY = {
@@ -177,15 +177,24 @@ export class AgentReliability {
    */
   sendStreamData(payloadType: number, payload: Buffer): number {
     const sequenceNumber = this.nextSequence++;
-    const message = newMessage({
+    // Encoded in place with fresh random MessageId bytes; the message view shares the frame's payload.
+    const frame = allocateFrame(payload.length);
+    payload.copy(frame, HEADER.PAYLOAD_OFFSET);
+    const header = {
       messageType: MessageType.OutputStreamData,
+      schemaVersion: SCHEMA_VERSION,
+      createdDate: this.createdDate(),
       sequenceNumber,
       flags: sequenceNumber === 0 ? HeaderFlags.First : HeaderFlags.Data,
+      messageId: undefined,
       payloadType,
-      payload,
-      createdDate: this.createdDate(),
-    });
-    const frame = encodeMessage(message);
+    };
+    sealFrame(frame, header);
+    const message: ClientMessage = {
+      ...header,
+      messageId: readMessageId(frame, HEADER.MESSAGE_ID_OFFSET),
+      payload: frame.subarray(HEADER.PAYLOAD_OFFSET),
+    };
     this.deps.counters.dataMessagesOut++;
     if (this.outgoing.size < AGENT_RELIABILITY.OUTGOING_BUFFER_CAPACITY) {
       this.outgoing.set(sequenceNumber, { sequenceNumber, frame, message, lastSentAt: this.deps.now() });
@@ -285,21 +294,28 @@ export class AgentReliability {
   }
 
   private sendAck(acked: ClientMessage): void {
-    const message = newMessage({
-      messageType: MessageType.Acknowledge,
-      sequenceNumber: 0,
-      flags: HeaderFlags.Ack,
-      payloadType: PayloadType.None,
-      payload: encodeAcknowledge({
+    const createdDate = this.createdDate();
+    const frame = encodeAcknowledgeMessage(
+      {
         acknowledgedMessageType: acked.messageType,
         acknowledgedMessageId: acked.messageId,
         acknowledgedMessageSequenceNumber: acked.sequenceNumber,
         isSequentialMessage: true,
-      }),
-      createdDate: this.createdDate(),
-    });
+      },
+      createdDate,
+    );
+    const message: ClientMessage = {
+      messageType: MessageType.Acknowledge,
+      schemaVersion: SCHEMA_VERSION,
+      createdDate,
+      sequenceNumber: 0,
+      flags: HeaderFlags.Ack,
+      messageId: readMessageId(frame, HEADER.MESSAGE_ID_OFFSET),
+      payloadType: PayloadType.None,
+      payload: frame.subarray(HEADER.PAYLOAD_OFFSET),
+    };
     this.deps.counters.acksSent++;
-    this.deps.send(encodeMessage(message), message);
+    this.deps.send(frame, message);
   }
 
   /** CreatedDate from the injected clock; never 0, which receivers reject (spec §4.1). */

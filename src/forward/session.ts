@@ -401,10 +401,11 @@ export class TunnelSession extends EventEmitter {
   private pump(): void {
     const smux = this.smux;
     if (!smux) return;
+    // smux bytes go straight into each Output frame: one allocation per message, no payload copy (issue 7).
+    const fill = (target: Buffer, offset: number, maxBytes: number): number =>
+      smux.pullOutgoingInto(target, offset, maxBytes);
     while (smux.hasOutgoing && this.channel.unacked < this.tuning.sendWindowMessages) {
-      const payload = smux.pullOutgoing(MAX_OUTPUT_PAYLOAD_BYTES);
-      if (!payload) break;
-      this.channel.send(PayloadType.Output, payload);
+      if (this.channel.sendFrom(PayloadType.Output, MAX_OUTPUT_PAYLOAD_BYTES, fill) === 0) break;
     }
   }
 

@@ -326,18 +326,37 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     if (!this.hasOutgoing || !(maxBytes >= 1)) return undefined;
     const size = Math.min(Math.floor(maxBytes), this.outgoingUpperBoundBytes());
     const out = Buffer.allocUnsafe(size);
+    const pos = this.fill(out, 0, size);
+    return pos === size ? out : out.subarray(0, pos);
+  }
+
+  /**
+   * Like {@link pullOutgoing}, but writes the bytes straight into `target` at `offset` (at most `maxBytes`, and
+   * never past the end of `target`) and returns how many it wrote: 0 when nothing is pending, when there is no
+   * room or once destroyed. Lets the data-channel pump fill an Output frame in place, without an intermediate
+   * buffer (issue 7). Produces exactly the bytes `pullOutgoing(maxBytes)` would.
+   */
+  pullOutgoingInto(target: Buffer, offset: number, maxBytes: number): number {
+    const room = Math.min(Math.floor(maxBytes), target.length - offset);
+    if (!this.hasOutgoing || !(room >= 1) || !(offset >= 0)) return 0;
+    const size = Math.min(room, this.outgoingUpperBoundBytes());
+    return this.fill(target, offset, offset + size) - offset;
+  }
+
+  /** Serialise pending frames into `out[start, end)`; returns the end position. Runs completed callbacks. */
+  private fill(out: Buffer, start: number, end: number): number {
     const completed: SmuxWriteCallback[] = [];
-    let pos = 0;
-    if (this.split) pos = this.continueSplit(out, completed);
-    while (pos < size) {
+    let pos = start;
+    if (this.split) pos = this.continueSplit(out, start, end, completed);
+    while (pos < end) {
       let next: number;
       if (this.nopPending) {
-        next = this.emitFrame(out, pos, SmuxCommand.NOP, 0, undefined, 0, completed, undefined);
+        next = this.emitFrame(out, start, end, pos, SmuxCommand.NOP, 0, undefined, 0, completed, undefined);
         if (next !== pos) this.nopPending = false;
       } else {
         const entry = this.firstReady();
         if (entry === undefined) break;
-        next = this.emitFromStream(entry, out, pos, completed);
+        next = this.emitFromStream(entry, out, start, end, pos, completed);
         if (next !== pos) {
           // Round-robin: one frame per turn, then to the back of the line if it has more.
           this.ready.delete(entry);
@@ -347,10 +366,9 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       if (next === pos) break;
       pos = next;
     }
-    this.counters.bytesOut += pos;
-    const result = pos === size ? out : out.subarray(0, pos);
+    this.counters.bytesOut += pos - start;
     this.runCallbacks(completed);
-    return result;
+    return pos;
   }
 
   /**
@@ -715,26 +733,44 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     return splitBytes + this.outgoingDataBytes + SMUX_HEADER_BYTES * frames;
   }
 
-  private continueSplit(out: Buffer, completed: SmuxWriteCallback[]): number {
+  private continueSplit(out: Buffer, start: number, end: number, completed: SmuxWriteCallback[]): number {
     const split = this.split as SplitFrame;
-    const n = split.bytes.copy(out, 0, split.offset, Math.min(split.bytes.length, split.offset + out.length));
+    const n = split.bytes.copy(
+      out,
+      start,
+      split.offset,
+      Math.min(split.bytes.length, split.offset + (end - start)),
+    );
     split.offset += n;
     if (split.offset === split.bytes.length) {
       this.split = undefined;
       if (split.entry !== undefined) this.completeFrame(split.entry, split.completes, completed);
     }
-    return n;
+    return start + n;
   }
 
-  /** Emit the next frame of one stream at `pos`; returns `pos` unchanged if it does not fit. */
+  /** Emit the next frame of one stream at `pos` (pull region `[start, end)`); returns `pos` if it does not fit. */
   private emitFromStream(
     entry: StreamEntry,
     out: Buffer,
+    start: number,
+    end: number,
     pos: number,
     completed: SmuxWriteCallback[],
   ): number {
     if (entry.synPending) {
-      const next = this.emitFrame(out, pos, SmuxCommand.SYN, entry.id, undefined, 0, completed, undefined);
+      const next = this.emitFrame(
+        out,
+        start,
+        end,
+        pos,
+        SmuxCommand.SYN,
+        entry.id,
+        undefined,
+        0,
+        completed,
+        undefined,
+      );
       if (next !== pos) {
         entry.synPending = false;
         this.outgoingControlFrames--;
@@ -742,13 +778,15 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       return next;
     }
     if (entry.batch !== undefined) {
-      const space = out.length - pos;
+      const space = end - pos;
       let length = Math.min(entry.batchRemaining, this.options.maxFrameDataBytes);
       if (space > SMUX_HEADER_BYTES) length = Math.min(length, space - SMUX_HEADER_BYTES);
-      else if (pos > 0) return pos;
+      else if (pos > start) return pos;
       const last = length === entry.batchRemaining;
       const next = this.emitFrame(
         out,
+        start,
+        end,
         pos,
         SmuxCommand.PSH,
         entry.id,
@@ -766,7 +804,18 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       return next;
     }
     if (entry.fin === FinState.Queued) {
-      const next = this.emitFrame(out, pos, SmuxCommand.FIN, entry.id, undefined, 0, completed, entry);
+      const next = this.emitFrame(
+        out,
+        start,
+        end,
+        pos,
+        SmuxCommand.FIN,
+        entry.id,
+        undefined,
+        0,
+        completed,
+        entry,
+      );
       if (next !== pos) this.outgoingControlFrames--;
       return next;
     }
@@ -780,6 +829,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
    */
   private emitFrame(
     out: Buffer,
+    start: number,
+    end: number,
     pos: number,
     cmd: SmuxCommand,
     sid: number,
@@ -789,8 +840,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     completes: StreamEntry | undefined,
   ): number {
     const frameBytes = SMUX_HEADER_BYTES + dataLength;
-    const space = out.length - pos;
-    if (frameBytes > space && pos > 0) return pos;
+    const space = end - pos;
+    if (frameBytes > space && pos > start) return pos;
     const kind = completes === undefined ? undefined : cmd === SmuxCommand.FIN ? 'fin' : 'write';
     if (kind === 'fin') (completes as StreamEntry).fin = FinState.Sent;
     this.counters.framesOut++;
@@ -805,7 +856,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     if (source !== undefined) this.copyBatch(source, bytes, SMUX_HEADER_BYTES, dataLength);
     bytes.copy(out, pos, 0, space);
     this.split = { bytes, offset: space, entry: completes, completes: kind };
-    return out.length;
+    return end;
   }
 
   /** Copy the next `length` bytes of a stream's batch to `target` at `offset`, advancing the batch. */

@@ -1,8 +1,10 @@
 import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import {
+  allocateFrame,
   decodeMessage,
   encodeMessage,
+  sealFrame,
   frameDigestMatches,
   readMessageId,
   writeMessageId,
@@ -117,4 +119,67 @@ test('negative sequence numbers are rejected on stream data', (t) => {
     (t.throws(() => decodeMessage(frame, { verifyDigest: false })) as ProtocolError).code,
     'PF_ERR_SEQUENCE_NUMBER',
   );
+});
+
+// ---------------------------------------------------------------------------------------------
+// In-place encoding (issue 7): allocateFrame + sealFrame must equal encodeMessage byte for byte.
+
+test('sealFrame over a payload written in place equals encodeMessage byte for byte (spec vectors)', (t) => {
+  for (const v of vectors.messages) {
+    const message = decodeMessage(Buffer.from(v.hex, 'hex'));
+    const frame = allocateFrame(message.payload.length);
+    message.payload.copy(frame, 120);
+    t.true(sealFrame(frame, message).equals(Buffer.from(v.hex, 'hex')), v.name);
+    t.true(encodeMessage(message).equals(frame), v.name);
+  }
+});
+
+test('sealFrame on a subarray frame (payload shorter than allocated) seals only that view', (t) => {
+  const pool = allocateFrame(1024).fill(0xaa);
+  const frame = pool.subarray(0, 120 + 5);
+  frame.write('hello', 120, 'latin1');
+  const header = {
+    messageType: 'input_stream_data',
+    schemaVersion: 1,
+    createdDate: 1_700_000_000_000,
+    sequenceNumber: 7,
+    flags: 0,
+    messageId: '0f8fad5b-d9cb-469f-a165-70867728950e',
+    payloadType: 1,
+  };
+  sealFrame(frame, header);
+  t.true(frame.equals(encodeMessage({ ...header, payload: Buffer.from('hello') })));
+  t.is(pool[125], 0xaa, 'bytes past the view untouched');
+});
+
+test('sealFrame without a MessageId writes a fresh random UUIDv4 (version and variant bits) in wire order', (t) => {
+  const ids = new Set<string>();
+  for (let i = 0; i < 600; i++) {
+    const frame = sealFrame(allocateFrame(0), {
+      messageType: 'acknowledge',
+      schemaVersion: 1,
+      createdDate: 1,
+      sequenceNumber: 0,
+      flags: 3,
+      messageId: undefined,
+      payloadType: 0,
+    });
+    const id = decodeMessage(frame).messageId;
+    t.regex(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    ids.add(id);
+  }
+  t.is(ids.size, 600);
+});
+
+test('writeMessageId/readMessageId: upper-case input, every byte value, round trip', (t) => {
+  const buf = Buffer.alloc(16);
+  writeMessageId(buf, 0, '0F8FAD5B-D9CB-469F-A165-70867728950E');
+  t.is(readMessageId(buf, 0), '0f8fad5b-d9cb-469f-a165-70867728950e');
+  for (let b = 0; b < 256; b += 17) {
+    const raw = Buffer.alloc(16, b);
+    const id = readMessageId(raw, 0);
+    const back = Buffer.alloc(16);
+    writeMessageId(back, 0, id);
+    t.true(back.equals(raw));
+  }
 });

@@ -3,6 +3,7 @@ import { FlagCode, MessageType } from '../../src/datachannel/constants.js';
 import {
   FLAG_PAYLOAD_BYTES,
   decodeAcknowledge,
+  decodeCanonicalAcknowledge,
   decodeChannelClosed,
   decodeFlag,
   decodeHandshakeComplete,
@@ -10,6 +11,7 @@ import {
   decodeHandshakeResponse,
   decodeOpenDataChannel,
   encodeAcknowledge,
+  encodeAcknowledgeMessage,
   encodeChannelClosed,
   encodeFlag,
   encodeHandshakeComplete,
@@ -19,6 +21,7 @@ import {
   sessionTypeAction,
   sessionTypeOf,
 } from '../../src/datachannel/payloads.js';
+import { decodeMessage, encodeMessage } from '../../src/datachannel/message.js';
 import { ProtocolError } from '../../src/errors.js';
 import { messageVector } from '../helpers/vectors.js';
 
@@ -185,4 +188,89 @@ test('sessionTypeOf keeps a property named __proto__', (t) => {
   const first = request.requestedClientActions[0];
   if (!first) return t.fail('no action');
   t.deepEqual(Object.keys(sessionTypeOf(first).properties), ['__proto__', 'type']);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Canonical ack fast path (issue 7): equal to the JSON path on what it accepts, defers everything else.
+
+/** The JSON path alone, as decodeAcknowledge did before the fast path. */
+function jsonAck(payload: Buffer): unknown {
+  const obj = JSON.parse(payload.toString('utf8')) as Record<string, unknown>;
+  return {
+    acknowledgedMessageType: obj['AcknowledgedMessageType'],
+    acknowledgedMessageId:
+      typeof obj['AcknowledgedMessageId'] === 'string' ? obj['AcknowledgedMessageId'] : '',
+    acknowledgedMessageSequenceNumber: obj['AcknowledgedMessageSequenceNumber'],
+    isSequentialMessage: typeof obj['IsSequentialMessage'] === 'boolean' ? obj['IsSequentialMessage'] : true,
+  };
+}
+
+test('canonical ack fast path: the spec vector and encoded acks parse without JSON.parse, equal to the JSON path', (t) => {
+  const vector = hex('acknowledge (spec 4.8)');
+  t.deepEqual(decodeCanonicalAcknowledge(vector), jsonAck(vector));
+  for (const seq of [0, 1, 9, 10, 4096, 999_999_999_999_999]) {
+    for (const isSequentialMessage of [true, false]) {
+      const payload = encodeAcknowledge({
+        acknowledgedMessageType: MessageType.InputStreamData,
+        acknowledgedMessageId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+        acknowledgedMessageSequenceNumber: seq,
+        isSequentialMessage,
+      });
+      const fast = decodeCanonicalAcknowledge(payload);
+      t.not(fast, undefined);
+      t.deepEqual(fast, jsonAck(payload));
+      t.deepEqual(decodeAcknowledge(payload), fast);
+    }
+  }
+});
+
+test('canonical ack fast path defers non-canonical input; decodeAcknowledge still accepts or rejects it as before', (t) => {
+  const canonical =
+    '{"AcknowledgedMessageType":"output_stream_data","AcknowledgedMessageId":"x","AcknowledgedMessageSequenceNumber":5,"IsSequentialMessage":true}';
+  const deferredValid = [
+    canonical.replace('{', '{ '),
+    `${canonical}\n`,
+    canonical.replace(':5,', ':5.0,'),
+    canonical.replace(':5,', ':1234567890123456,'),
+    canonical.replace('"x"', '"\\u0078"'),
+    canonical.replace('"x"', '"é"'),
+  ];
+  for (const text of deferredValid) {
+    const payload = Buffer.from(text, 'utf8');
+    t.is(decodeCanonicalAcknowledge(payload), undefined, text);
+    t.deepEqual(decodeAcknowledge(payload), jsonAck(payload) as never, text);
+  }
+  const invalid = [
+    canonical.replace(':5,', ':-5,'),
+    canonical.replace(':5,', ':05,'),
+    canonical.replace(':5,', ':,'),
+    canonical.replace('true}', 'tru}'),
+    canonical.replace('true}', 'true}}'),
+    canonical.slice(0, -1),
+    canonical.replace('"x"', '"a\tb"'),
+    canonical.replace(':5,', ':9007199254740993,'),
+  ];
+  for (const text of invalid) {
+    const payload = Buffer.from(text, 'utf8');
+    t.is(decodeCanonicalAcknowledge(payload), undefined, text);
+    const err = t.throws(() => decodeAcknowledge(payload), { instanceOf: ProtocolError }, text);
+    t.is(err?.code, 'PF_ERR_PAYLOAD');
+  }
+});
+
+test('encodeAcknowledgeMessage: one frame equal to encodeMessage of the encoded ack payload', (t) => {
+  const ack = {
+    acknowledgedMessageType: MessageType.OutputStreamData,
+    acknowledgedMessageId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+    acknowledgedMessageSequenceNumber: 0,
+    isSequentialMessage: true,
+  };
+  const frame = encodeAcknowledgeMessage(ack, 1_700_000_000_000);
+  const decoded = decodeMessage(frame);
+  t.is(decoded.messageType, MessageType.Acknowledge);
+  t.is(decoded.flags, 3);
+  t.is(decoded.sequenceNumber, 0);
+  t.is(decoded.payloadType, 0);
+  t.true(decoded.payload.equals(encodeAcknowledge(ack)));
+  t.true(encodeMessage(decoded).equals(frame));
 });

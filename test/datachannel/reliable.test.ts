@@ -873,3 +873,38 @@ test(`simulation (${SIM_RUNS} fast-check runs): lossy/dup/reorder link, outage a
   );
   t.pass();
 });
+
+// ---------------------------------------------------------------------------------------------
+// sendFrom: payload written in place (issue 7)
+
+test('sendFrom commits what fill wrote (a short fill is trimmed), in sequence with send(); a 0-byte fill commits nothing', (t) => {
+  const h = harness({ sendWindowMessages: 10 });
+  t.is(h.ch.send(PayloadType.Output, Buffer.from('first')), true);
+  const written = h.ch.sendFrom(PayloadType.Output, 1024, (target, offset, max) => {
+    t.is(offset, 120);
+    t.is(max, 1024);
+    return target.write('second', offset, 'latin1');
+  });
+  t.is(written, 6);
+  t.is(
+    h.ch.sendFrom(PayloadType.Output, 1024, () => 0),
+    0,
+  );
+  t.is(
+    h.ch.sendFrom(PayloadType.Flag, 4, (target, offset) => target.writeUInt32BE(2, offset) - offset),
+    4,
+  );
+  const sent = h.take();
+  t.deepEqual(dataSeqs(sent), [0, 1, 2]);
+  t.deepEqual(texts(sent.slice(0, 2)), ['first', 'second']);
+  t.is(sent[2]?.payloadType, PayloadType.Flag);
+  t.is(h.ch.nextSendSequence, 3);
+  t.is(h.ch.unacked, 3);
+  // Frames are valid (digest over the trimmed payload) and resent byte for byte.
+  t.is(h.raw[1]?.length, 120 + 6);
+  h.run(1_000);
+  const resent = h.raw.slice(3);
+  t.true(resent.length >= 3);
+  t.true(resent[0]?.equals(h.raw[0] as Buffer));
+  t.true(resent[1]?.equals(h.raw[1] as Buffer));
+});

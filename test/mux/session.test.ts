@@ -673,3 +673,41 @@ test('invalid options are refused with PF_ERR_CONFIG', (t) => {
     ),
   );
 });
+
+// ---------------------------------------------------------------------------------------------
+// pullOutgoingInto (issue 7): the same bytes as pullOutgoing, written in place.
+
+test('pullOutgoingInto writes exactly the bytes pullOutgoing would, at the offset, for any pull sizes', async (t) => {
+  const sizes = [1, 3, 8, 9, 17, 1024, 1024, 5000, 7, 1024, 65_536];
+  const script = (session: SmuxClientSession): SmuxStream[] => {
+    const streams = [session.openStream(), session.openStream(), session.openStream()];
+    streams[0]?.write(Buffer.alloc(40_000, 1));
+    streams[1]?.write(Buffer.alloc(3_000, 2));
+    streams[1]?.end();
+    streams[2]?.write(Buffer.alloc(70_000, 3));
+    session.sendNop();
+    return streams;
+  };
+  const a = newSession();
+  const b = newSession();
+  script(a);
+  script(b);
+  await new Promise((resolve) => setImmediate(resolve));
+  const viaPull: Buffer[] = [];
+  const viaInto: Buffer[] = [];
+  for (let i = 0; a.hasOutgoing || b.hasOutgoing; i++) {
+    const size = sizes[i % sizes.length] as number;
+    const pulled = a.pullOutgoing(size);
+    const target = Buffer.alloc(120 + size + 5, 0xee);
+    const n = b.pullOutgoingInto(target, 120, size);
+    t.is(target[120 + n], 0xee, 'nothing written past the count');
+    if (pulled !== undefined) viaPull.push(pulled);
+    if (n > 0) viaInto.push(target.subarray(120, 120 + n));
+    t.is(n, pulled?.length ?? 0);
+    if (i > 10_000) break;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.true(Buffer.concat(viaInto).equals(Buffer.concat(viaPull)));
+  t.deepEqual(b.stats, a.stats);
+  t.is(b.pullOutgoingInto(Buffer.alloc(10), 10, 5), 0, 'no room');
+});
