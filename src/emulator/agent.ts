@@ -755,6 +755,8 @@ export class EmulatedAgent extends EventEmitter {
   }
 
   private emitMessage(direction: 'in' | 'out', message: ClientMessage): void {
+    // Built only for listeners: one object per frame adds up at tens of thousands of frames per second.
+    if (this.listenerCount('message') === 0) return;
     const event: AgentMessageEvent = {
       direction,
       messageType: message.messageType,

@@ -334,6 +334,11 @@ export class FaultPipe {
   push(frame: Buffer): void {
     if (this.closed) return;
     const config = this.faults;
+    if (this.quiet()) {
+      // No knob can touch this frame: skip parsing it (the emulator's hot path when no faults are set).
+      this.deliver(frame);
+      return;
+    }
     const facts = frameFacts(frame);
     if (facts === undefined || !isFaultable(facts)) {
       this.schedule(frame);
@@ -370,6 +375,24 @@ export class FaultPipe {
     const copies = dupRate > 0 && this.faults.random() < dupRate ? 2 : 1;
     if (copies === 2) this.onFault('duplicated', out);
     for (let i = 0; i < copies; i++) this.reorder(out);
+  }
+
+  /**
+   * True when every knob of this direction is off, so {@link push} would hand any frame straight to `deliver`
+   * (read live, like every knob).
+   */
+  private quiet(): boolean {
+    const config = this.faults;
+    const delay = config.delay[this.direction];
+    return (
+      !(config.dropRate[this.direction] > 0) &&
+      !(config.dupRate[this.direction] > 0) &&
+      !(config.reorderWindow[this.direction] > 1) &&
+      !(delay.ms > 0) &&
+      !(delay.jitterMs > 0) &&
+      config.corruptDigest.length === 0 &&
+      config.dropAck.length === 0
+    );
   }
 
   /** Release everything held for reordering now (delays still apply). */
