@@ -6,10 +6,13 @@ import test from 'ava';
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { defaultTuning } from '../src/config/types.js';
 import { startEmulator } from '../src/emulator/index.js';
+import { Forward } from '../src/forward/forward.js';
 import { silentLogger } from '../src/log.js';
 import { describeProxy, proxyUrlFor } from '../src/proxy.js';
 import { createSsmApi } from '../src/ssm/client.js';
+import { echoExchange, startEchoServer } from './helpers/net.js';
 
 const PROXY_VARS = [
   'HTTPS_PROXY',
@@ -35,8 +38,14 @@ function withEnv(vars: Record<string, string>): () => void {
 }
 
 /** A minimal HTTP CONNECT proxy that records the targets it tunnelled to. */
-async function startConnectProxy(): Promise<{ url: string; targets: string[]; close(): Promise<void> }> {
+async function startConnectProxy(): Promise<{
+  url: string;
+  targets: string[];
+  firstLines: string[];
+  close(): Promise<void>;
+}> {
   const targets: string[] = [];
+  const firstLines: string[] = [];
   const sockets = new Set<net.Socket>();
   const server = http.createServer((_req, res) => res.writeHead(405).end());
   server.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
@@ -46,6 +55,10 @@ async function startConnectProxy(): Promise<{ url: string; targets: string[]; cl
     const upstream = net.connect(Number(port), host ?? '127.0.0.1', () => {
       client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length) upstream.write(head);
+      // Record the first request line carried by the tunnel (API POST or WebSocket upgrade GET).
+      client.once('data', (chunk: Buffer) =>
+        firstLines.push(chunk.toString('latin1').split('\r\n')[0] ?? ''),
+      );
       upstream.pipe(client);
       client.pipe(upstream);
     });
@@ -60,6 +73,7 @@ async function startConnectProxy(): Promise<{ url: string; targets: string[]; cl
   return {
     url: `http://user:pass@127.0.0.1:${port}`,
     targets,
+    firstLines,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -123,6 +137,55 @@ test.serial('the SSM API goes through HTTP_PROXY with a CONNECT tunnel', async (
   } finally {
     restore();
     await emulator.close();
+    await proxy.close();
+  }
+});
+
+test.serial('a whole forward (API and data-channel WebSocket) goes through HTTP_PROXY', async (t) => {
+  const proxy = await startConnectProxy();
+  const echo = await startEchoServer();
+  const emulator = await startEmulator({ agentPacingMs: 0 });
+  const restore = withEnv({ HTTP_PROXY: proxy.url });
+  const forward = new Forward(
+    {
+      name: 'proxied',
+      target: 'i-0123456789abcdef0',
+      remotePort: echo.port,
+      localPort: 0,
+      bind: '127.0.0.1',
+      eager: false,
+      idleStopMs: 0,
+      keepAlive: false,
+    },
+    defaultTuning,
+    {
+      ssm: createSsmApi({
+        endpoint: emulator.endpoint,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'AKIDPROXYTEST', secretAccessKey: 'x' },
+        logger: silentLogger,
+      }),
+      logger: silentLogger,
+      userAgent: 'pf-daemon-test',
+    },
+  );
+  try {
+    const { port } = await forward.start();
+    const result = await echoExchange(port, 64 * 1024);
+    t.is(result.receivedSha256, result.sentSha256);
+    t.true(
+      proxy.firstLines.some((line) => line.startsWith('GET /v1/data-channel/')),
+      `WebSocket upgrade went through the proxy; tunnels carried: ${proxy.firstLines.join(' | ')}`,
+    );
+    t.true(
+      proxy.firstLines.some((line) => line.startsWith('POST /')),
+      'the API went through the proxy',
+    );
+  } finally {
+    await forward.stop(0);
+    restore();
+    await emulator.close();
+    await echo.close();
     await proxy.close();
   }
 });

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { TunnelError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { describeProxy, proxyAgentFor, proxyUrlFor } from '../proxy.js';
 import { encodeOpenDataChannel } from './payloads.js';
 import { newMessageId } from './message.js';
 
@@ -160,6 +161,10 @@ export class DataChannelConnection extends EventEmitter {
   async open(): Promise<void> {
     const { streamUrl, connectTimeoutMs, userAgent } = this.options;
     const where = describeStreamUrl(streamUrl);
+    // HTTPS_PROXY/NO_PROXY apply to the data channel too (the official plugin ignores them, spec §11 #14).
+    const agent = proxyAgentFor(streamUrl);
+    if (agent)
+      this.logger.debug(`dialling ${where} through proxy ${describeProxy(proxyUrlFor(streamUrl) ?? '')}`);
     const socket = await new Promise<WebSocket>((resolve, reject) => {
       let ws: WebSocket;
       try {
@@ -169,6 +174,7 @@ export class DataChannelConnection extends EventEmitter {
           headers: { 'User-Agent': userAgent },
           maxPayload: 16 * 1024 * 1024,
           ...tlsOptionsFromEnv(process.env),
+          ...(agent ? { agent } : {}),
         });
       } catch (err) {
         reject(
