@@ -11,9 +11,15 @@ import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
-import { API_BACKOFF, backoffDelayMs } from './backoff.js';
+import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
+
+/**
+ * A session that ends (other than by us) sooner than this after opening counts as a failed start for the
+ * restart backoff, so a target that keeps ending sessions is not hammered with StartSession, ms (our default).
+ */
+export const SESSION_HEALTHY_AFTER_MS = 10_000;
 
 /** What a forward needs from outside. */
 export interface ForwardDeps {
@@ -46,6 +52,7 @@ export class Forward extends EventEmitter {
   private consecutiveFailures = 0;
   private notBeforeMs = 0;
   private stopping = false;
+  private readonly stopSignal = new AbortController();
   private boundPort = 0;
   readonly stats: ForwardStats = {
     connectionsAccepted: 0,
@@ -210,7 +217,12 @@ export class Forward extends EventEmitter {
 
   private async startSession(): Promise<TunnelSession> {
     const waitMs = this.notBeforeMs - Date.now();
-    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+    if (waitMs > 0) {
+      this.log.debug(
+        `next session start in ${waitMs} ms (backoff after ${this.consecutiveFailures} failure(s))`,
+      );
+      await delay(waitMs, this.stopSignal.signal).catch(() => undefined);
+    }
     if (this.stopping) throw new TunnelError('PF_ERR_SESSION_CLOSED', 'forward is stopping');
     const session = new TunnelSession(this.config, this.tuning, this.boundPort, {
       ssm: this.deps.ssm,
@@ -222,20 +234,32 @@ export class Forward extends EventEmitter {
     try {
       await session.start();
     } catch (err) {
-      this.consecutiveFailures++;
-      this.notBeforeMs = Date.now() + backoffDelayMs(API_BACKOFF, this.consecutiveFailures - 1);
+      this.noteFailure();
       throw err;
     }
-    this.consecutiveFailures = 0;
     this.session = session;
     this.emit('session', session);
     this.scheduleIdleStop();
     return session;
   }
 
+  /** One more failed (or short-lived) session: the next start waits a jittered, growing delay. */
+  private noteFailure(): void {
+    this.consecutiveFailures++;
+    this.notBeforeMs = Date.now() + backoffDelayMs(API_BACKOFF, this.consecutiveFailures - 1);
+  }
+
+  /**
+   * A session ended (spec §10.1, §10.3): forget it, so the next connection (or, when eager, at once) starts a
+   * fresh one. A session that ended early counts as a failure for the restart backoff.
+   */
   private onSessionClosed(session: TunnelSession, reason: SessionEndReason): void {
     this.stats.sessionsEnded++;
     if (this.session === session) this.session = undefined;
+    if (reason !== 'idle' && reason !== 'user' && session.openedAt >= 0) {
+      if (performance.now() - session.openedAt < SESSION_HEALTHY_AFTER_MS) this.noteFailure();
+      else this.consecutiveFailures = 0;
+    }
     if (!this.stopping && reason !== 'idle' && reason !== 'user') {
       this.log.info(`session ended (${reason}); the next connection starts a new one`);
       if (this.config.eager) {
@@ -272,6 +296,7 @@ export class Forward extends EventEmitter {
    */
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
+    this.stopSignal.abort();
     clearTimeout(this.idleTimer);
     const server = this.server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();

@@ -30,7 +30,7 @@ import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError }
 import type { Logger } from '../log.js';
 import { SmuxClientSession } from '../mux/session.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
-import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay } from './backoff.js';
+import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
 
 /** Session states (spec §10.5). */
@@ -104,6 +104,12 @@ export class TunnelSession extends EventEmitter {
   private unpairedRefusals = 0;
   /** Successful ResumeSession reconnects. */
   reconnects = 0;
+  /** Time from link loss to link up of the latest successful reconnect, ms; -1 before the first. */
+  lastReconnectMs = -1;
+  /** Monotonic time (performance.now) the session opened, ms; -1 until open. */
+  openedAt = -1;
+  /** A reconnect loop is running (one at a time). */
+  private reconnecting = false;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -165,6 +171,7 @@ export class TunnelSession extends EventEmitter {
       channel: { ...this.channel.stats },
       mux: this.smux ? { ...this.smux.stats } : undefined,
       reconnects: this.reconnects,
+      lastReconnectMs: this.lastReconnectMs,
     };
   }
 
@@ -241,14 +248,15 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
-  private async connect(grant: SessionGrant): Promise<void> {
+  /** Dial one data-channel WebSocket and link it to the reliable channel; `connectTimeoutMs` caps the dial. */
+  private async connect(grant: SessionGrant, connectTimeoutMs = this.tuning.connectTimeoutMs): Promise<void> {
     const connection = new DataChannelConnection(
       {
         streamUrl: grant.streamUrl,
         tokenValue: grant.tokenValue,
         clientId: this.clientId,
         clientVersion: this.tuning.clientVersion,
-        connectTimeoutMs: this.tuning.connectTimeoutMs,
+        connectTimeoutMs,
         pingIntervalMs: this.tuning.pingIntervalMs,
         livenessTimeoutMs: this.tuning.livenessTimeoutMs,
         userAgent: this.deps.userAgent,
@@ -342,6 +350,7 @@ export class TunnelSession extends EventEmitter {
     if (this.decision.mux) this.setUpMux();
     else this.setUpBasic();
     this.setState(SessionState.Open);
+    this.openedAt = performance.now();
     this.log.info(`session ${this.sessionId} open (${this.mode} mode)`);
     this.openWaiter?.resolve();
     this.openWaiter = undefined;
@@ -439,23 +448,50 @@ export class TunnelSession extends EventEmitter {
 
   // ---- link loss and reconnect (spec §10.3) ------------------------------------------------------
 
+  /**
+   * The data-channel WebSocket went down. While open (or already reconnecting) this starts the resume loop
+   * (spec §10.3); while closing it only ends the wait for the TerminateSession flag's ack; before the
+   * session was ever open it is a start-up failure.
+   */
   private onLinkDown(connection: DataChannelConnection, reason: DownReason, detail: string): void {
     if (connection !== this.connection) return;
     this.channel.detach();
     this.connection = undefined;
     if (reason === 'closed-by-us' || this.endReason !== undefined) return;
-    if (this.stateValue !== SessionState.Open) {
-      void this.fail(
-        'handshake-failed',
-        new TunnelError('PF_ERR_CONNECT', `data channel lost before open: ${detail}`),
-      );
-      return;
+    switch (this.stateValue) {
+      case SessionState.Open:
+      case SessionState.Reconnecting:
+        this.log.warn(`data channel down (${detail}); resuming session`);
+        if (!this.reconnecting) void this.reconnect();
+        return;
+      case SessionState.Closing:
+        this.emit('linkLost');
+        return;
+      default:
+        void this.fail(
+          'handshake-failed',
+          new TunnelError('PF_ERR_CONNECT', `data channel lost before open: ${detail}`),
+        );
     }
-    this.log.warn(`data channel down (${detail}); resuming session`);
-    void this.reconnect();
   }
 
+  /**
+   * ResumeSession loop (spec §10.3): fresh token and StreamUrl, new WebSocket, same ClientId and sequence
+   * state; the reliable channel resends every un-acked message on attach. Exponential backoff with full jitter
+   * between attempts (250 ms ×2, ≤ 10 s), all bounded by `resumeBudgetMs` (a dial never outlives the budget).
+   * Ends the session when the budget is spent ('give-up'), when the session no longer exists
+   * ('resume-expired') or on a non-retryable API error ('api-error'). Emits 'reconnected' with the time taken.
+   */
   private async reconnect(): Promise<void> {
+    this.reconnecting = true;
+    try {
+      await this.reconnectLoop();
+    } finally {
+      this.reconnecting = false;
+    }
+  }
+
+  private async reconnectLoop(): Promise<void> {
     this.setState(SessionState.Reconnecting);
     const startedAt = performance.now();
     const deadline = startedAt + this.tuning.resumeBudgetMs;
@@ -471,22 +507,31 @@ export class TunnelSession extends EventEmitter {
           return;
         }
       }
-      if (performance.now() > deadline) break;
+      const remainingMs = deadline - performance.now();
+      if (remainingMs <= 0) break;
       try {
         const sessionId = this.grant?.sessionId ?? '';
-        const fresh = await this.deps.ssm.resumeSession(sessionId);
+        // The SDK retries throttling on its own; the budget bounds the whole call, retries included.
+        const fresh = await withDeadline(
+          this.deps.ssm.resumeSession(sessionId),
+          remainingMs,
+          () => new TunnelError('PF_ERR_SESSION_CLOSED', 'ResumeSession outlived the resume budget'),
+          this.abort.signal,
+        );
         // Use the fresh StreamUrl (its cell may change); fall back to the old one only if empty (spec §10.3).
         this.grant = { ...fresh, streamUrl: fresh.streamUrl || (this.grant?.streamUrl ?? '') };
         if (this.endReason !== undefined) return;
-        await this.connect(this.grant);
+        const dialMs = Math.max(1, Math.min(this.tuning.connectTimeoutMs, deadline - performance.now()));
+        await this.connect(this.grant, dialMs);
         if (this.endReason !== undefined) {
           this.connection?.close();
           return;
         }
         this.reconnects++;
         const took = Math.round(performance.now() - startedAt);
+        this.lastReconnectMs = took;
         this.setState(SessionState.Open);
-        this.log.info(`session ${sessionId} resumed after ${took} ms`);
+        this.log.info(`session ${sessionId} resumed after ${took} ms (attempt ${attempt + 1})`);
         this.emit('reconnected', took);
         this.pump();
         return;
@@ -552,11 +597,15 @@ export class TunnelSession extends EventEmitter {
           clearTimeout(timer);
           this.off('terminateAcked', onAck);
           this.off('channelClosed', onAck);
+          this.off('linkLost', onLinkLost);
           resolve(ok);
         };
         const onAck = (): void => done(true);
+        // No link, no ack: fall back to the API at once rather than wait out the timer.
+        const onLinkLost = (): void => done(false);
         this.on('terminateAcked', onAck);
         this.on('channelClosed', onAck);
+        this.on('linkLost', onLinkLost);
       });
     }
     this.openWaiter?.reject(new TunnelError('PF_ERR_SESSION_CLOSED', 'session closed before it opened'));
