@@ -15,6 +15,7 @@ import type { Logger } from '../../src/log.js';
 import { silentLogger } from '../../src/log.js';
 import { createSsmApi } from '../../src/ssm/client.js';
 import type { SsmApi } from '../../src/ssm/types.js';
+import { withTimeout } from '../helpers/net.js';
 
 /** A managed-node id the emulator accepts. */
 export const TARGET = 'i-0123456789abcdef0';
@@ -80,14 +81,7 @@ export async function startForward(
   return { forward, port: address.port };
 }
 
-/** Reject after `ms` with a message naming what was awaited. */
-export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+export { withTimeout };
 
 /** Resolve when `predicate()` holds, checking on every `event` of `emitter` (and once at once). */
 export function until(

@@ -6,6 +6,7 @@
 import test from 'ava';
 import net from 'node:net';
 import type { ForwardConfig, TuningConfig } from '../../src/config/types.js';
+import { credentials, forwardConfig } from './fixtures.js';
 import { defaultTuning } from '../../src/config/types.js';
 import { startEmulator, waitFor } from '../../src/emulator/index.js';
 import type { Emulator } from '../../src/emulator/index.js';
@@ -19,23 +20,6 @@ import {
   startEchoServer,
   withTimeout,
 } from '../helpers/net.js';
-
-const TARGET = 'i-0123456789abcdef0';
-const credentials = { accessKeyId: 'AKIDEMULATOR', secretAccessKey: 'emulator-secret' };
-
-function forwardConfig(overrides: Partial<ForwardConfig>): ForwardConfig {
-  return {
-    name: 'test',
-    target: TARGET,
-    remotePort: 1,
-    localPort: 0,
-    bind: '127.0.0.1',
-    eager: false,
-    idleStopMs: 0,
-    keepAlive: false,
-    ...overrides,
-  };
-}
 
 const tuning: TuningConfig = { ...defaultTuning };
 
