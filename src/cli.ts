@@ -22,7 +22,8 @@ import type { DaemonConfig, ForwardConfig } from './config/types.js';
 import { didYouMean, verifyConfig } from './config/verify.js';
 import { Daemon } from './daemon.js';
 import { registerEmulatorCommand } from './emulator/cli.js';
-import type { DaemonDeps } from './daemon.js';
+import type { DaemonDeps, SsmLocation } from './daemon.js';
+import { defaultLedgerDir } from './forward/ledger.js';
 import { ConfigError, describeError, isPfError } from './errors.js';
 import { createLogger } from './log.js';
 import type { Logger } from './log.js';
@@ -365,7 +366,7 @@ export function describeForward(f: ForwardConfig): string {
 }
 
 /** A cache of SSM clients per region/profile/endpoint, so forwards sharing them share connections. */
-function ssmFactory(logger: Logger, userAgent: string): (forward: ForwardConfig) => SsmApi {
+function ssmFactory(logger: Logger, userAgent: string): (where: SsmLocation) => SsmApi {
   const clients = new Map<string, SsmApi>();
   return (f) => {
     const key = JSON.stringify([f.region, f.profile, f.endpoint]);
@@ -401,7 +402,11 @@ async function runDaemon(
     io.logger ?? createLogger({ level: config.log.level, format: config.log.format, env: io.env });
   const log = logger.child('cli');
   const notify = io.notifier ?? createSdNotify({ env: io.env, logger });
-  const deps: DaemonDeps = { logger, ssmFor: ssmFactory(logger, `${PROGRAM}/${packageVersion()}`) };
+  const deps: DaemonDeps = {
+    logger,
+    ssmFor: ssmFactory(logger, `${PROGRAM}/${packageVersion()}`),
+    ledgerDir: defaultLedgerDir(io.env),
+  };
   const daemon = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);
   const signals: SignalSource = io.signals ?? process;
 

@@ -9,26 +9,44 @@ import { describeError } from './errors.js';
 import { Forward } from './forward/forward.js';
 import type { Logger } from './log.js';
 import type { SsmApi } from './ssm/types.js';
+import { SessionLedger } from './forward/ledger.js';
+import type { LedgerEntry } from './forward/ledger.js';
+import type { TunnelSession } from './forward/session.js';
+
+/** Where an SSM API lives: a forward's region/profile/endpoint overrides. */
+export type SsmLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint'>;
+
+/** Longest a TerminateSession for a crashed daemon's leftover session may take, ms (our default). */
+const ORPHAN_TERMINATE_TIMEOUT_MS = 15_000;
 
 /** What the daemon needs from outside. */
 export interface DaemonDeps {
   logger: Logger;
   /** Builds the SSM client for a forward (region/profile/endpoint come from the forward). */
-  ssmFor: (forward: ForwardConfig) => SsmApi;
+  ssmFor: (where: SsmLocation) => SsmApi;
   /** HTTP User-Agent for data-channel upgrades. Default `pf-daemon`. */
   userAgent?: string;
+  /**
+   * Folder of the session ledger (spec §10.4): open SessionIds are recorded there so sessions left by a
+   * killed daemon are terminated on the next start. Unset = no ledger.
+   */
+  ledgerDir?: string;
 }
 
 /** Runs forwards until stopped. */
 export class Daemon {
   private readonly forwards = new Map<string, Forward>();
   private config: DaemonConfig;
+  private readonly ledger: SessionLedger | undefined;
+  /** Settles when sessions left by a crashed daemon have been terminated (started by start()). */
+  orphanSweep: Promise<void> = Promise.resolve();
 
   constructor(
     config: DaemonConfig,
     private readonly deps: DaemonDeps,
   ) {
     this.config = config;
+    this.ledger = deps.ledgerDir ? new SessionLedger(deps.ledgerDir, deps.logger.child('ledger')) : undefined;
   }
 
   /** The running forwards by name. */
@@ -36,12 +54,59 @@ export class Daemon {
     return this.forwards;
   }
 
-  private createForward(forward: ForwardConfig): Forward {
-    return new Forward(forward, this.config.tuning, {
-      ssm: this.deps.ssmFor(forward),
-      logger: this.deps.logger.child(`forward:${forward.name}`),
+  private createForward(forwardConfig: ForwardConfig): Forward {
+    const forward = new Forward(forwardConfig, this.config.tuning, {
+      ssm: this.deps.ssmFor(forwardConfig),
+      logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
     });
+    forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
+    return forward;
+  }
+
+  /** Keep an open session in the ledger until it closes. */
+  private record(session: TunnelSession, forward: ForwardConfig): void {
+    const ledger = this.ledger;
+    const sessionId = session.sessionId;
+    if (!ledger || !sessionId) return;
+    const entry: LedgerEntry = { sessionId, target: forward.target, pid: process.pid, startedAt: Date.now() };
+    if (forward.region) entry.region = forward.region;
+    if (forward.profile) entry.profile = forward.profile;
+    if (forward.endpoint) entry.endpoint = forward.endpoint;
+    void ledger.add(entry);
+    session.once('closed', () => void ledger.remove(sessionId));
+  }
+
+  /** Terminate the sessions of daemons that died without closing them (spec §10.4). */
+  private async sweepOrphans(ledger: SessionLedger): Promise<void> {
+    const { entries, files } = await ledger.findOrphans();
+    await Promise.all(
+      entries.map(async (entry) => {
+        const where: SsmLocation = {};
+        if (entry.region) where.region = entry.region;
+        if (entry.profile) where.profile = entry.profile;
+        if (entry.endpoint) where.endpoint = entry.endpoint;
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          await Promise.race([
+            this.deps.ssmFor(where).terminateSession(entry.sessionId),
+            new Promise((_, reject) => {
+              timer = setTimeout(() => reject(new Error('timed out')), ORPHAN_TERMINATE_TIMEOUT_MS);
+            }),
+          ]);
+          this.deps.logger.info(
+            `terminated session ${entry.sessionId} (${entry.target}) left open by pf-daemon pid ${entry.pid}`,
+          );
+        } catch (err) {
+          this.deps.logger.warn(
+            `could not terminate leftover session ${entry.sessionId}: ${describeError(err)}`,
+          );
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+    await ledger.forgetOrphans(files);
   }
 
   /**
@@ -60,6 +125,8 @@ export class Daemon {
       this.forwards.set(forwardConfig.name, forward);
     }
     this.deps.logger.info(`${this.forwards.size} forward(s) running`);
+    // In the background: a slow or unreachable API must not delay the listeners.
+    if (this.ledger) this.orphanSweep = this.sweepOrphans(this.ledger);
   }
 
   /** Stop accepting, drain for the grace period, terminate sessions. */
@@ -67,6 +134,7 @@ export class Daemon {
     const all = [...this.forwards.values()];
     this.forwards.clear();
     await Promise.all(all.map((f) => f.stop(this.config.tuning.drainGraceMs)));
+    await this.ledger?.flushed();
   }
 
   /**
