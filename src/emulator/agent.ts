@@ -28,16 +28,34 @@ import {
 } from '../datachannel/payloads.js';
 import type { RequestedClientAction } from '../datachannel/payloads.js';
 import { ActionStatus, FlagCode, MessageType, PayloadType } from '../datachannel/constants.js';
-import { agentModeFor } from '../datachannel/version.js';
+import { agentModeFor, clientModeFor } from '../datachannel/version.js';
 import { AGENT_RELIABILITY, AgentReliability } from './agent-reliability.js';
 import type { DeliveryResult } from './agent-reliability.js';
 import { BasicPort } from './agent-basic.js';
 import { DestinationDialer, OutboundPump, PORT_PLUGIN, resolveDestination } from './port.js';
 import { SMUX_SERVER, SmuxServer } from './smux-server.js';
 
+/**
+ * Mode decisions of an agent that advertises `agentVersion`, from the HandshakeResponse's ClientVersion (spec §3.3).
+ * The agent rule alone describes a current agent; an older one lacks the features the client-side thresholds stand
+ * for: agents at or below 3.0.196.0 have no mux mode at all, and agents at or below 3.1.1511.0 always run smux
+ * keep-alive. The agent's own version is judged with the client's comparison, so the emulated agent and a client
+ * following §3.3 agree on every AgentVersion (the real plugin in basic mode against `agentVersion: '3.0.196.0'`
+ * otherwise met a mux agent and the session died on its first byte).
+ */
+export function emulatedAgentModeFor(
+  agentVersion: string,
+  clientVersion: string,
+  type: string,
+): { mux: boolean; smuxKeepAlive: boolean } {
+  const byClient = agentModeFor(clientVersion, type);
+  const capable = clientModeFor(agentVersion, type);
+  return { mux: byClient.mux && capable.mux, smuxKeepAlive: byClient.smuxKeepAlive || capable.smuxKeepAlive };
+}
+
 /** Behaviour knobs of one emulated agent (spec §12.2). The service resolves defaults; nothing here is optional except `smuxKeepAlive`. */
 export interface AgentOptions {
-  /** AgentVersion in HandshakeRequest. Default in the service: '3.3.987.0'. */
+  /** AgentVersion in HandshakeRequest; also limits the modes (see {@link emulatedAgentModeFor}). Default in the service: '3.3.987.0'. */
   agentVersion: string;
   /** Document properties after substitution: portNumber, type ('LocalPortForwarding'), localPortNumber, optional host. */
   properties: Record<string, string>;
@@ -516,7 +534,11 @@ export class EmulatedAgent extends EventEmitter {
         return;
       }
     }
-    const decision = agentModeFor(response.clientVersion, this.options.properties['type'] ?? '');
+    const decision = emulatedAgentModeFor(
+      this.options.agentVersion,
+      response.clientVersion,
+      this.options.properties['type'] ?? '',
+    );
     this.clientVersionValue = response.clientVersion;
     this.modeValue = decision.mux ? 'mux' : 'basic';
     this.keepAliveValue = decision.mux ? (this.options.smuxKeepAlive ?? decision.smuxKeepAlive) : false;

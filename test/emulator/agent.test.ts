@@ -25,6 +25,7 @@ import { FlagCode, MessageType, PayloadType } from '../../src/datachannel/consta
 import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.js';
 import type { SmuxFrame } from '../../src/mux/frame.js';
 import { silentLogger } from '../../src/log.js';
+import { clientModeFor } from '../../src/datachannel/version.js';
 
 /** Every observable change pokes this bus; waiters re-check their condition. */
 const bus = new EventEmitter();
@@ -376,6 +377,42 @@ for (const [clientVersion, mode, keepAlive] of [
     t.true(Number.isSafeInteger(body.handshakeTimeToComplete) && body.handshakeTimeToComplete >= 0);
   });
 }
+
+// An agent advertising an old AgentVersion must not use features that version lacks, or it disagrees with every
+// client that follows spec §3.3 (seen with the real session-manager-plugin 1.2.694.0 against agentVersion
+// 3.0.196.0: the plugin went basic, the emulated agent mux, and the session died on the plugin's first byte).
+for (const [agentVersion, mode, keepAlive] of [
+  ['3.3.987.0', 'mux', false],
+  ['3.1.1511.1', 'mux', false],
+  ['3.1.1511.0', 'mux', true],
+  ['3.0.196.1', 'mux', true],
+  ['3.0.196.0', 'basic', false],
+  ['2.3.722.0', 'basic', false],
+] as const) {
+  test(`AgentVersion ${agentVersion} with ClientVersion 1.2.694.0 selects ${mode} mode, keep-alive ${keepAlive ? 'on' : 'off'}, as the client decides`, async (t) => {
+    const client = new RawClient(agentOptions(1, { agentVersion }));
+    client.agent.start();
+    await client.handshake('1.2.694.0');
+    client.agent.close('test over');
+    t.is(client.agent.mode, mode);
+    t.is(client.agent.smuxKeepAliveOn, keepAlive);
+    const clientSide = clientModeFor(agentVersion, 'LocalPortForwarding');
+    t.is(clientSide.mux ? 'mux' : 'basic', mode, 'agent and client agree on the mode');
+    if (clientSide.mux) t.is(clientSide.smuxKeepAlive, keepAlive, 'agent and client agree on keep-alive');
+  });
+}
+
+test('basic: an old agent (3.0.196.0) relays raw bytes for a current ClientVersion', async (t) => {
+  const dest = await startDestination();
+  const client = new RawClient(agentOptions(dest.port, { agentVersion: '3.0.196.0' }));
+  await client.ready('1.2.694.0');
+  t.is(client.agent.mode, 'basic');
+  await waitFor(() => dest.sockets.length === 1, 'dial at start');
+  client.sendOutput('raw, not smux');
+  await waitFor(() => Buffer.concat(client.outputBytes).toString() === 'raw, not smux', 'echo');
+  client.agent.close('test over');
+  await dest.close();
+});
 
 test('ack of the HandshakeResponse: acknowledge, seq 0, Flags 3, payload type 0, exact JSON, before HandshakeComplete', async (t) => {
   const client = new RawClient(agentOptions(1));
