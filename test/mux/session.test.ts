@@ -1,49 +1,12 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { once } from 'node:events';
-import type { EventEmitter } from 'node:events';
 import { isPfError } from '../../src/errors.js';
-import { silentLogger } from '../../src/log.js';
-import { SmuxClientSession } from '../../src/mux/session.js';
+import type { SmuxClientSession } from '../../src/mux/session.js';
 import { SMUX_HEADER_BYTES, SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.js';
 import type { SmuxFrame } from '../../src/mux/frame.js';
-import type { SmuxSessionOptions } from '../../src/mux/session.js';
 import type { SmuxStream } from '../../src/mux/stream.js';
-
-const KiB = 1024;
-const TIMEOUT_MS = 2000;
-
-const defaults: SmuxSessionOptions = {
-  streamReceiveBufferBytes: 4 * KiB * KiB,
-  sessionReceiveBufferBytes: 64 * KiB * KiB,
-  streamWriteBufferBytes: 64 * KiB,
-  maxFrameDataBytes: 32 * KiB,
-};
-
-function newSession(options: Partial<SmuxSessionOptions> = {}): SmuxClientSession {
-  return new SmuxClientSession({ ...defaults, ...options }, { logger: silentLogger });
-}
-
-/** Await an event with a deadline, so a missing event fails the test instead of hanging it. */
-async function eventually<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Resolve on the next `event`; unlike `events.once`, an 'error' event does not reject it. */
-function next(emitter: EventEmitter, event: string): Promise<unknown[]> {
-  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
-}
-
-/** Let queued microtasks and ticks run (Node schedules stream callbacks there). */
-const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+import { KiB, eventually, newSession, next, turn } from './helpers.js';
 
 /** Pull everything pending in pulls of `pullBytes` and decode it. */
 function drain(session: SmuxClientSession, pullBytes = 1024 * KiB): { bytes: Buffer; frames: SmuxFrame[] } {

@@ -3,44 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
-import { silentLogger } from '../../src/log.js';
-import { SmuxClientSession } from '../../src/mux/session.js';
+import type { SmuxClientSession } from '../../src/mux/session.js';
 import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.js';
-import type { EventEmitter } from 'node:events';
 import type { SmuxFrame } from '../../src/mux/frame.js';
-import type { SmuxSessionOptions } from '../../src/mux/session.js';
-
-const KiB = 1024;
-const TIMEOUT_MS = 2000;
-
-const defaults: SmuxSessionOptions = {
-  streamReceiveBufferBytes: 4 * KiB * KiB,
-  sessionReceiveBufferBytes: 64 * KiB * KiB,
-  streamWriteBufferBytes: 64 * KiB,
-  maxFrameDataBytes: 32 * KiB,
-};
-
-function newSession(options: Partial<SmuxSessionOptions> = {}): SmuxClientSession {
-  return new SmuxClientSession({ ...defaults, ...options }, { logger: silentLogger });
-}
-
-async function eventually<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function next(emitter: EventEmitter, event: string): Promise<unknown[]> {
-  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
-}
-
-const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+import { KiB, eventually, newSession, next, turn } from './helpers.js';
 
 /**
  * The agent's role in miniature: accepts SYN, echoes PSH on the same stream, answers FIN with FIN. Pumps in
