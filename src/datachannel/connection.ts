@@ -32,6 +32,8 @@ export interface ConnectionOptions {
   livenessTimeoutMs: number;
   /** HTTP User-Agent of the upgrade request (our own version goes here, not in ClientVersion). */
   userAgent: string;
+  /** Extra upgrade headers (SigV4, spec §3.1). Secrets: never logged. */
+  headers?: Record<string, string>;
 }
 
 /** Why a connection went down. */
@@ -171,7 +173,7 @@ export class DataChannelConnection extends EventEmitter {
         ws = new WebSocket(streamUrl, {
           perMessageDeflate: false,
           handshakeTimeout: connectTimeoutMs,
-          headers: { 'User-Agent': userAgent },
+          headers: { ...this.options.headers, 'User-Agent': userAgent },
           maxPayload: 16 * 1024 * 1024,
           ...tlsOptionsFromEnv(process.env),
           ...(agent ? { agent } : {}),

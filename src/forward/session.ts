@@ -250,6 +250,8 @@ export class TunnelSession extends EventEmitter {
 
   /** Dial one data-channel WebSocket and link it to the reliable channel; `connectTimeoutMs` caps the dial. */
   private async connect(grant: SessionGrant, connectTimeoutMs = this.tuning.connectTimeoutMs): Promise<void> {
+    // SigV4 on the upgrade, as recent official clients send it (spec §3.1); {} when not possible.
+    const headers = (await this.deps.ssm.signStreamUrl?.(grant.streamUrl)) ?? {};
     const connection = new DataChannelConnection(
       {
         streamUrl: grant.streamUrl,
@@ -260,6 +262,7 @@ export class TunnelSession extends EventEmitter {
         pingIntervalMs: this.tuning.pingIntervalMs,
         livenessTimeoutMs: this.tuning.livenessTimeoutMs,
         userAgent: this.deps.userAgent,
+        headers,
       },
       this.log.child('ws'),
     );

@@ -17,6 +17,8 @@ import type { SSMClientConfig } from '@aws-sdk/client-ssm';
 import { AwsSessionError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeProxy, proxyAgentFor, proxyUrlFor } from '../proxy.js';
+import { describeError } from '../errors.js';
+import { signStreamUrl } from './sign.js';
 import type { SessionGrant, SsmApi, StartSessionRequest } from './types.js';
 import { mapSsmError } from './errors.js';
 import type { SsmErrorContext, SsmOperation } from './errors.js';
@@ -166,6 +168,18 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
         // Spec §2.3: terminating a session that is already gone is success from our side.
         if (err instanceof AwsSessionError && err.code === 'PF_ERR_SESSION_GONE') return;
         throw err;
+      }
+    },
+
+    async signStreamUrl(streamUrl: string): Promise<Record<string, string>> {
+      try {
+        const credentials = await client.config.credentials();
+        const region = await client.config.region();
+        return await signStreamUrl(streamUrl, credentials, region);
+      } catch (err) {
+        // Optional today (spec §3.1): the OpenDataChannel token authorises the channel.
+        log.debug(`WebSocket upgrade not signed: ${describeError(err)}`);
+        return {};
       }
     },
   };

@@ -31,4 +31,9 @@ export interface SsmApi {
   resumeSession(sessionId: string): Promise<SessionGrant>;
   /** Idempotent. */
   terminateSession(sessionId: string): Promise<void>;
+  /**
+   * SigV4 headers for the WebSocket upgrade to `streamUrl` (spec §3.1), from the same credentials and
+   * region as the API calls. Optional; resolves to `{}` when signing is not possible. Secrets: never log.
+   */
+  signStreamUrl?(streamUrl: string): Promise<Record<string, string>>;
 }
