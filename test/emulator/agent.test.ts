@@ -4,7 +4,6 @@
  * "nothing happens" assertions.
  */
 import test from 'ava';
-import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { EmulatedAgent } from '../../src/emulator/agent.js';
@@ -26,29 +25,7 @@ import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.
 import type { SmuxFrame } from '../../src/mux/frame.js';
 import { silentLogger } from '../../src/log.js';
 import { clientModeFor } from '../../src/datachannel/version.js';
-
-/** Every observable change pokes this bus; waiters re-check their condition. */
-const bus = new EventEmitter();
-bus.setMaxListeners(0);
-const poke = (): void => void bus.emit('change');
-
-function waitFor<T>(check: () => T | undefined | false, what: string, ms = 5000): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const attempt = (): boolean => {
-      const value = check();
-      if (value === undefined || value === false) return false;
-      bus.off('change', attempt);
-      clearTimeout(timer);
-      resolve(value);
-      return true;
-    };
-    const timer = setTimeout(() => {
-      bus.off('change', attempt);
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-    }, ms);
-    if (!attempt()) bus.on('change', attempt);
-  });
-}
+import { poke, waitFor } from './bus.js';
 
 /** Resolve after `ms`: only to bound an assertion that something does NOT happen. */
 const quietPeriod = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -3,7 +3,6 @@
  * real TCP destinations on 127.0.0.1.
  */
 import test from 'ava';
-import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { SmuxServer } from '../../src/emulator/smux-server.js';
@@ -11,28 +10,7 @@ import type { SmuxServerOptions } from '../../src/emulator/smux-server.js';
 import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../../src/mux/frame.js';
 import type { SmuxFrame } from '../../src/mux/frame.js';
 import { silentLogger } from '../../src/log.js';
-
-const bus = new EventEmitter();
-bus.setMaxListeners(0);
-const poke = (): void => void bus.emit('change');
-
-function waitFor<T>(check: () => T | undefined | false, what: string, ms = 5000): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const attempt = (): boolean => {
-      const value = check();
-      if (value === undefined || value === false) return false;
-      bus.off('change', attempt);
-      clearTimeout(timer);
-      resolve(value);
-      return true;
-    };
-    const timer = setTimeout(() => {
-      bus.off('change', attempt);
-      reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-    }, ms);
-    if (!attempt()) bus.on('change', attempt);
-  });
-}
+import { poke, waitFor } from './bus.js';
 
 interface Destination {
   port: number;
