@@ -9,11 +9,9 @@ import {
 import { decodeChannelClosed, encodeAcknowledge } from '../../src/datachannel/payloads.js';
 import { FaultPipe, Faults, createPrng } from '../../src/emulator/faults.js';
 import type { Direction, FaultFate } from '../../src/emulator/faults.js';
-import { startEmulator, waitFor } from '../../src/emulator/index.js';
-import type { Emulator, EmulatorOptions } from '../../src/emulator/index.js';
-import { RawClient, fakeAgentFactory, ssmFor, startLocalSession } from './service.helpers.js';
-import type { FakeAgent } from './service.helpers.js';
-import type { SSMClient } from '@aws-sdk/client-ssm';
+import { waitFor } from '../../src/emulator/index.js';
+import { RawClient, startLocalSession, withEmulator } from './service.helpers.js';
+import type { Ctx, FakeAgent } from './service.helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // FaultPipe and Faults in isolation
@@ -234,27 +232,6 @@ test('apiError counts down per operation; reset clears faults but keeps the seed
 
 // ---------------------------------------------------------------------------------------------
 // Knobs applied by a running emulator, measured through its counters
-
-interface Ctx {
-  emulator: Emulator;
-  ssm: SSMClient;
-  agents: FakeAgent[];
-}
-
-async function withEmulator(
-  options: Partial<EmulatorOptions>,
-  run: (ctx: Ctx) => Promise<void>,
-): Promise<void> {
-  const agents: FakeAgent[] = [];
-  const emulator = await startEmulator({ agentFactory: fakeAgentFactory(agents), ...options });
-  const ssm = ssmFor(emulator);
-  try {
-    await run({ emulator, ssm, agents });
-  } finally {
-    ssm.destroy();
-    await emulator.close();
-  }
-}
 
 async function connected(ctx: Ctx): Promise<{ id: string; client: RawClient; agent: FakeAgent }> {
   const s = await startLocalSession(ctx.ssm);

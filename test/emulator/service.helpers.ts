@@ -12,7 +12,8 @@ import { decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/
 import type { ClientMessage } from '../../src/datachannel/message.js';
 import { encodeAcknowledge, encodeOpenDataChannel } from '../../src/datachannel/payloads.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from '../../src/emulator/agent.js';
-import type { AgentFactory, Emulator } from '../../src/emulator/index.js';
+import type { AgentFactory, Emulator, EmulatorOptions } from '../../src/emulator/index.js';
+import { startEmulator } from '../../src/emulator/index.js';
 
 export const TARGET = 'i-0123456789abcdef0';
 
@@ -233,5 +234,28 @@ export class RawClient {
 
   close(): void {
     this.ws.close(1000);
+  }
+}
+
+/** What a {@link withEmulator} body gets. */
+export interface Ctx {
+  emulator: Emulator;
+  ssm: SSMClient;
+  agents: FakeAgent[];
+}
+
+/** Run `run` against a fresh emulator with fake agents; always closes both. */
+export async function withEmulator(
+  options: Partial<EmulatorOptions>,
+  run: (ctx: Ctx) => Promise<void>,
+): Promise<void> {
+  const agents: FakeAgent[] = [];
+  const emulator = await startEmulator({ agentFactory: fakeAgentFactory(agents), ...options });
+  const ssm = ssmFor(emulator);
+  try {
+    await run({ emulator, ssm, agents });
+  } finally {
+    ssm.destroy();
+    await emulator.close();
   }
 }

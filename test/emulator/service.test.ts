@@ -5,31 +5,8 @@ import WebSocket from 'ws';
 import { MessageType, PayloadType } from '../../src/datachannel/constants.js';
 import { decodeChannelClosed } from '../../src/datachannel/payloads.js';
 import { startEmulator, waitFor } from '../../src/emulator/index.js';
-import type { Emulator, EmulatorOptions } from '../../src/emulator/index.js';
 import type { FakeAgent } from './service.helpers.js';
-import { RawClient, fakeAgentFactory, ssmFor, startLocalSession } from './service.helpers.js';
-import type { SSMClient } from '@aws-sdk/client-ssm';
-
-interface Ctx {
-  emulator: Emulator;
-  ssm: SSMClient;
-  agents: FakeAgent[];
-}
-
-async function withEmulator(
-  options: Partial<EmulatorOptions>,
-  run: (ctx: Ctx) => Promise<void>,
-): Promise<void> {
-  const agents: FakeAgent[] = [];
-  const emulator = await startEmulator({ agentFactory: fakeAgentFactory(agents), ...options });
-  const ssm = ssmFor(emulator);
-  try {
-    await run({ emulator, ssm, agents });
-  } finally {
-    ssm.destroy();
-    await emulator.close();
-  }
-}
+import { RawClient, fakeAgentFactory, ssmFor, startLocalSession, withEmulator } from './service.helpers.js';
 
 const isType = (type: string) => (m: { messageType: string }) => m.messageType === type;
 
