@@ -32,6 +32,7 @@ import { SmuxClientSession } from '../mux/session.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
+import { InputGuard } from './input-guard.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -110,6 +111,8 @@ export class TunnelSession extends EventEmitter {
   openedAt = -1;
   /** A reconnect loop is running (one at a time). */
   private reconnecting = false;
+  /** Counts and logs (once per kind) agent input that is wrong at the session layer. */
+  private readonly input: InputGuard;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -119,6 +122,7 @@ export class TunnelSession extends EventEmitter {
   ) {
     super();
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.input = new InputGuard(deps.logger);
     this.channel = new ReliableChannel(
       {
         sendWindowMessages: tuning.sendWindowMessages,
@@ -135,7 +139,7 @@ export class TunnelSession extends EventEmitter {
     );
     this.channel.on('unknownMessage', (type: string) => this.log.debug(`ignored message type ${type}`));
     this.channel.on('stalled', () => {
-      void this.fail(
+      this.failSoon(
         'give-up',
         new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
       );
@@ -172,6 +176,7 @@ export class TunnelSession extends EventEmitter {
       mux: this.smux ? { ...this.smux.stats } : undefined,
       reconnects: this.reconnects,
       lastReconnectMs: this.lastReconnectMs,
+      input: { ...this.input.stats },
     };
   }
 
@@ -203,14 +208,17 @@ export class TunnelSession extends EventEmitter {
     const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
     // Rejections before the await below (connect failure) must not surface as unhandled.
     opened.catch(() => undefined);
-    this.tickTimer = setInterval(() => this.channel.tick(), RESEND_SCAN_INTERVAL_MS);
+    this.tickTimer = setInterval(
+      () => this.guard('resend scan', () => this.channel.tick()),
+      RESEND_SCAN_INTERVAL_MS,
+    );
     this.tickTimer.unref();
     try {
       this.setState(SessionState.Connecting);
       await this.connect(this.grant);
       this.setState(SessionState.Handshaking);
       this.handshakeTimer = setTimeout(() => {
-        void this.fail(
+        this.failSoon(
           'handshake-failed',
           new ProtocolError(
             'PF_ERR_HANDSHAKE',
@@ -268,7 +276,7 @@ export class TunnelSession extends EventEmitter {
     );
     await connection.open();
     this.connection = connection;
-    connection.on('frame', (frame: Buffer) => this.channel.receive(frame));
+    connection.on('frame', (frame: Buffer) => this.guard('frame', () => this.channel.receive(frame)));
     connection.on('down', (reason: DownReason, detail: string) =>
       this.onLinkDown(connection, reason, detail),
     );
@@ -278,8 +286,24 @@ export class TunnelSession extends EventEmitter {
 
   // ---- incoming --------------------------------------------------------------------------------
 
-  /** Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later). */
+  /**
+   * Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later).
+   * Reached from the network (a frame) and from local sockets (retryDelivery on drain): an exception
+   * here fails this session only; the message counts as consumed so the channel does not offer it again.
+   */
   private deliver(message: ClientMessage): boolean {
+    try {
+      return this.dispatch(message);
+    } catch (err) {
+      this.internalError(
+        `delivery of ${message.payloadType === PayloadType.Output ? 'Output' : `payload type ${message.payloadType}`}`,
+        err,
+      );
+      return true;
+    }
+  }
+
+  private dispatch(message: ClientMessage): boolean {
     switch (message.payloadType) {
       case PayloadType.Output:
         return this.deliverOutput(message.payload);
@@ -293,7 +317,10 @@ export class TunnelSession extends EventEmitter {
         this.onFlag(message.payload);
         return true;
       default:
-        this.log.debug(`ignored payload type ${message.payloadType}`);
+        this.input.note(
+          'unexpectedPayloadTypes',
+          `dropped a message of payload type ${message.payloadType} that no agent sends to a client`,
+        );
         return true;
     }
   }
@@ -309,18 +336,27 @@ export class TunnelSession extends EventEmitter {
     return true;
   }
 
+  /**
+   * The agent's HandshakeRequest (spec §6.1): answer it once. A second one (the agent sends exactly one per
+   * session) is dropped, so open streams, the keep-alive timer and the mode decision stay as they are.
+   */
   private onHandshakeRequest(payload: Buffer): void {
+    if (this.decision !== undefined) {
+      this.input.note('lateHandshakes', 'dropped a HandshakeRequest after the handshake was answered');
+      return;
+    }
     clearTimeout(this.handshakeTimer);
     let outcome;
     try {
       outcome = answerHandshake(decodeHandshakeRequest(payload), this.tuning.clientVersion);
     } catch (err) {
-      void this.fail('handshake-failed', err as Error);
+      this.input.note('malformedHandshakes', `malformed HandshakeRequest: ${describeError(err)}`);
+      this.failSoon('handshake-failed', handshakeError('malformed HandshakeRequest', err));
       return;
     }
     this.channel.send(PayloadType.HandshakeResponse, encodeHandshakeResponse(outcome.response));
     if (outcome.failure) {
-      void this.fail('handshake-failed', outcome.failure);
+      this.failSoon('handshake-failed', outcome.failure);
       return;
     }
     this.decision = outcome.decision;
@@ -329,23 +365,39 @@ export class TunnelSession extends EventEmitter {
     );
     // The agent's HandshakeComplete should follow; bound the wait like the request's.
     this.handshakeTimer = setTimeout(() => {
-      void this.fail(
+      this.failSoon(
         'handshake-failed',
         new ProtocolError('PF_ERR_HANDSHAKE', 'the agent never completed the handshake'),
       );
     }, this.tuning.handshakeTimeoutMs);
   }
 
+  /**
+   * The agent's HandshakeComplete (spec §6.3): sets up smux or basic mode and opens the session, once. One
+   * that does not decode fails the handshake; one after the session is set up is dropped (a second smux
+   * session would orphan every open stream and leak the first one's keep-alive timer).
+   */
   private onHandshakeComplete(payload: Buffer): void {
+    if (this.smux !== undefined || this.basic !== undefined) {
+      this.input.note('lateHandshakes', 'dropped a HandshakeComplete after the session was open');
+      return;
+    }
     clearTimeout(this.handshakeTimer);
     if (!this.decision) {
-      void this.fail(
+      this.failSoon(
         'handshake-failed',
         new ProtocolError('PF_ERR_HANDSHAKE', 'HandshakeComplete before HandshakeRequest'),
       );
       return;
     }
-    const complete = decodeHandshakeComplete(payload);
+    let complete;
+    try {
+      complete = decodeHandshakeComplete(payload);
+    } catch (err) {
+      this.input.note('malformedHandshakes', `malformed HandshakeComplete: ${describeError(err)}`);
+      this.failSoon('handshake-failed', handshakeError('malformed HandshakeComplete', err));
+      return;
+    }
     if (complete.customerMessage) {
       this.log.info(`agent message: ${complete.customerMessage}`);
       this.emit('customerMessage', complete.customerMessage);
@@ -359,8 +411,15 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter = undefined;
   }
 
+  /** A Flag from the agent (spec §9.5). A payload that is not 4 bytes is dropped and counted. */
   private onFlag(payload: Buffer): void {
-    const flag = decodeFlag(payload);
+    let flag: number;
+    try {
+      flag = decodeFlag(payload);
+    } catch (err) {
+      this.input.note('malformedFlags', `dropped a malformed Flag: ${describeError(err)}`);
+      return;
+    }
     if (flag === FlagCode.ConnectToPortError) {
       this.log.warn(
         `the agent could not connect to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort}`,
@@ -368,7 +427,7 @@ export class TunnelSession extends EventEmitter {
       this.unpairedRefusals++;
       this.emit('destinationRefused');
     } else {
-      this.log.debug(`ignored flag ${flag} from the agent`);
+      this.input.note('unknownFlags', `dropped flag ${flag}, which no agent sends to a client`);
     }
   }
 
@@ -384,7 +443,7 @@ export class TunnelSession extends EventEmitter {
     );
     smux.on('outgoing', () => this.pump());
     smux.on('receiveUnblocked', () => this.channel.retryDelivery());
-    smux.on('error', (err: Error) => void this.fail('protocol-error', err));
+    smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive
       ? SMUX_KEEPALIVE_INTERVAL_MS
@@ -392,7 +451,7 @@ export class TunnelSession extends EventEmitter {
         ? this.tuning.keepAliveIntervalMs
         : 0;
     if (keepAliveMs > 0) {
-      this.keepAliveTimer = setInterval(() => smux.sendNop(), keepAliveMs);
+      this.keepAliveTimer = setInterval(() => this.guard('keep-alive', () => smux.sendNop()), keepAliveMs);
       this.keepAliveTimer.unref();
     }
   }
@@ -558,6 +617,40 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
+  // ---- guards ------------------------------------------------------------------------------------
+
+  /**
+   * Run session code reached from the network or a timer. An exception (a bug, or input no check foresaw)
+   * fails this session with `PF_ERR_SESSION_INTERNAL`; it never reaches the `ws` or timer callback, where
+   * it would end the process and every other forward with it.
+   */
+  private guard(where: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.internalError(where, err);
+    }
+  }
+
+  private internalError(where: string, err: unknown): void {
+    this.input.note('internalErrors', `unexpected error in ${where}: ${describeError(err)}`);
+    this.failSoon(
+      'protocol-error',
+      new TunnelError('PF_ERR_SESSION_INTERNAL', `unexpected error in ${where}: ${describeError(err)}`, {
+        cause: err,
+      }),
+    );
+  }
+
+  /** {@link fail} from a callback that cannot await it; a failure while failing is logged, not thrown. */
+  private failSoon(reason: SessionEndReason, err: Error): void {
+    this.fail(reason, err).catch((failure: unknown) =>
+      this.log.error(
+        `session ${this.sessionId ?? '(not started)'} did not end cleanly: ${describeError(failure)}`,
+      ),
+    );
+  }
+
   // ---- ending ------------------------------------------------------------------------------------
 
   private onChannelClosed(closed: ChannelClosed): void {
@@ -648,4 +741,9 @@ export class TunnelSession extends EventEmitter {
   get reason(): SessionEndReason | undefined {
     return this.endReason;
   }
+}
+
+/** A `PF_ERR_HANDSHAKE` error for a handshake payload that did not decode, keeping the decoder's error. */
+function handshakeError(what: string, err: unknown): ProtocolError {
+  return new ProtocolError('PF_ERR_HANDSHAKE', `${what}: ${describeError(err)}`, { cause: err });
 }
