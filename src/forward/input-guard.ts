@@ -5,6 +5,7 @@
  *
  * | Input                                              | Cost                                       |
  * |----------------------------------------------------|--------------------------------------------|
+ * | Frame the codec rejects (digest, lengths, JSON)    | dropped (not acked), counted               |
  * | Flag payload that is not 4 bytes                   | dropped (acked, no effect), counted        |
  * | Flag with an unknown code                          | dropped, counted                           |
  * | HandshakeRequest/Complete that does not decode     | the handshake fails (`PF_ERR_HANDSHAKE`)   |
@@ -16,6 +17,8 @@ import type { Logger } from '../log.js';
 
 /** Counters of the session-layer input checks; part of `TunnelSession.stats`. */
 export interface SessionInputStats {
+  /** Frames the message codec or the reliable channel rejected (digest, lengths, ack JSON); dropped. */
+  malformedFrames: number;
   /** Flag payloads that were not 4 bytes long; dropped. */
   malformedFlags: number;
   /** Flags with a code the agent never sends towards a client; dropped. */
@@ -36,6 +39,7 @@ export type BadInputKind = keyof SessionInputStats;
 /** Counts bad input and logs the first occurrence of each kind; later ones go to debug only. */
 export class InputGuard {
   readonly stats: SessionInputStats = {
+    malformedFrames: 0,
     malformedFlags: 0,
     unknownFlags: 0,
     malformedHandshakes: 0,
@@ -57,4 +61,30 @@ export class InputGuard {
     this.warned.add(kind);
     this.logger.warn(`${text}; further ones are counted in stats, not logged`);
   }
+}
+
+/**
+ * A logger for layers that warn once per bad frame (the reliable channel): each distinct warn text goes
+ * out once, repeats go to debug, so an agent that repeats a bad message cannot flood the journal.
+ */
+export function warnOncePerText(logger: Logger): Logger {
+  const seen = new Set<string>();
+  const wrap = (target: Logger): Logger => ({
+    error: (message, meta) => target.error(message, meta),
+    warn: (message, meta) => {
+      if (seen.has(message)) {
+        target.debug(message, meta);
+        return;
+      }
+      seen.add(message);
+      target.warn(`${message} (repeats are logged at debug level)`, meta);
+    },
+    info: (message, meta) => target.info(message, meta),
+    debug: (message, meta) => target.debug(message, meta),
+    get debugEnabled() {
+      return target.debugEnabled;
+    },
+    child: (namespace, meta) => wrap(target.child(namespace, meta)),
+  });
+  return wrap(logger);
 }

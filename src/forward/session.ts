@@ -32,7 +32,7 @@ import { SmuxClientSession } from '../mux/session.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
-import { InputGuard } from './input-guard.js';
+import { InputGuard, warnOncePerText } from './input-guard.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -129,13 +129,17 @@ export class TunnelSession extends EventEmitter {
         reorderLimitMessages: tuning.reorderLimitMessages,
         giveUpMs: tuning.giveUpMs,
       },
-      { now: () => performance.now(), deliver: (m) => this.deliver(m), logger: deps.logger.child('channel') },
+      {
+        now: () => performance.now(),
+        deliver: (m) => this.deliver(m),
+        logger: warnOncePerText(deps.logger.child('channel')),
+      },
     );
     this.channel.on('drain', () => this.pump());
     this.channel.on('resume', () => this.pump());
     this.channel.on('channelClosed', (closed: ChannelClosed) => this.onChannelClosed(closed));
     this.channel.on('protocolError', (err: ProtocolError) =>
-      this.log.warn(`dropped a malformed message: ${describeError(err)}`),
+      this.input.note('malformedFrames', `dropped a malformed message: ${describeError(err)}`),
     );
     this.channel.on('unknownMessage', (type: string) => this.log.debug(`ignored message type ${type}`));
     this.channel.on('stalled', () => {
