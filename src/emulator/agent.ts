@@ -86,6 +86,8 @@ export interface AgentOptions {
   dialFailCount: number;
   /** Delay every destination dial by this much, ms. */
   dialDelayMs: number;
+  /** Payload sent as HandshakeComplete instead of the real JSON; undefined = the real one. */
+  handshakeCompletePayload?: Buffer;
   /** Messages to inject at chosen points (see {@link InjectedMessage}); default none. */
   injectMessages: readonly InjectedMessage[];
 }
@@ -565,10 +567,11 @@ export class EmulatedAgent extends EventEmitter {
     const elapsedMs = Math.max(0, this.deps.now() - this.requestSentAt);
     this.reliability.sendStreamData(
       PayloadType.HandshakeComplete,
-      encodeHandshakeComplete({
-        handshakeTimeToComplete: Math.round(elapsedMs * AGENT.NS_PER_MS),
-        customerMessage: AGENT.CUSTOMER_MESSAGE,
-      }),
+      this.options.handshakeCompletePayload ??
+        encodeHandshakeComplete({
+          handshakeTimeToComplete: Math.round(elapsedMs * AGENT.NS_PER_MS),
+          customerMessage: AGENT.CUSTOMER_MESSAGE,
+        }),
     );
     this.stateValue = AgentState.NotReady;
     const event: AgentHandshakeEvent = { mode: this.modeValue, clientVersion: this.clientVersionValue ?? '' };

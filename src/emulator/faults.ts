@@ -118,6 +118,8 @@ export interface AgentFaults {
   dialFailCount?: number;
   /** Delay of every destination dial, ms (serial-dial head-of-line blocking). */
   dialDelayMs?: number;
+  /** Payload sent as HandshakeComplete instead of the real JSON (bad-agent tests, issue 10). */
+  handshakeCompletePayload?: Buffer;
   /** Extra sequenced messages the agent sends at chosen points (bad-agent tests, issue 10). */
   injectMessages?: InjectedMessage[];
 }
