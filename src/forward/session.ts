@@ -150,6 +150,7 @@ export class TunnelSession extends EventEmitter {
     });
     this.channel.on('acked', (seq: number) => {
       if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
+      this.basic?.acked(seq, this.channel.highestReceivedSequence);
     });
   }
 
@@ -310,6 +311,8 @@ export class TunnelSession extends EventEmitter {
   private dispatch(message: ClientMessage): boolean {
     switch (message.payloadType) {
       case PayloadType.Output:
+        // Basic mode: Output of a connection that has ended is consumed and dropped (spec §9.3, basic.ts).
+        if (this.basic?.discards(message.sequenceNumber, message.payload.length)) return true;
         return this.deliverOutput(message.payload);
       case PayloadType.HandshakeRequest:
         this.onHandshakeRequest(message.payload);
@@ -463,7 +466,11 @@ export class TunnelSession extends EventEmitter {
   private setUpBasic(): void {
     this.basic = new BasicRelay({
       send: (payload) => this.channel.send(PayloadType.Output, payload),
-      sendFlag: (flag) => this.channel.send(PayloadType.Flag, encodeFlag(flag)),
+      sendFlag: (flag) => {
+        const seq = this.channel.nextSendSequence;
+        this.channel.send(PayloadType.Flag, encodeFlag(flag));
+        return seq;
+      },
       retryDelivery: () => this.channel.retryDelivery(),
       logger: this.log.child('basic'),
     });
