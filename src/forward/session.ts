@@ -81,7 +81,8 @@ const SMUX_MAX_FRAME_DATA_BYTES = 32_768;
 /**
  * One SSM session carrying one forward's connections.
  * Events: 'state' (SessionState), 'closed' (SessionEndReason, Error|undefined), 'reconnected' (ms taken),
- * 'destinationRefused' (), 'customerMessage' (text).
+ * 'destinationRefused' (), 'customerMessage' (text), 'settled' (gone: boolean; after 'closed', once the
+ * service session is known to be over or the attempt to end it failed).
  */
 export class TunnelSession extends EventEmitter {
   private stateValue: SessionState = SessionState.Starting;
@@ -111,6 +112,8 @@ export class TunnelSession extends EventEmitter {
   openedAt = -1;
   /** A reconnect loop is running (one at a time). */
   private reconnecting = false;
+  /** 'settled' was emitted. */
+  private settled = false;
   /** Counts and logs (once per kind) agent input that is wrong at the session layer. */
   private readonly input: InputGuard;
 
@@ -673,6 +676,7 @@ export class TunnelSession extends EventEmitter {
       'channel-closed',
       new TunnelError('PF_ERR_SESSION_CLOSED', closed.output || 'channel closed by the service'),
     );
+    this.settle(true);
   }
 
   /** End the session on an error; best-effort TerminateSession so the service does not keep it open. */
@@ -683,7 +687,9 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter = undefined;
     const sessionId = this.sessionId;
     this.finish(reason, err);
-    if (sessionId && reason !== 'resume-expired') await this.terminateViaApi(sessionId);
+    if (!sessionId) return;
+    // resume-expired: the service said the session no longer exists.
+    this.settle(reason === 'resume-expired' || (await this.terminateViaApi(sessionId)));
   }
 
   /**
@@ -718,15 +724,29 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter?.reject(new TunnelError('PF_ERR_SESSION_CLOSED', 'session closed before it opened'));
     this.openWaiter = undefined;
     this.finish(reason);
-    if (sessionId && !confirmed) await this.terminateViaApi(sessionId);
+    if (sessionId) this.settle(confirmed || (await this.terminateViaApi(sessionId)));
   }
 
-  private async terminateViaApi(sessionId: string): Promise<void> {
+  /** TerminateSession through the API; true when it succeeded. */
+  private async terminateViaApi(sessionId: string): Promise<boolean> {
     try {
       await this.deps.ssm.terminateSession(sessionId);
+      return true;
     } catch (err) {
       this.log.warn(`TerminateSession ${sessionId} failed: ${describeError(err)}`);
+      return false;
     }
+  }
+
+  /**
+   * Emit 'settled' once after the session ended: `gone` is true when the service session is known to be
+   * over (TerminateSession succeeded, its flag was acked, channel_closed, or the service said it does not
+   * exist). The ledger forgets a session only then, so a failed terminate is retried on the next start.
+   */
+  private settle(gone: boolean): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.emit('settled', gone);
   }
 
   /** Tear everything down once; idempotent. */
