@@ -286,7 +286,7 @@ export class TunnelSession extends EventEmitter {
     this.connection = connection;
     connection.on('frame', (frame: Buffer) => this.guard('frame', () => this.channel.receive(frame)));
     connection.on('down', (reason: DownReason, detail: string) =>
-      this.onLinkDown(connection, reason, detail),
+      this.guard('link loss', () => this.onLinkDown(connection, reason, detail)),
     );
     this.channel.attach((frame) => connection.send(frame));
     this.log.debug(`connected to ${describeStreamUrl(grant.streamUrl)}`);
@@ -451,8 +451,9 @@ export class TunnelSession extends EventEmitter {
       },
       { logger: this.log.child('mux') },
     );
-    smux.on('outgoing', () => this.pump());
-    smux.on('receiveUnblocked', () => this.channel.retryDelivery());
+    // Reached from local sockets (writes, reads making room): guarded like the network entry points.
+    smux.on('outgoing', () => this.guard('send', () => this.pump()));
+    smux.on('receiveUnblocked', () => this.guard('delivery retry', () => this.channel.retryDelivery()));
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive
@@ -538,13 +539,13 @@ export class TunnelSession extends EventEmitter {
       case SessionState.Open:
       case SessionState.Reconnecting:
         this.log.warn(`data channel down (${detail}); resuming session`);
-        if (!this.reconnecting) void this.reconnect();
+        if (!this.reconnecting) this.reconnect().catch((err: unknown) => this.internalError('resume', err));
         return;
       case SessionState.Closing:
         this.emit('linkLost');
         return;
       default:
-        void this.fail(
+        this.failSoon(
           'handshake-failed',
           new TunnelError('PF_ERR_CONNECT', `data channel lost before open: ${detail}`),
         );

@@ -3,7 +3,8 @@
  * faithful pacing (1 KiB Output messages 1 ms apart): a malformed Flag is dropped and counted while the
  * download goes on; a HandshakeComplete that is not JSON fails that session only; a second
  * HandshakeRequest/Complete after open is dropped and the open stream carries on. The process survives
- * each (on the old code each one threw out of the `ws` handler and ended the test process).
+ * each (on the old code each one threw out of the `ws` handler and ended the test process), and so does a
+ * bug inside session code reached from the network: it fails that session with a typed error.
  */
 import test from 'ava';
 import { PayloadType } from '../../src/datachannel/constants.js';
@@ -14,8 +15,12 @@ import {
 } from '../../src/datachannel/payloads.js';
 import { startEmulator } from '../../src/emulator/index.js';
 import type { Logger, LogMeta } from '../../src/log.js';
+import { isPfError } from '../../src/errors.js';
+import { TunnelSession } from '../../src/forward/session.js';
 import {
   StreamingEcho,
+  emulatorSsm,
+  forwardConfig,
   startForward,
   startPausableEcho,
   tuningWith,
@@ -176,6 +181,47 @@ test.serial(
       t.is(logger.count('info', /agent message: again/), 0, 'the second HandshakeComplete was not acted on');
     } finally {
       await forward.stop(0);
+      await emulator.close();
+      await echo.close();
+    }
+  },
+);
+
+test.serial(
+  'an exception inside session code fails that session with PF_ERR_SESSION_INTERNAL, never the process',
+  async (t) => {
+    t.timeout(30_000);
+    const echo = await startPausableEcho();
+    const emulator = await startEmulator({});
+    emulator.faults.agent.handshakeCompletePayload = encodeHandshakeComplete({
+      handshakeTimeToComplete: 1,
+      customerMessage: 'welcome',
+    });
+    const session = new TunnelSession(forwardConfig({ remotePort: echo.port }), tuningWith(), 0, {
+      ssm: emulatorSsm(emulator),
+      logger: new RecordingLogger(),
+      userAgent: 'pf-daemon-test',
+    });
+    // A bug reached from the network: a listener that throws while the HandshakeComplete is handled.
+    session.on('customerMessage', () => {
+      throw new Error('a bug in a listener');
+    });
+    try {
+      const err = await t.throwsAsync(session.start());
+      t.true(isPfError(err, 'PF_ERR_SESSION_INTERNAL'), `typed error, got ${String(err)}`);
+      t.is(session.state, 'closed');
+      t.is(session.reason, 'protocol-error');
+      t.is((session.stats['input'] as { internalErrors: number }).internalErrors, 1);
+      const id = session.sessionId ?? '';
+      await until(
+        emulator,
+        'sessionTerminated',
+        () => emulator.session(id).state === 'terminated',
+        10_000,
+        'terminate',
+      );
+    } finally {
+      await session.close();
       await emulator.close();
       await echo.close();
     }
