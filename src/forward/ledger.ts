@@ -216,8 +216,8 @@ export class SessionLedger {
   ): Promise<{ terminated: string[]; kept: string[] }> {
     const terminated: string[] = [];
     const kept: string[] = [];
-    for (const orphan of await this.findOrphans()) {
-      const results = await Promise.all(
+    const sweepFile = async (orphan: OrphanFile): Promise<void> => {
+      const done = await Promise.all(
         orphan.entries.map((entry) =>
           terminate(entry).then(
             () => true,
@@ -225,16 +225,16 @@ export class SessionLedger {
           ),
         ),
       );
-      const left = orphan.entries.filter((_, i) => !results[i]);
-      for (const [i, entry] of orphan.entries.entries())
-        (results[i] ? terminated : kept).push(entry.sessionId);
+      const left = orphan.entries.filter((_, i) => !done[i]);
+      for (const [i, entry] of orphan.entries.entries()) (done[i] ? terminated : kept).push(entry.sessionId);
       try {
         if (left.length === 0) await rm(orphan.file, { force: true });
         else await writeAtomically(orphan.file, JSON.stringify(left, null, 1));
       } catch (err) {
         this.logger.warn(`cannot update session ledger file ${orphan.file}: ${describeError(err)}`);
       }
-    }
+    };
+    await Promise.all((await this.findOrphans()).map(sweepFile));
     return { terminated, kept };
   }
 
