@@ -74,39 +74,39 @@ export class Daemon {
     if (forward.profile) entry.profile = forward.profile;
     if (forward.endpoint) entry.endpoint = forward.endpoint;
     void ledger.add(entry);
-    session.once('closed', () => void ledger.remove(sessionId));
+    // Forgotten only once the service session is over; a failed TerminateSession is retried on the next start.
+    session.once('settled', (gone: boolean) => {
+      if (gone) void ledger.remove(sessionId);
+    });
   }
 
   /** Terminate the sessions of daemons that died without closing them (spec §10.4). */
   private async sweepOrphans(ledger: SessionLedger): Promise<void> {
-    const { entries, files } = await ledger.findOrphans();
-    await Promise.all(
-      entries.map(async (entry) => {
-        const where: SsmLocation = {};
-        if (entry.region) where.region = entry.region;
-        if (entry.profile) where.profile = entry.profile;
-        if (entry.endpoint) where.endpoint = entry.endpoint;
-        let timer: NodeJS.Timeout | undefined;
-        try {
-          await Promise.race([
-            this.deps.ssmFor(where).terminateSession(entry.sessionId),
-            new Promise((_, reject) => {
-              timer = setTimeout(() => reject(new Error('timed out')), ORPHAN_TERMINATE_TIMEOUT_MS);
-            }),
-          ]);
-          this.deps.logger.info(
-            `terminated session ${entry.sessionId} (${entry.target}) left open by pf-daemon pid ${entry.pid}`,
-          );
-        } catch (err) {
-          this.deps.logger.warn(
-            `could not terminate leftover session ${entry.sessionId}: ${describeError(err)}`,
-          );
-        } finally {
-          clearTimeout(timer);
-        }
-      }),
-    );
-    await ledger.forgetOrphans(files);
+    await ledger.sweepOrphans(async (entry) => {
+      const where: SsmLocation = {};
+      if (entry.region) where.region = entry.region;
+      if (entry.profile) where.profile = entry.profile;
+      if (entry.endpoint) where.endpoint = entry.endpoint;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          this.deps.ssmFor(where).terminateSession(entry.sessionId),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error('timed out')), ORPHAN_TERMINATE_TIMEOUT_MS);
+          }),
+        ]);
+        this.deps.logger.info(
+          `terminated session ${entry.sessionId} (${entry.target}) left open by pf-daemon pid ${entry.pid}`,
+        );
+      } catch (err) {
+        this.deps.logger.warn(
+          `could not terminate leftover session ${entry.sessionId}: ${describeError(err)}; kept for the next start`,
+        );
+        throw err;
+      } finally {
+        clearTimeout(timer);
+      }
+    });
   }
 
   /**

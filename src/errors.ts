@@ -66,6 +66,10 @@ export const ERROR_CODES = {
     text: 'the agent could not connect to the destination port',
   },
   PF_ERR_LISTEN: { domain: 'tunnel', text: 'the local listener could not be opened' },
+  PF_ERR_SESSION_INTERNAL: {
+    domain: 'tunnel',
+    text: 'an unexpected error inside one session; that session failed, the daemon went on',
+  },
 } as const;
 
 /** A stable error code. */

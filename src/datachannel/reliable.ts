@@ -166,6 +166,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
 
   /** Next incoming sequence number to deliver (spec §7.2 `expected`). */
   private expected = 0;
+  /** Highest sequence number of any valid incoming data message seen, delivered or not; -1 before one. */
+  private highestSeen = -1;
   /** Reorder buffer: incoming messages with `seq >= expected`, keyed by sequence number. */
   private readonly reorder = new Map<number, BufferedIncoming>();
 
@@ -206,6 +208,14 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Next incoming sequence number to be delivered (spec §7.2). */
   get expectedReceiveSequence(): number {
     return this.expected;
+  }
+
+  /**
+   * Highest sequence number of any valid `output_stream_data` received so far (in order, early, duplicate
+   * or dropped for lack of reorder room); -1 before the first. Basic mode's connection boundary uses it.
+   */
+  get highestReceivedSequence(): number {
+    return this.highestSeen;
   }
 
   /** Live counters (a read-only view of the channel's own object: no copy per read). */
@@ -391,6 +401,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Handle one `output_stream_data` message; may advance `expected` and deliver buffered successors. */
   private onData(message: ClientMessage): void {
     const seq = message.sequenceNumber;
+    if (seq > this.highestSeen) this.highestSeen = seq;
     if (seq < this.expected) {
       this.counters.duplicatesReceived++;
       this.sendAck(message);

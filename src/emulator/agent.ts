@@ -34,6 +34,7 @@ import type { DeliveryResult } from './agent-reliability.js';
 import { BasicPort } from './agent-basic.js';
 import { DestinationDialer, OutboundPump, PORT_PLUGIN, resolveDestination } from './port.js';
 import { SMUX_SERVER, SmuxServer } from './smux-server.js';
+import type { InjectedMessage } from './faults.js';
 
 /**
  * Mode decisions of an agent that advertises `agentVersion`, from the HandshakeResponse's ClientVersion (spec §3.3).
@@ -85,6 +86,10 @@ export interface AgentOptions {
   dialFailCount: number;
   /** Delay every destination dial by this much, ms. */
   dialDelayMs: number;
+  /** Payload sent as HandshakeComplete instead of the real JSON; undefined = the real one. */
+  handshakeCompletePayload?: Buffer;
+  /** Messages to inject at chosen points (see {@link InjectedMessage}); default none. */
+  injectMessages: readonly InjectedMessage[];
 }
 
 /** What the agent needs from the service. */
@@ -225,6 +230,11 @@ export class EmulatedAgent extends EventEmitter {
   private pumpHigh = false;
   private scanTimer: NodeJS.Timeout | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Output messages sent so far; the clock of `injectMessages`. */
+  private outputsSent = 0;
+  /** `injectMessages` in order of `afterOutputs`, and the index of the next one to send. */
+  private injections: InjectedMessage[] | undefined;
+  private nextInjection = 0;
 
   constructor(
     private readonly options: AgentOptions,
@@ -557,10 +567,11 @@ export class EmulatedAgent extends EventEmitter {
     const elapsedMs = Math.max(0, this.deps.now() - this.requestSentAt);
     this.reliability.sendStreamData(
       PayloadType.HandshakeComplete,
-      encodeHandshakeComplete({
-        handshakeTimeToComplete: Math.round(elapsedMs * AGENT.NS_PER_MS),
-        customerMessage: AGENT.CUSTOMER_MESSAGE,
-      }),
+      this.options.handshakeCompletePayload ??
+        encodeHandshakeComplete({
+          handshakeTimeToComplete: Math.round(elapsedMs * AGENT.NS_PER_MS),
+          customerMessage: AGENT.CUSTOMER_MESSAGE,
+        }),
     );
     this.stateValue = AgentState.NotReady;
     const event: AgentHandshakeEvent = { mode: this.modeValue, clientVersion: this.clientVersionValue ?? '' };
@@ -596,7 +607,11 @@ export class EmulatedAgent extends EventEmitter {
         highWaterBytes: PORT_PLUGIN.PUMP_HIGH_WATER_BYTES,
       },
       {
-        emit: (chunk) => this.reliability.sendStreamData(PayloadType.Output, chunk),
+        emit: (chunk) => {
+          this.reliability.sendStreamData(PayloadType.Output, chunk);
+          this.outputsSent++;
+          this.injectDue();
+        },
         canRun: () =>
           (this.stateValue === AgentState.Ready || this.stateValue === AgentState.NotReady) &&
           !this.reliability.paused,
@@ -642,6 +657,21 @@ export class EmulatedAgent extends EventEmitter {
     this.stateValue = AgentState.Ready;
     this.updateReading();
     this.emit('ready', this.modeValue);
+    this.injectDue();
+  }
+
+  /** Send every injected message whose point has come (a fault knob; the real agent never does this). */
+  private injectDue(): void {
+    if (this.options.injectMessages.length === 0) return;
+    this.injections ??= [...this.options.injectMessages].sort((a, b) => a.afterOutputs - b.afterOutputs);
+    const planned = this.injections;
+    for (;;) {
+      const next = planned[this.nextInjection];
+      if (next === undefined || next.afterOutputs > this.outputsSent || this.isClosed()) return;
+      this.nextInjection++;
+      this.logger.debug('injecting a message', { payloadType: next.payloadType, bytes: next.payload.length });
+      this.reliability.sendStreamData(next.payloadType, next.payload);
+    }
   }
 
   private createSmuxServer(dialer: DestinationDialer, logger: Logger): SmuxServer {

@@ -118,6 +118,23 @@ export interface AgentFaults {
   dialFailCount?: number;
   /** Delay of every destination dial, ms (serial-dial head-of-line blocking). */
   dialDelayMs?: number;
+  /** Payload sent as HandshakeComplete instead of the real JSON (bad-agent tests, issue 10). */
+  handshakeCompletePayload?: Buffer;
+  /** Extra sequenced messages the agent sends at chosen points (bad-agent tests, issue 10). */
+  injectMessages?: InjectedMessage[];
+}
+
+/**
+ * One sequenced message a misbehaving agent sends: committed like any other (next sequence number, valid
+ * digest, resent until acked), so it passes the client's codec and reaches its session layer.
+ */
+export interface InjectedMessage {
+  /** Send it once the agent has sent this many Output messages; 0 = as soon as the port plugin is ready. */
+  afterOutputs: number;
+  /** PayloadType of the message (spec §4.3); any number, valid or not. */
+  payloadType: number;
+  /** Payload bytes, sent as given. */
+  payload: Buffer;
 }
 
 /** The whole fault configuration. Every field is read live, so tests may change it mid-session. */

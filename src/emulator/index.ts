@@ -305,6 +305,7 @@ export class Emulator extends EventEmitter {
       dialFailStreamIds: [],
       dialFailCount: 0,
       dialDelayMs: 0,
+      injectMessages: [],
     };
     const session = new EmulatedSession(id, input, {
       faults: this.faults,

@@ -2,6 +2,18 @@
  * Basic (non-multiplexed) mode relay (spec §9.3): one local connection at a time, raw bytes both ways as
  * Output payloads. When the local connection ends we send Flag DisconnectToPort and serve the next one;
  * the agent redials its destination when our next data arrives.
+ *
+ * Agent Output carries no connection id, so the boundary between one connection's data and the next is
+ * taken from the order of events on the data channel (spec §9.3; emulated agent `agent-basic.ts`
+ * `disconnect()`): the agent handles our messages in sequence order, closes the destination and drops what
+ * it read but had not sent when it handles DisconnectToPort, acks the flag, and dials again only for our
+ * next Output. So every Output it sent for the old connection went out before the flag's ack, on the same
+ * ordered WebSocket, and every Output for the next connection after it, with higher sequence numbers.
+ * The rule: from sending DisconnectToPort until its ack arrives, delivered Output is discarded; when the
+ * ack arrives, Output with a sequence number up to the highest one received by then (delivered, waiting
+ * for reorder, or dropped and to be resent) is discarded too. Everything later belongs to the next
+ * connection. Limitation: if the link drops and the flag's ack is lost with it, the next connection's
+ * first bytes may reach us on the new link before the re-ack and be discarded (lost, never misdelivered).
  */
 import type { Socket } from 'node:net';
 import { FlagCode, MAX_OUTPUT_PAYLOAD_BYTES } from '../datachannel/constants.js';
@@ -11,8 +23,8 @@ import type { Logger } from '../log.js';
 export interface BasicRelayDeps {
   /** Commit one Output payload; false = send window full (pause the source until resume()). */
   send(payload: Buffer): boolean;
-  /** Commit one Flag message. */
-  sendFlag(flag: FlagCode): boolean;
+  /** Commit one Flag message; returns the sequence number it was given. */
+  sendFlag(flag: FlagCode): number;
   /** Ask the reliable channel to offer refused messages again. */
   retryDelivery(): void;
   logger: Logger;
@@ -28,8 +40,14 @@ export class BasicRelay {
   private windowFull = false;
   private socketFull = false;
   private destroyed = false;
+  /** Sequence number of the latest DisconnectToPort not yet acked by the agent. */
+  private pendingDisconnectSeq: number | undefined;
+  /** Agent Output below this sequence number belongs to a connection that has ended. */
+  private discardBelowSeq = 0;
   /** Connections served so far. */
   served = 0;
+  /** Bytes of agent Output discarded because their connection had ended (never given to the next). */
+  discardedBytes = 0;
 
   constructor(private readonly deps: BasicRelayDeps) {}
 
@@ -92,6 +110,26 @@ export class BasicRelay {
     this.active?.resume();
   }
 
+  /**
+   * True when the in-order agent Output `seq` belongs to a connection that has ended: the caller consumes
+   * (acks) it and drops it, and it is counted in {@link discardedBytes}.
+   */
+  discards(seq: number, bytes: number): boolean {
+    if (this.pendingDisconnectSeq === undefined && seq >= this.discardBelowSeq) return false;
+    this.discardedBytes += bytes;
+    return true;
+  }
+
+  /**
+   * The agent acked our message `seq`; `highestReceivedSeq` is the highest agent sequence number received
+   * so far. The ack of the latest DisconnectToPort sets the connection boundary (see the module comment).
+   */
+  acked(seq: number, highestReceivedSeq: number): void {
+    if (seq !== this.pendingDisconnectSeq) return;
+    this.pendingDisconnectSeq = undefined;
+    this.discardBelowSeq = Math.max(this.discardBelowSeq, highestReceivedSeq + 1);
+  }
+
   /** Agent data for the active connection; false refuses it (no connection, or the socket is full). */
   deliver(payload: Buffer): boolean {
     const socket = this.active;
@@ -107,7 +145,7 @@ export class BasicRelay {
     socket.removeAllListeners('data');
     socket.removeAllListeners('drain');
     if (!socket.destroyed) socket.end();
-    if (!this.destroyed) this.deps.sendFlag(FlagCode.DisconnectToPort);
+    if (!this.destroyed) this.pendingDisconnectSeq = this.deps.sendFlag(FlagCode.DisconnectToPort);
     this.serveNext();
   }
 

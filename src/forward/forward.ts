@@ -189,6 +189,7 @@ export class Forward extends EventEmitter {
           `connection from ${peer} (stream ${id}) closed: the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`,
         );
       }
+      closeAfterFlush(socket, stream);
     });
     stream.once('error', (err: Error) => {
       this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
@@ -332,4 +333,21 @@ export class Forward extends EventEmitter {
     }
     await closed;
   }
+}
+
+/**
+ * The agent sent FIN: the destination is closed completely (v1 has no half-close, spec §9.4), so nothing will
+ * ever read what the local client still sends. pipe() has ended the local socket's write side; once that has
+ * flushed what the agent sent, destroy the socket, so a client still uploading gets an error instead of
+ * blocking on a socket nobody reads, and the forward's idle stop is no longer held up by it. Until then the
+ * client's bytes are read and dropped: they keep our receive queue short, so the close is a FIN rather than
+ * a reset that could cut off the tail of the response still in the kernel.
+ */
+function closeAfterFlush(socket: Socket, stream: Duplex): void {
+  if (socket.destroyed) return;
+  socket.unpipe(stream);
+  socket.resume();
+  if (!socket.writableEnded) socket.end();
+  if (socket.writableFinished) socket.destroy();
+  else socket.once('finish', () => socket.destroy());
 }

@@ -32,6 +32,7 @@ import { SmuxClientSession } from '../mux/session.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
+import { InputGuard, warnOncePerText } from './input-guard.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -80,7 +81,8 @@ const SMUX_MAX_FRAME_DATA_BYTES = 32_768;
 /**
  * One SSM session carrying one forward's connections.
  * Events: 'state' (SessionState), 'closed' (SessionEndReason, Error|undefined), 'reconnected' (ms taken),
- * 'destinationRefused' (), 'customerMessage' (text).
+ * 'destinationRefused' (), 'customerMessage' (text), 'settled' (gone: boolean; after 'closed', once the
+ * service session is known to be over or the attempt to end it failed).
  */
 export class TunnelSession extends EventEmitter {
   private stateValue: SessionState = SessionState.Starting;
@@ -110,6 +112,10 @@ export class TunnelSession extends EventEmitter {
   openedAt = -1;
   /** A reconnect loop is running (one at a time). */
   private reconnecting = false;
+  /** 'settled' was emitted. */
+  private settled = false;
+  /** Counts and logs (once per kind) agent input that is wrong at the session layer. */
+  private readonly input: InputGuard;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -119,29 +125,35 @@ export class TunnelSession extends EventEmitter {
   ) {
     super();
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.input = new InputGuard(deps.logger);
     this.channel = new ReliableChannel(
       {
         sendWindowMessages: tuning.sendWindowMessages,
         reorderLimitMessages: tuning.reorderLimitMessages,
         giveUpMs: tuning.giveUpMs,
       },
-      { now: () => performance.now(), deliver: (m) => this.deliver(m), logger: deps.logger.child('channel') },
+      {
+        now: () => performance.now(),
+        deliver: (m) => this.deliver(m),
+        logger: warnOncePerText(deps.logger.child('channel')),
+      },
     );
     this.channel.on('drain', () => this.pump());
     this.channel.on('resume', () => this.pump());
     this.channel.on('channelClosed', (closed: ChannelClosed) => this.onChannelClosed(closed));
     this.channel.on('protocolError', (err: ProtocolError) =>
-      this.log.warn(`dropped a malformed message: ${describeError(err)}`),
+      this.input.note('malformedFrames', `dropped a malformed message: ${describeError(err)}`),
     );
     this.channel.on('unknownMessage', (type: string) => this.log.debug(`ignored message type ${type}`));
     this.channel.on('stalled', () => {
-      void this.fail(
+      this.failSoon(
         'give-up',
         new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
       );
     });
     this.channel.on('acked', (seq: number) => {
       if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
+      this.basic?.acked(seq, this.channel.highestReceivedSequence);
     });
   }
 
@@ -172,6 +184,7 @@ export class TunnelSession extends EventEmitter {
       mux: this.smux ? { ...this.smux.stats } : undefined,
       reconnects: this.reconnects,
       lastReconnectMs: this.lastReconnectMs,
+      input: { ...this.input.stats },
     };
   }
 
@@ -203,14 +216,17 @@ export class TunnelSession extends EventEmitter {
     const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
     // Rejections before the await below (connect failure) must not surface as unhandled.
     opened.catch(() => undefined);
-    this.tickTimer = setInterval(() => this.channel.tick(), RESEND_SCAN_INTERVAL_MS);
+    this.tickTimer = setInterval(
+      () => this.guard('resend scan', () => this.channel.tick()),
+      RESEND_SCAN_INTERVAL_MS,
+    );
     this.tickTimer.unref();
     try {
       this.setState(SessionState.Connecting);
       await this.connect(this.grant);
       this.setState(SessionState.Handshaking);
       this.handshakeTimer = setTimeout(() => {
-        void this.fail(
+        this.failSoon(
           'handshake-failed',
           new ProtocolError(
             'PF_ERR_HANDSHAKE',
@@ -268,9 +284,9 @@ export class TunnelSession extends EventEmitter {
     );
     await connection.open();
     this.connection = connection;
-    connection.on('frame', (frame: Buffer) => this.channel.receive(frame));
+    connection.on('frame', (frame: Buffer) => this.guard('frame', () => this.channel.receive(frame)));
     connection.on('down', (reason: DownReason, detail: string) =>
-      this.onLinkDown(connection, reason, detail),
+      this.guard('link loss', () => this.onLinkDown(connection, reason, detail)),
     );
     this.channel.attach((frame) => connection.send(frame));
     this.log.debug(`connected to ${describeStreamUrl(grant.streamUrl)}`);
@@ -278,10 +294,28 @@ export class TunnelSession extends EventEmitter {
 
   // ---- incoming --------------------------------------------------------------------------------
 
-  /** Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later). */
+  /**
+   * Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later).
+   * Reached from the network (a frame) and from local sockets (retryDelivery on drain): an exception
+   * here fails this session only; the message counts as consumed so the channel does not offer it again.
+   */
   private deliver(message: ClientMessage): boolean {
+    try {
+      return this.dispatch(message);
+    } catch (err) {
+      this.internalError(
+        `delivery of ${message.payloadType === PayloadType.Output ? 'Output' : `payload type ${message.payloadType}`}`,
+        err,
+      );
+      return true;
+    }
+  }
+
+  private dispatch(message: ClientMessage): boolean {
     switch (message.payloadType) {
       case PayloadType.Output:
+        // Basic mode: Output of a connection that has ended is consumed and dropped (spec §9.3, basic.ts).
+        if (this.basic?.discards(message.sequenceNumber, message.payload.length)) return true;
         return this.deliverOutput(message.payload);
       case PayloadType.HandshakeRequest:
         this.onHandshakeRequest(message.payload);
@@ -293,7 +327,10 @@ export class TunnelSession extends EventEmitter {
         this.onFlag(message.payload);
         return true;
       default:
-        this.log.debug(`ignored payload type ${message.payloadType}`);
+        this.input.note(
+          'unexpectedPayloadTypes',
+          `dropped a message of payload type ${message.payloadType} that no agent sends to a client`,
+        );
         return true;
     }
   }
@@ -309,18 +346,27 @@ export class TunnelSession extends EventEmitter {
     return true;
   }
 
+  /**
+   * The agent's HandshakeRequest (spec §6.1): answer it once. A second one (the agent sends exactly one per
+   * session) is dropped, so open streams, the keep-alive timer and the mode decision stay as they are.
+   */
   private onHandshakeRequest(payload: Buffer): void {
+    if (this.decision !== undefined) {
+      this.input.note('lateHandshakes', 'dropped a HandshakeRequest after the handshake was answered');
+      return;
+    }
     clearTimeout(this.handshakeTimer);
     let outcome;
     try {
       outcome = answerHandshake(decodeHandshakeRequest(payload), this.tuning.clientVersion);
     } catch (err) {
-      void this.fail('handshake-failed', err as Error);
+      this.input.note('malformedHandshakes', `malformed HandshakeRequest: ${describeError(err)}`);
+      this.failSoon('handshake-failed', handshakeError('malformed HandshakeRequest', err));
       return;
     }
     this.channel.send(PayloadType.HandshakeResponse, encodeHandshakeResponse(outcome.response));
     if (outcome.failure) {
-      void this.fail('handshake-failed', outcome.failure);
+      this.failSoon('handshake-failed', outcome.failure);
       return;
     }
     this.decision = outcome.decision;
@@ -329,23 +375,39 @@ export class TunnelSession extends EventEmitter {
     );
     // The agent's HandshakeComplete should follow; bound the wait like the request's.
     this.handshakeTimer = setTimeout(() => {
-      void this.fail(
+      this.failSoon(
         'handshake-failed',
         new ProtocolError('PF_ERR_HANDSHAKE', 'the agent never completed the handshake'),
       );
     }, this.tuning.handshakeTimeoutMs);
   }
 
+  /**
+   * The agent's HandshakeComplete (spec §6.3): sets up smux or basic mode and opens the session, once. One
+   * that does not decode fails the handshake; one after the session is set up is dropped (a second smux
+   * session would orphan every open stream and leak the first one's keep-alive timer).
+   */
   private onHandshakeComplete(payload: Buffer): void {
+    if (this.smux !== undefined || this.basic !== undefined) {
+      this.input.note('lateHandshakes', 'dropped a HandshakeComplete after the session was open');
+      return;
+    }
     clearTimeout(this.handshakeTimer);
     if (!this.decision) {
-      void this.fail(
+      this.failSoon(
         'handshake-failed',
         new ProtocolError('PF_ERR_HANDSHAKE', 'HandshakeComplete before HandshakeRequest'),
       );
       return;
     }
-    const complete = decodeHandshakeComplete(payload);
+    let complete;
+    try {
+      complete = decodeHandshakeComplete(payload);
+    } catch (err) {
+      this.input.note('malformedHandshakes', `malformed HandshakeComplete: ${describeError(err)}`);
+      this.failSoon('handshake-failed', handshakeError('malformed HandshakeComplete', err));
+      return;
+    }
     if (complete.customerMessage) {
       this.log.info(`agent message: ${complete.customerMessage}`);
       this.emit('customerMessage', complete.customerMessage);
@@ -359,8 +421,15 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter = undefined;
   }
 
+  /** A Flag from the agent (spec §9.5). A payload that is not 4 bytes is dropped and counted. */
   private onFlag(payload: Buffer): void {
-    const flag = decodeFlag(payload);
+    let flag: number;
+    try {
+      flag = decodeFlag(payload);
+    } catch (err) {
+      this.input.note('malformedFlags', `dropped a malformed Flag: ${describeError(err)}`);
+      return;
+    }
     if (flag === FlagCode.ConnectToPortError) {
       this.log.warn(
         `the agent could not connect to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort}`,
@@ -368,7 +437,7 @@ export class TunnelSession extends EventEmitter {
       this.unpairedRefusals++;
       this.emit('destinationRefused');
     } else {
-      this.log.debug(`ignored flag ${flag} from the agent`);
+      this.input.note('unknownFlags', `dropped flag ${flag}, which no agent sends to a client`);
     }
   }
 
@@ -382,9 +451,10 @@ export class TunnelSession extends EventEmitter {
       },
       { logger: this.log.child('mux') },
     );
-    smux.on('outgoing', () => this.pump());
-    smux.on('receiveUnblocked', () => this.channel.retryDelivery());
-    smux.on('error', (err: Error) => void this.fail('protocol-error', err));
+    // Reached from local sockets (writes, reads making room): guarded like the network entry points.
+    smux.on('outgoing', () => this.guard('send', () => this.pump()));
+    smux.on('receiveUnblocked', () => this.guard('delivery retry', () => this.channel.retryDelivery()));
+    smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive
       ? SMUX_KEEPALIVE_INTERVAL_MS
@@ -392,7 +462,7 @@ export class TunnelSession extends EventEmitter {
         ? this.tuning.keepAliveIntervalMs
         : 0;
     if (keepAliveMs > 0) {
-      this.keepAliveTimer = setInterval(() => smux.sendNop(), keepAliveMs);
+      this.keepAliveTimer = setInterval(() => this.guard('keep-alive', () => smux.sendNop()), keepAliveMs);
       this.keepAliveTimer.unref();
     }
   }
@@ -400,7 +470,11 @@ export class TunnelSession extends EventEmitter {
   private setUpBasic(): void {
     this.basic = new BasicRelay({
       send: (payload) => this.channel.send(PayloadType.Output, payload),
-      sendFlag: (flag) => this.channel.send(PayloadType.Flag, encodeFlag(flag)),
+      sendFlag: (flag) => {
+        const seq = this.channel.nextSendSequence;
+        this.channel.send(PayloadType.Flag, encodeFlag(flag));
+        return seq;
+      },
       retryDelivery: () => this.channel.retryDelivery(),
       logger: this.log.child('basic'),
     });
@@ -465,13 +539,13 @@ export class TunnelSession extends EventEmitter {
       case SessionState.Open:
       case SessionState.Reconnecting:
         this.log.warn(`data channel down (${detail}); resuming session`);
-        if (!this.reconnecting) void this.reconnect();
+        if (!this.reconnecting) this.reconnect().catch((err: unknown) => this.internalError('resume', err));
         return;
       case SessionState.Closing:
         this.emit('linkLost');
         return;
       default:
-        void this.fail(
+        this.failSoon(
           'handshake-failed',
           new TunnelError('PF_ERR_CONNECT', `data channel lost before open: ${detail}`),
         );
@@ -558,6 +632,40 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
+  // ---- guards ------------------------------------------------------------------------------------
+
+  /**
+   * Run session code reached from the network or a timer. An exception (a bug, or input no check foresaw)
+   * fails this session with `PF_ERR_SESSION_INTERNAL`; it never reaches the `ws` or timer callback, where
+   * it would end the process and every other forward with it.
+   */
+  private guard(where: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.internalError(where, err);
+    }
+  }
+
+  private internalError(where: string, err: unknown): void {
+    this.input.note('internalErrors', `unexpected error in ${where}: ${describeError(err)}`);
+    this.failSoon(
+      'protocol-error',
+      new TunnelError('PF_ERR_SESSION_INTERNAL', `unexpected error in ${where}: ${describeError(err)}`, {
+        cause: err,
+      }),
+    );
+  }
+
+  /** {@link fail} from a callback that cannot await it; a failure while failing is logged, not thrown. */
+  private failSoon(reason: SessionEndReason, err: Error): void {
+    this.fail(reason, err).catch((failure: unknown) =>
+      this.log.error(
+        `session ${this.sessionId ?? '(not started)'} did not end cleanly: ${describeError(failure)}`,
+      ),
+    );
+  }
+
   // ---- ending ------------------------------------------------------------------------------------
 
   private onChannelClosed(closed: ChannelClosed): void {
@@ -569,6 +677,7 @@ export class TunnelSession extends EventEmitter {
       'channel-closed',
       new TunnelError('PF_ERR_SESSION_CLOSED', closed.output || 'channel closed by the service'),
     );
+    this.settle(true);
   }
 
   /** End the session on an error; best-effort TerminateSession so the service does not keep it open. */
@@ -579,7 +688,9 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter = undefined;
     const sessionId = this.sessionId;
     this.finish(reason, err);
-    if (sessionId && reason !== 'resume-expired') await this.terminateViaApi(sessionId);
+    if (!sessionId) return;
+    // resume-expired: the service said the session no longer exists.
+    this.settle(reason === 'resume-expired' || (await this.terminateViaApi(sessionId)));
   }
 
   /**
@@ -614,15 +725,29 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter?.reject(new TunnelError('PF_ERR_SESSION_CLOSED', 'session closed before it opened'));
     this.openWaiter = undefined;
     this.finish(reason);
-    if (sessionId && !confirmed) await this.terminateViaApi(sessionId);
+    if (sessionId) this.settle(confirmed || (await this.terminateViaApi(sessionId)));
   }
 
-  private async terminateViaApi(sessionId: string): Promise<void> {
+  /** TerminateSession through the API; true when it succeeded. */
+  private async terminateViaApi(sessionId: string): Promise<boolean> {
     try {
       await this.deps.ssm.terminateSession(sessionId);
+      return true;
     } catch (err) {
       this.log.warn(`TerminateSession ${sessionId} failed: ${describeError(err)}`);
+      return false;
     }
+  }
+
+  /**
+   * Emit 'settled' once after the session ended: `gone` is true when the service session is known to be
+   * over (TerminateSession succeeded, its flag was acked, channel_closed, or the service said it does not
+   * exist). The ledger forgets a session only then, so a failed terminate is retried on the next start.
+   */
+  private settle(gone: boolean): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.emit('settled', gone);
   }
 
   /** Tear everything down once; idempotent. */
@@ -648,4 +773,9 @@ export class TunnelSession extends EventEmitter {
   get reason(): SessionEndReason | undefined {
     return this.endReason;
   }
+}
+
+/** A `PF_ERR_HANDSHAKE` error for a handshake payload that did not decode, keeping the decoder's error. */
+function handshakeError(what: string, err: unknown): ProtocolError {
+  return new ProtocolError('PF_ERR_HANDSHAKE', `${what}: ${describeError(err)}`, { cause: err });
 }

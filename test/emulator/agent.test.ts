@@ -104,6 +104,7 @@ function agentOptions(port: number, overrides: Partial<AgentOptions> = {}): Agen
     dialFailStreamIds: [],
     dialFailCount: 0,
     dialDelayMs: 0,
+    injectMessages: [],
     ...overrides,
   };
 }
