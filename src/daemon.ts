@@ -24,6 +24,8 @@ export interface DaemonDeps {
   logger: Logger;
   /** Builds the SSM client for a forward (region/profile/endpoint come from the forward). */
   ssmFor: (where: SsmLocation) => SsmApi;
+  /** Builds the function resolving a forward's target at each session start (`src/targets/resolve.ts`). */
+  targetsFor?: (forward: ForwardConfig) => (target: string) => Promise<string>;
   /** HTTP User-Agent for data-channel upgrades. Default `pf-daemon`. */
   userAgent?: string;
   /**
@@ -59,6 +61,7 @@ export class Daemon {
       ssm: this.deps.ssmFor(forwardConfig),
       logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
+      ...(this.deps.targetsFor ? { resolveTarget: this.deps.targetsFor(forwardConfig) } : {}),
     });
     forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
     return forward;

@@ -26,6 +26,8 @@ export interface ForwardDeps {
   ssm: SsmApi;
   logger: Logger;
   userAgent: string;
+  /** Resolves the forward's target at each session start (`TunnelSessionDeps.resolveTarget`). */
+  resolveTarget?: (target: string) => Promise<string>;
 }
 
 /** Counters of one forward. */
@@ -228,6 +230,7 @@ export class Forward extends EventEmitter {
       ssm: this.deps.ssm,
       logger: this.log.child('session'),
       userAgent: this.deps.userAgent,
+      ...(this.deps.resolveTarget ? { resolveTarget: this.deps.resolveTarget } : {}),
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
     this.stats.sessionsStarted++;

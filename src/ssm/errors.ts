@@ -10,8 +10,27 @@ import { AwsSessionError } from '../errors.js';
 import type { CodeOf } from '../errors.js';
 import { redactText } from '../log.js';
 
-/** The SSM operations pf-daemon calls (spec §2.1–§2.3). */
-export type SsmOperation = 'StartSession' | 'ResumeSession' | 'TerminateSession';
+/** The SSM operations pf-daemon calls (spec §2.1–§2.3), and the look-ups that resolve targets. */
+export type SsmOperation =
+  | 'StartSession'
+  | 'ResumeSession'
+  | 'TerminateSession'
+  | 'DescribeInstanceInformation'
+  | 'ListTasks'
+  | 'DescribeTasks';
+
+/**
+ * IAM action and what it is needed for, per target look-up operation: an AccessDenied on one of these names
+ * the missing permission (the session permissions are a different fix).
+ */
+export const LOOKUP_PERMISSIONS: Readonly<Record<string, { action: string; purpose: string }>> = {
+  DescribeInstanceInformation: {
+    action: 'ssm:DescribeInstanceInformation',
+    purpose: 'name: and tag: targets (resource "*")',
+  },
+  ListTasks: { action: 'ecs:ListTasks', purpose: 'ecs:<cluster>/<service> targets (on the cluster)' },
+  DescribeTasks: { action: 'ecs:DescribeTasks', purpose: "ecs: targets (on the cluster's tasks)" },
+};
 
 /** What the call was about; every field is optional and only sharpens the message. */
 export interface SsmErrorContext {
@@ -210,6 +229,13 @@ export function mapSsmError(
     return make(
       'PF_ERR_SESSION_GONE',
       `session${context.sessionId ? ` ${context.sessionId}` : ''} no longer exists (${op}): a new session will be started`,
+    );
+  }
+  const lookup = LOOKUP_PERMISSIONS[op];
+  if (lookup !== undefined && (shape.name === 'AccessDeniedException' || shape.name === 'AccessDenied')) {
+    return make(
+      'PF_ERR_ACCESS_DENIED',
+      `IAM denied ${lookup.action}${forProfile}${inRegion}${awsText ? ` (${awsText})` : ''}: allow ${lookup.action} to resolve ${lookup.purpose}, or name the target by id`,
     );
   }
   if (shape.name === 'AccessDeniedException' || shape.name === 'AccessDenied') {
