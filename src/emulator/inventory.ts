@@ -47,8 +47,8 @@ export interface InventoryContainer {
   name: string;
   /** Default `<taskId>-<n>`. */
   runtimeId?: string;
-  /** Status of the ExecuteCommandAgent; undefined = ECS Exec not enabled (no managed agent). Default `RUNNING`. */
-  execAgent?: 'RUNNING' | 'PENDING' | 'STOPPED' | undefined;
+  /** Status of the ExecuteCommandAgent; `null` = ECS Exec not enabled (no managed agent). Default `RUNNING`. */
+  execAgent?: 'RUNNING' | 'PENDING' | 'STOPPED' | null;
 }
 
 /** One ECS task. */
@@ -198,6 +198,7 @@ export class Inventory {
       containers: task.containers.map((c, i) => ({
         ...c,
         runtimeId: c.runtimeId ?? `${task.taskId}-${1000 + i}`,
+        execAgent: c.execAgent === undefined ? 'RUNNING' : c.execAgent,
       })),
     });
   }
@@ -224,7 +225,7 @@ export class Inventory {
     for (const task of this.tasks.values()) {
       for (const c of task.containers) {
         if (`ecs:${task.cluster}_${task.taskId}_${c.runtimeId ?? ''}` !== target) continue;
-        return (task.lastStatus ?? 'RUNNING') === 'RUNNING' && (c.execAgent ?? 'RUNNING') === 'RUNNING';
+        return (task.lastStatus ?? 'RUNNING') === 'RUNNING' && c.execAgent === 'RUNNING';
       }
     }
     return false;
@@ -354,7 +355,7 @@ export class Inventory {
         clusterArn: `arn:aws:ecs:${EMULATOR_REGION}:${EMULATOR_ACCOUNT_ID}:cluster/${cluster}`,
         lastStatus: task.lastStatus ?? 'RUNNING',
         desiredStatus: 'RUNNING',
-        enableExecuteCommand: task.containers.some((c) => c.execAgent !== undefined),
+        enableExecuteCommand: task.containers.some((c) => c.execAgent !== null),
         ...(task.service !== undefined ? { group: `service:${task.service}` } : {}),
         containers: task.containers.map((c) => ({
           containerArn: `arn:aws:ecs:${EMULATOR_REGION}:${EMULATOR_ACCOUNT_ID}:container/${cluster}/${task.taskId}/${c.name}`,
@@ -363,7 +364,9 @@ export class Inventory {
           runtimeId: c.runtimeId,
           lastStatus: task.lastStatus ?? 'RUNNING',
           managedAgents:
-            c.execAgent === undefined ? [] : [{ name: EXEC_AGENT_NAME, lastStatus: c.execAgent }],
+            c.execAgent === null || c.execAgent === undefined
+              ? []
+              : [{ name: EXEC_AGENT_NAME, lastStatus: c.execAgent }],
         })),
       });
     }
@@ -415,9 +418,8 @@ export function parseInventory(raw: unknown): InventoryData {
       if (c === null || typeof c !== 'object' || typeof (c as JsonObject)['name'] !== 'string')
         return fail(`tasks[${i}].containers[${j}].name`, 'must be a container name');
       const cc = c as JsonObject;
-      const exec =
-        cc['execAgent'] === undefined ? 'RUNNING' : cc['execAgent'] === null ? undefined : cc['execAgent'];
-      if (exec !== undefined && exec !== 'RUNNING' && exec !== 'PENDING' && exec !== 'STOPPED')
+      const exec = cc['execAgent'] === undefined ? 'RUNNING' : cc['execAgent'];
+      if (exec !== null && exec !== 'RUNNING' && exec !== 'PENDING' && exec !== 'STOPPED')
         fail(`tasks[${i}].containers[${j}].execAgent`, 'must be RUNNING, PENDING, STOPPED or null');
       return { name: cc['name'] as string, execAgent: exec as InventoryContainer['execAgent'] };
     });

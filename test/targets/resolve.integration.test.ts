@@ -180,16 +180,22 @@ test('ECS: several tasks need pick: any; several containers need a name; paging 
 test('ECS: a container without a running ExecuteCommandAgent asks to enable ECS Exec', async (t) => {
   await withInventory(
     {
-      tasks: [{ cluster: 'prod', service: 'api', taskId: taskId(1), containers: [{ name: 'app' }] }],
+      tasks: [
+        {
+          cluster: 'prod',
+          service: 'api',
+          taskId: taskId(1),
+          containers: [{ name: 'app', execAgent: null }],
+        },
+        {
+          cluster: 'prod',
+          service: 'batch',
+          taskId: taskId(2),
+          containers: [{ name: 'app', execAgent: 'STOPPED' }],
+        },
+      ],
     },
     async (emulator) => {
-      // `execAgent` absent in the inventory data means "default RUNNING"; remove the agent explicitly.
-      emulator.inventory.putTask({
-        cluster: 'prod',
-        service: 'api',
-        taskId: taskId(1),
-        containers: [{ name: 'app', execAgent: undefined }],
-      });
       const { resolver } = resolverFor(emulator);
       const err = await rejection(resolver.resolve('ecs:prod/api'));
       t.is(err.code, 'PF_ERR_ECS_EXEC_DISABLED');
@@ -197,6 +203,9 @@ test('ECS: a container without a running ExecuteCommandAgent asks to enable ECS 
         err.message,
         /no ExecuteCommandAgent: enable ECS Exec for the service \(aws ecs update-service --cluster prod/,
       );
+      const stopped = await rejection(resolver.resolve('ecs:prod/batch'));
+      t.is(stopped.code, 'PF_ERR_ECS_EXEC_DISABLED');
+      t.regex(stopped.message, /its ExecuteCommandAgent STOPPED/);
     },
   );
 });
