@@ -116,6 +116,11 @@ const KNOWN_MISSPELLINGS: Record<string, string> = {
   address: 'bind',
   listen: 'bind',
   remotehost: 'host',
+  document: 'documentName',
+  doc: 'documentName',
+  params: 'parameters',
+  parameter: 'parameters',
+  ecs: 'ecsEndpoint',
 };
 
 /** The closest known key to `key`, if close enough to be a likely typo. */
@@ -364,8 +369,9 @@ function documentFits(
   forward: ForwardConfig,
   own: Partial<Record<ForwardKey, unknown>>,
 ): boolean {
-  const at = (key: ForwardKey): ConfigPath => [...path, key];
-  const docKey = own.documentName !== undefined ? 'documentName' : 'host';
+  // Point at the forward's own key, else at the `defaults` key the value came from.
+  const at = (key: ForwardKey): ConfigPath => (own[key] !== undefined ? [...path, key] : ['defaults', key]);
+  const docKey = own.documentName !== undefined || own.host === undefined ? 'documentName' : 'host';
   const before = problems.list.length;
   const doc = forward.documentName;
   const custom = doc !== undefined && doc !== DOCUMENT_LOCAL && doc !== DOCUMENT_REMOTE_HOST;
