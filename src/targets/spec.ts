@@ -102,7 +102,6 @@ export function parseTarget(text: string): TargetSpec | string {
     const problem =
       tagText('tag key', key, TAG_KEY_MAX_CHARS) ?? tagText('tag value', value, TAG_VALUE_MAX_CHARS);
     if (problem !== undefined) return problem;
-    if (key.toLowerCase().startsWith('aws:')) return 'tag keys starting with aws: are reserved by AWS';
     return { kind: 'tag', key, value };
   }
   if (ALMOST_INSTANCE_ID.test(text))

@@ -26,6 +26,12 @@ test('name:, bare words and tag: become tag look-ups', (t) => {
     value: 'ops@example.com',
   });
   t.deepEqual(parseTarget('tag:Env=a=b'), { kind: 'tag', key: 'Env', value: 'a=b' });
+  // AWS-made tags are readable (only creating them is reserved): the usual way to find an ASG's instances.
+  t.deepEqual(parseTarget('tag:aws:autoscaling:groupName=web-asg'), {
+    kind: 'tag',
+    key: 'aws:autoscaling:groupName',
+    value: 'web-asg',
+  });
 });
 
 test('ecs: service and task forms, with and without a container', (t) => {
@@ -54,7 +60,6 @@ test('bad targets get a one-line reason naming the accepted form', (t) => {
     ['name:web#1', /characters EC2 tags do not allow/],
     ['tag:Role', /tag:<Key>=<Value>/],
     ['tag:=db', /empty tag key/],
-    ['tag:aws:cloudformation:stack-name=x', /reserved by AWS/],
     [`tag:${'k'.repeat(129)}=v`, /longer than 128/],
     ['ecs:prod', /ecs:<cluster>\/<service>/],
     ['ecs:prod/a/b/c', /ecs:<cluster>\/<service>/],
