@@ -420,13 +420,22 @@ test('--target web-1 --pick-any --document-name --parameter reach the config', a
 });
 
 test('a bad target form or --parameter is one line, exit 2', async (t) => {
-  for (const args of [
-    ['--target', 'i-123', '--port', '1'],
-    ['--target', 'web-1', '--port', '1', '--parameter', 'team'],
-    ['--target', 'web-1', '--port', '1', '--parameter', 'team=x'],
-  ]) {
+  for (const [args, pattern] of [
+    [
+      ['--target', 'i-123', '--port', '1'],
+      /defaults\.target: "i-123" looks like a managed node id .* from --target/,
+    ],
+    [['--target', 'tag:Role', '--port', '1'], /tag targets are tag:<Key>=<Value>, e\.g\. tag:Role=db/],
+    [['--target', 'web-1', '--port', '1', '--parameter', 'team'], /--parameter "team": expected key=value/],
+    [['--target', 'web-1', '--port', '1', '--parameter', 'team=x'], /parameters need a custom documentName/],
+    [
+      ['--target', 'web-1', '--port', '1', '--document-name', 'x'],
+      /must be an SSM document name .* from --document-name/,
+    ],
+  ] as const) {
     const h = harness();
-    t.is(await main(args, h.io), 2, args.join(' '));
+    t.is(await main([...args], h.io), 2, args.join(' '));
     oneErrorLine(t, h.err());
+    t.regex(h.err(), pattern);
   }
 });
