@@ -8,6 +8,7 @@ import type { Argv } from 'yargs';
 import { ConfigError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { LogLevel } from '../log.js';
+import type { CustomDocument } from './api.js';
 import type { FaultConfig } from './faults.js';
 import { parseInventory } from './inventory.js';
 import type { InventoryData, InventoryInstance, PingStatus } from './inventory.js';
@@ -28,6 +29,7 @@ export interface EmulatorArgs {
   'unknown-target'?: string[];
   inventory?: string;
   instance?: string[];
+  document?: string[];
   seed?: number;
   'drop-rate'?: number;
   'dup-rate'?: number;
@@ -68,6 +70,12 @@ export const EMULATOR_OPTIONS = {
     type: 'string',
     description:
       'JSON file of instances (instanceId, tags, pingStatus) and ECS tasks (cluster, service, taskId, containers) for name:/tag:/ecs: targets',
+  },
+  document: {
+    type: 'string',
+    array: true,
+    description:
+      'accept a custom port-forwarding document: NAME=local|remoteHost[:param,param...], e.g. --document Acme-PF=remoteHost:team',
   },
   instance: {
     type: 'string',
@@ -168,6 +176,28 @@ function parseInstanceFlag(entry: string): InventoryInstance {
   return instance;
 }
 
+/** Example of `--document`, for messages. */
+const DOCUMENT_FLAG_EXAMPLE = '--document Acme-PortForwarding=remoteHost:team,ticket';
+
+function parseDocumentFlags(entries: readonly string[]): Record<string, CustomDocument> {
+  const out: Record<string, CustomDocument> = {};
+  for (const entry of entries) {
+    const match = /^([A-Za-z0-9_.:/-]{3,128})=(local|remoteHost)(?::([A-Za-z0-9_.,-]+))?$/.exec(entry);
+    if (!match) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--document ${entry}: expected NAME=local|remoteHost[:param,...], e.g. ${DOCUMENT_FLAG_EXAMPLE}`,
+      );
+    }
+    const [, name = '', base, params] = match;
+    out[name] = {
+      base: base === 'local' ? 'local' : 'remoteHost',
+      parameters: params ? params.split(',').filter(Boolean) : [],
+    };
+  }
+  return out;
+}
+
 function loadInventory(path: string | undefined, instances: readonly string[]): InventoryData {
   let data: InventoryData = {};
   if (path !== undefined) {
@@ -210,6 +240,7 @@ export function emulatorOptionsFromArgs(args: EmulatorArgs): Partial<EmulatorOpt
   if (args['max-duration-ms'] !== undefined) options.maxDurationMs = args['max-duration-ms'];
   if (args['host-map'] !== undefined) options.hostMap = parseHostMap(args['host-map']);
   if (args['unknown-target'] !== undefined) options.unknownTargets = args['unknown-target'];
+  if (args.document !== undefined) options.documents = parseDocumentFlags(args.document);
   if (args.inventory !== undefined || args.instance !== undefined)
     options.inventory = loadInventory(args.inventory, args.instance ?? []);
   if (args['log-level'] !== undefined)

@@ -310,7 +310,7 @@ test('the agent denylist applies from 3.3.4851.0, to loopback in any form and th
   t.truthy(await destinationRefusal('127.0.0.1', '3.3.4852.0'));
 });
 
-test('--instance and --inventory flags build the inventory; malformed ones name the fix', (t) => {
+test('--instance, --inventory and --document flags build the inventory and documents; malformed ones name the fix', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pf-inventory-'));
   const file = join(dir, 'inventory.json');
   writeFileSync(
@@ -336,6 +336,14 @@ test('--instance and --inventory flags build the inventory; malformed ones name 
     const err = t.throws(() => emulatorOptionsFromArgs(args), { instanceOf: ConfigError });
     t.regex(err?.message ?? '', pattern);
   };
+  t.deepEqual(
+    emulatorOptionsFromArgs({ document: ['Acme-PF=remoteHost:team,ticket', 'Acme-Local=local'] }).documents,
+    {
+      'Acme-PF': { base: 'remoteHost', parameters: ['team', 'ticket'] },
+      'Acme-Local': { base: 'local', parameters: [] },
+    },
+  );
+  bad({ document: ['Acme-PF=elsewhere'] }, /--document Acme-PF=elsewhere: expected NAME=local\|remoteHost/);
   bad({ instance: ['web-1'] }, /is not an instance id, e\.g\. --instance i-0123456789abcdef0,Name=web-1/);
   bad({ instance: [`${id(1)},Name`] }, /"Name" is not Key=Value/);
   bad({ instance: [`${id(1)},PingStatus=Gone`] }, /PingStatus must be Online, ConnectionLost or Inactive/);
