@@ -59,14 +59,8 @@ export const ERROR_CODES = {
     domain: 'aws',
     text: 'no online instance or running ECS task matches the target',
   },
-  PF_ERR_TARGET_AMBIGUOUS: {
-    domain: 'aws',
-    text: 'several instances or tasks match the target and the forward does not set pick: any',
-  },
-  PF_ERR_ECS_EXEC_DISABLED: {
-    domain: 'aws',
-    text: "the ECS container's ExecuteCommandAgent is not running (ECS Exec is not enabled)",
-  },
+  PF_ERR_TARGET_AMBIGUOUS: { domain: 'aws', text: 'several instances or tasks match and pick is not any' },
+  PF_ERR_ECS_EXEC_DISABLED: { domain: 'aws', text: 'the ECS container has no running ExecuteCommandAgent' },
   // tunnel
   PF_ERR_CONNECT: { domain: 'tunnel', text: 'the data-channel WebSocket could not be opened' },
   PF_ERR_SESSION_CLOSED: {
