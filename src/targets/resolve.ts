@@ -137,7 +137,15 @@ export class TargetResolver {
     return value;
   }
 
-  /** Forget every cached resolution (e.g. after a session to the resolved target failed). */
+  /**
+   * Forget the cached resolutions of `target` (every `pick`), so the next session start looks it up again:
+   * called when StartSession says the resolved instance is not connected (replaced within the cache time).
+   */
+  forget(target: string): void {
+    for (const pick of ['one', 'any'] as const) this.cache.delete(`${pick} ${target}`);
+  }
+
+  /** Forget every cached resolution. */
   clear(): void {
     this.cache.clear();
   }
@@ -276,6 +284,14 @@ export class TargetResolver {
   }
 }
 
+/** What a forward needs from target resolution (the shape `ForwardDeps.targets` takes). */
+export interface ForwardTargets {
+  /** The concrete id for the forward's target now (`TunnelSessionDeps.resolveTarget`). */
+  resolve(target: string): Promise<string>;
+  /** StartSession said the resolved target is not connected: look it up again next time. */
+  forget(target: string): void;
+}
+
 /** Where a forward's look-ups go: its AWS context. */
 export type TargetLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint' | 'ecsEndpoint'>;
 
@@ -294,12 +310,12 @@ export interface TargetResolverFactoryOptions {
 export type TargetLookupLocationOptions = SsmApiOptions & { ecsEndpoint?: string };
 
 /**
- * One resolver per region/profile/endpoints, shared by the forwards that have the same, and a function per
- * forward that resolves its target with its `pick` (the shape `TunnelSessionDeps.resolveTarget` takes).
+ * One resolver per region/profile/endpoints, shared by the forwards that have the same, and per forward
+ * the {@link ForwardTargets} that resolve its target with its `pick`.
  */
 export function targetResolverFactory(
   options: TargetResolverFactoryOptions,
-): (forward: TargetLocation & Pick<ForwardConfig, 'pick'>) => (target: string) => Promise<string> {
+): (forward: TargetLocation & Pick<ForwardConfig, 'pick'>) => ForwardTargets {
   const resolvers = new Map<string, TargetResolver>();
   const create = options.createLookup ?? createTargetLookup;
   return (forward) => {
@@ -317,6 +333,9 @@ export function targetResolverFactory(
       resolvers.set(key, resolver);
     }
     const shared = resolver;
-    return async (target) => (await shared.resolve(target, forward.pick ?? 'one')).id;
+    return {
+      resolve: async (target) => (await shared.resolve(target, forward.pick ?? 'one')).id,
+      forget: (target) => shared.forget(target),
+    };
   };
 }

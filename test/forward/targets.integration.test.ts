@@ -13,6 +13,7 @@ import { Forward } from '../../src/forward/forward.js';
 import type { TunnelSession } from '../../src/forward/session.js';
 import type { Logger } from '../../src/log.js';
 import { TargetResolver, targetResolverFactory } from '../../src/targets/resolve.js';
+import type { ForwardTargets } from '../../src/targets/resolve.js';
 import { echoExchange, startEchoServer, withTimeout } from '../helpers/net.js';
 import type { TestServer } from '../helpers/net.js';
 import {
@@ -41,7 +42,7 @@ interface Rig {
 async function rig(
   emulatorOptions: Partial<EmulatorOptions>,
   forward: (echoPort: number) => Partial<ForwardConfig>,
-  resolveTarget?: (logger: Logger, emulator: Emulator) => (target: string) => Promise<string>,
+  targets?: (logger: Logger, emulator: Emulator) => ForwardTargets,
 ): Promise<Rig> {
   const echo = await startEchoServer();
   const emulator = await startEmulator({ agentPacingMs: 0, ...emulatorOptions });
@@ -53,7 +54,7 @@ async function rig(
       ssm: emulatorSsm(emulator),
       logger,
       userAgent: 'pf-daemon-test',
-      ...(resolveTarget ? { resolveTarget: resolveTarget(logger, emulator) } : {}),
+      ...(targets ? { targets: targets(logger, emulator) } : {}),
     },
   );
   const sessions: TunnelSession[] = [];
@@ -77,6 +78,17 @@ function factoryResolver(pick?: 'any') {
       region: 'us-east-1',
       ...(pick ? { pick } : {}),
     });
+}
+
+/** A resolver on an injected clock, as the forward uses it. */
+function clockedTargets(now: () => number) {
+  return (logger: Logger, emulator: Emulator): ForwardTargets => {
+    const resolver = new TargetResolver({ lookup: emulatorLookup(emulator), logger, now });
+    return {
+      resolve: async (target) => (await resolver.resolve(target)).id,
+      forget: (target) => resolver.forget(target),
+    };
+  };
 }
 
 function onlySession(emulator: Emulator) {
@@ -169,10 +181,7 @@ test('the next session after the instance was replaced goes to the new instance'
   const r = await rig(
     { inventory: { instances: [instance(1, 'web-1')] } },
     (port) => ({ target: 'web-1', remotePort: port, idleStopMs: 50 }),
-    (logger, emulator) => {
-      const resolver = new TargetResolver({ lookup: emulatorLookup(emulator), logger, now: () => now });
-      return async (target) => (await resolver.resolve(target)).id;
-    },
+    clockedTargets(() => now),
   );
   try {
     const first = await echoExchange(r.port, 8 * 1024);
@@ -293,6 +302,32 @@ test('an explicit ToRemoteHost document with a loopback host is refused by a new
       ),
     );
     t.is(r.echo.connections, 0);
+  } finally {
+    await teardown(r);
+  }
+});
+
+test('replaced within the cache time: StartSession says TargetNotConnected, the next connection finds the new instance', async (t) => {
+  const r = await rig(
+    { inventory: { instances: [instance(1, 'web-1')] } },
+    (port) => ({ target: 'web-1', remotePort: port, idleStopMs: 50 }),
+    clockedTargets(() => 0),
+  );
+  try {
+    const first = await echoExchange(r.port, 8 * 1024);
+    t.is(first.receivedSha256, first.sentSha256);
+    await withTimeout(r.sessions[0]?.closed ?? Promise.reject(new Error('no session')), 10_000, 'idle stop');
+    r.emulator.inventory.setPingStatus(instanceId(1), 'ConnectionLost');
+    r.emulator.inventory.putInstance(instance(2, 'web-1'));
+    // The clock stands still: the cached i-…1 is used, and refused.
+    t.is(await refusedExchange(r.port), 0);
+    t.true(r.lines.some((l) => /not connected to SSM/.test(l.message)));
+    const second = await echoExchange(r.port, 8 * 1024);
+    t.is(second.receivedSha256, second.sentSha256);
+    t.deepEqual(
+      [...r.emulator.sessions.values()].map((s) => s.target),
+      [instanceId(1), instanceId(2)],
+    );
   } finally {
     await teardown(r);
   }
