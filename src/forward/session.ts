@@ -379,7 +379,9 @@ export class TunnelSession extends EventEmitter {
   private onFlag(payload: Buffer): void {
     const flag = decodeFlag(payload);
     if (flag === FlagCode.ConnectToPortError) {
-      this.log.warn(describeConnectToPortError(this.forward.host, this.forward.remotePort));
+      this.log.warn(
+        describeConnectToPortError(this.forward.host, this.forward.remotePort, this.forward.documentName),
+      );
       this.unpairedRefusals++;
       this.emit('destinationRefused');
     } else {

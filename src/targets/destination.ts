@@ -75,22 +75,38 @@ export function agentDenylistReason(host: string): 'loopback' | 'metadata' | und
   return undefined;
 }
 
+/** The AWS document for the instance's own ports (SSM documents; also `DOCUMENT_LOCAL` in `config/types.ts`). */
+const LOCAL_DOCUMENT = 'AWS-StartPortForwardingSession';
+
 /**
  * The warning logged when the agent answers ConnectToPortError (spec §9.4): names the destination and the
  * likely causes, most specific first.
  *
  * @param host - the forward's `host` (undefined: the instance's localhost)
  * @param port - the remote port, 1–65535
+ * @param documentName - the forward's `documentName`, if set: without one a loopback `host` went through
+ *   the local document, so the denylist cannot be the cause
  */
-export function describeConnectToPortError(host: string | undefined, port: number): string {
+export function describeConnectToPortError(
+  host: string | undefined,
+  port: number,
+  documentName?: string,
+): string {
   const where = `${host ?? 'localhost'}:${port}`;
-  const denied = host === undefined ? undefined : agentDenylistReason(host);
+  const local =
+    host === undefined ||
+    documentName === LOCAL_DOCUMENT ||
+    (documentName === undefined && isLoopbackHost(host));
+  const denied = local ? undefined : agentDenylistReason(host);
   if (denied === 'metadata') {
     return `the agent could not connect to ${where}: SSM Agent ${AGENT_DENYLIST_SINCE_VERSION} and later refuse the instance metadata and ECS/EKS credential endpoints; this address cannot be forwarded on newer agents`;
   }
   if (denied === 'loopback') {
     return `the agent could not connect to ${where}: SSM Agent ${AGENT_DENYLIST_SINCE_VERSION} and later refuse loopback addresses through AWS-StartPortForwardingSessionToRemoteHost; drop host (or use AWS-StartPortForwardingSession) to reach the instance's own localhost`;
   }
-  const from = host === undefined ? 'on the instance' : 'from the instance';
-  return `the agent could not connect to ${where}: nothing listens on port ${port} ${from}, or a security group, NACL or host firewall blocks it (newer agents also refuse loopback and metadata addresses through ToRemoteHost)`;
+  const from = local ? 'on the instance' : 'from the instance';
+  const newer = local
+    ? ''
+    : ' (newer agents also refuse loopback and metadata addresses through ToRemoteHost)';
+  return `the agent could not connect to ${where}: nothing listens on port ${port} ${from}, or a security group, NACL or host firewall blocks it${newer}`;
 }

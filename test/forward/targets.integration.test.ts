@@ -14,7 +14,7 @@ import type { TunnelSession } from '../../src/forward/session.js';
 import type { Logger } from '../../src/log.js';
 import { TargetResolver, targetResolverFactory } from '../../src/targets/resolve.js';
 import type { ForwardTargets } from '../../src/targets/resolve.js';
-import { echoExchange, startEchoServer, withTimeout } from '../helpers/net.js';
+import { echoExchange, refusingPort, startEchoServer, withTimeout } from '../helpers/net.js';
 import type { TestServer } from '../helpers/net.js';
 import {
   credentials,
@@ -328,6 +328,27 @@ test('replaced within the cache time: StartSession says TargetNotConnected, the 
       [...r.emulator.sessions.values()].map((s) => s.target),
       [instanceId(1), instanceId(2)],
     );
+  } finally {
+    await teardown(r);
+  }
+});
+
+test('a loopback host with nothing listening: the warning blames the port, not the denylist', async (t) => {
+  const closedPort = await refusingPort();
+  const r = await rig({ agentVersion: DENYLIST_AGENT }, () => ({
+    remotePort: closedPort,
+    host: '127.0.0.1',
+  }));
+  try {
+    t.is(await refusedExchange(r.port), 0);
+    const warning = r.lines.find(
+      (l) => l.level === 'warn' && l.message.startsWith('the agent could not connect'),
+    );
+    t.is(
+      warning?.message,
+      `the agent could not connect to 127.0.0.1:${closedPort}: nothing listens on port ${closedPort} on the instance, or a security group, NACL or host firewall blocks it`,
+    );
+    t.is(onlySession(r.emulator).document, 'AWS-StartPortForwardingSession');
   } finally {
     await teardown(r);
   }

@@ -77,5 +77,14 @@ test('the ConnectToPortError line names the likely causes', (t) => {
     describeConnectToPortError('169.254.169.254', 80),
     /3\.3\.4851\.0 and later refuse the instance metadata/,
   );
-  t.regex(describeConnectToPortError('127.0.0.2', 80), /refuse loopback addresses.*drop host/);
+  t.regex(
+    describeConnectToPortError('127.0.0.2', 80, 'AWS-StartPortForwardingSessionToRemoteHost'),
+    /refuse loopback addresses.*drop host/,
+  );
+  // Without a documentName a loopback host went through the local document: the denylist is not the cause.
+  t.regex(
+    describeConnectToPortError('127.0.0.2', 80),
+    /^the agent could not connect to 127\.0\.0\.2:80: nothing listens on port 80 on the instance/,
+  );
+  t.regex(describeConnectToPortError('169.254.169.254', 80, 'Acme-PF'), /refuse the instance metadata/);
 });
