@@ -12,6 +12,7 @@ import type { SsmApi } from './ssm/types.js';
 import { SessionLedger } from './forward/ledger.js';
 import type { LedgerEntry } from './forward/ledger.js';
 import type { TunnelSession } from './forward/session.js';
+import type { ForwardTargets } from './targets/resolve.js';
 
 /** Where an SSM API lives: a forward's region/profile/endpoint overrides. */
 export type SsmLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint'>;
@@ -24,6 +25,8 @@ export interface DaemonDeps {
   logger: Logger;
   /** Builds the SSM client for a forward (region/profile/endpoint come from the forward). */
   ssmFor: (where: SsmLocation) => SsmApi;
+  /** Builds what resolves a forward's target at each session start (`src/targets/resolve.ts`). */
+  targetsFor?: (forward: ForwardConfig) => ForwardTargets;
   /** HTTP User-Agent for data-channel upgrades. Default `pf-daemon`. */
   userAgent?: string;
   /**
@@ -59,6 +62,7 @@ export class Daemon {
       ssm: this.deps.ssmFor(forwardConfig),
       logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
+      ...(this.deps.targetsFor ? { targets: this.deps.targetsFor(forwardConfig) } : {}),
     });
     forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
     return forward;

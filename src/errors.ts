@@ -54,6 +54,13 @@ export const ERROR_CODES = {
   PF_ERR_CREDENTIALS: { domain: 'aws', text: 'no valid AWS credentials' },
   PF_ERR_SESSION_GONE: { domain: 'aws', text: 'the session no longer exists and cannot be resumed' },
   PF_ERR_AWS: { domain: 'aws', text: 'another SSM API error' },
+  // aws: target resolution (src/targets/)
+  PF_ERR_TARGET_NOT_FOUND: {
+    domain: 'aws',
+    text: 'no online instance or running ECS task matches the target',
+  },
+  PF_ERR_TARGET_AMBIGUOUS: { domain: 'aws', text: 'several instances or tasks match and pick is not any' },
+  PF_ERR_ECS_EXEC_DISABLED: { domain: 'aws', text: 'the ECS container has no running ExecuteCommandAgent' },
   // tunnel
   PF_ERR_CONNECT: { domain: 'tunnel', text: 'the data-channel WebSocket could not be opened' },
   PF_ERR_SESSION_CLOSED: {

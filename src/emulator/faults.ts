@@ -10,7 +10,13 @@ import { HEADER, MessageType } from '../datachannel/constants.js';
 import { decodeAcknowledge } from '../datachannel/payloads.js';
 
 /** SSM API operations the emulator serves (spec §2). */
-export type ApiOperation = 'StartSession' | 'ResumeSession' | 'TerminateSession';
+export type ApiOperation =
+  | 'StartSession'
+  | 'ResumeSession'
+  | 'TerminateSession'
+  | 'DescribeInstanceInformation'
+  | 'ListTasks'
+  | 'DescribeTasks';
 
 /** Error codes the emulator can answer with (spec §2.4), plus the generic validation error. */
 export type ApiErrorCode =

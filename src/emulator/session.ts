@@ -287,6 +287,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
     if (input.parameters.localPortNumber !== undefined)
       parameters['localPortNumber'] = [input.parameters.localPortNumber];
     if (input.parameters.host !== undefined) parameters['host'] = [input.parameters.host];
+    for (const [name, value] of Object.entries(input.extraParameters ?? {})) parameters[name] = [value];
     this.parameters = parameters;
     this.reason = input.reason;
     this.token = newToken();

@@ -11,6 +11,7 @@ import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
+import type { ForwardTargets } from '../targets/resolve.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
@@ -26,6 +27,8 @@ export interface ForwardDeps {
   ssm: SsmApi;
   logger: Logger;
   userAgent: string;
+  /** Resolves the forward's target at each session start; absent: the target is used as it is. */
+  targets?: ForwardTargets;
 }
 
 /** Counters of one forward. */
@@ -229,6 +232,7 @@ export class Forward extends EventEmitter {
       ssm: this.deps.ssm,
       logger: this.log.child('session'),
       userAgent: this.deps.userAgent,
+      ...(this.deps.targets ? { resolveTarget: this.deps.targets.resolve } : {}),
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
     this.stats.sessionsStarted++;
@@ -236,6 +240,8 @@ export class Forward extends EventEmitter {
       await session.start();
     } catch (err) {
       this.noteFailure();
+      // A resolved instance that was replaced within the cache time: look the target up again next time.
+      if (isPfError(err, 'PF_ERR_TARGET_NOT_CONNECTED')) this.deps.targets?.forget(this.config.target);
       throw err;
     }
     this.session = session;

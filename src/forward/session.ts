@@ -33,6 +33,7 @@ import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
 import { InputGuard, warnOncePerText } from './input-guard.js';
+import { describeConnectToPortError } from '../targets/destination.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -63,6 +64,11 @@ export interface TunnelSessionDeps {
   logger: Logger;
   /** HTTP User-Agent for the WebSocket upgrade. */
   userAgent: string;
+  /**
+   * Turns the forward's `target` (any form of `src/targets/spec.ts`) into the id StartSession takes; called
+   * at each session start (`src/targets/resolve.ts`). Absent: the target is used as it is.
+   */
+  resolveTarget?: (target: string) => Promise<string>;
 }
 
 /** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
@@ -116,6 +122,8 @@ export class TunnelSession extends EventEmitter {
   private settled = false;
   /** Counts and logs (once per kind) agent input that is wrong at the session layer. */
   private readonly input: InputGuard;
+  /** The concrete target of this session once resolved (for logs and `status`). */
+  private resolvedTargetValue: string | undefined;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -171,6 +179,11 @@ export class TunnelSession extends EventEmitter {
     return this.grant?.sessionId;
   }
 
+  /** The target id StartSession was called with (`i-…`, `ecs:…`), once resolved. */
+  get resolvedTarget(): string | undefined {
+    return this.resolvedTargetValue;
+  }
+
   /** `mux` or `basic` once open. */
   get mode(): 'mux' | 'basic' | undefined {
     if (!this.decision) return undefined;
@@ -211,7 +224,7 @@ export class TunnelSession extends EventEmitter {
       throw err;
     }
     this.log.info(
-      `session ${this.grant.sessionId} started for ${this.forward.target}:${this.forward.remotePort}`,
+      `session ${this.grant.sessionId} started for ${this.resolvedTargetValue ?? this.forward.target}:${this.forward.remotePort}`,
     );
     const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
     // Rejections before the await below (connect failure) must not surface as unhandled.
@@ -245,8 +258,12 @@ export class TunnelSession extends EventEmitter {
   }
 
   private async startSessionWithRetry(): Promise<SessionGrant> {
+    const target = this.deps.resolveTarget
+      ? await this.deps.resolveTarget(this.forward.target)
+      : this.forward.target;
+    this.resolvedTargetValue = target;
     const request = {
-      target: this.forward.target,
+      target,
       documentName: documentFor(this.forward),
       parameters: parametersFor(this.forward, this.boundLocalPort),
       ...(this.forward.reason ? { reason: this.forward.reason } : {}),
@@ -432,7 +449,7 @@ export class TunnelSession extends EventEmitter {
     }
     if (flag === FlagCode.ConnectToPortError) {
       this.log.warn(
-        `the agent could not connect to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort}`,
+        describeConnectToPortError(this.forward.host, this.forward.remotePort, this.forward.documentName),
       );
       this.unpairedRefusals++;
       this.emit('destinationRefused');
