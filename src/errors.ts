@@ -41,6 +41,10 @@ export const ERROR_CODES = {
   // protocol: session-level violations
   PF_ERR_HANDSHAKE: { domain: 'protocol', text: 'the handshake failed or asked for something unsupported' },
   PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress for the give-up period' },
+  PF_ERR_RECEIVE_WEDGED: {
+    domain: 'protocol',
+    text: 'the next agent message stayed missing for the give-up period while later ones arrived',
+  },
   // config
   PF_ERR_CONFIG: { domain: 'config', text: 'a flag or configuration value is invalid' },
   PF_ERR_CONFIG_FILE: { domain: 'config', text: 'the configuration file cannot be read or parsed' },
@@ -66,6 +70,10 @@ export const ERROR_CODES = {
     text: 'the agent could not connect to the destination port',
   },
   PF_ERR_LISTEN: { domain: 'tunnel', text: 'the local listener could not be opened' },
+  PF_ERR_STREAM_BACKLOG: {
+    domain: 'tunnel',
+    text: 'a connection was reset: its local reader left more than the bound waiting (or spilling failed)',
+  },
 } as const;
 
 /** A stable error code. */

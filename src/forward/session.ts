@@ -29,6 +29,7 @@ import type { ClientModeDecision } from '../datachannel/version.js';
 import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SmuxClientSession } from '../mux/session.js';
+import type { SpillStore } from '../mux/spill.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
@@ -62,6 +63,8 @@ export interface TunnelSessionDeps {
   logger: Logger;
   /** HTTP User-Agent for the WebSocket upgrade. */
   userAgent: string;
+  /** Daemon-wide spill store for slow local readers (mux mode); undefined = memory only. */
+  spill?: SpillStore | undefined;
 }
 
 /** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
@@ -298,9 +301,12 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
+  /**
+   * Mux mode never refuses (spec §9.6): a refusal stops every stream of the session and, against the agent's
+   * head-only resend, wedges it. The smux session keeps a slow reader's bytes in memory, then in the spill store.
+   */
   private deliverOutput(payload: Buffer): boolean {
     if (this.smux) {
-      if (this.smux.receiveBlocked) return false;
       this.smux.receive(payload);
       return true;
     }
@@ -377,13 +383,13 @@ export class TunnelSession extends EventEmitter {
       {
         streamReceiveBufferBytes: this.tuning.streamReceiveBufferBytes,
         sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
+        streamBacklogLimitBytes: this.tuning.streamBacklogLimitBytes,
         streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
         maxFrameDataBytes: SMUX_MAX_FRAME_DATA_BYTES,
       },
-      { logger: this.log.child('mux') },
+      { logger: this.log.child('mux'), spill: this.deps.spill },
     );
     smux.on('outgoing', () => this.pump());
-    smux.on('receiveUnblocked', () => this.channel.retryDelivery());
     smux.on('error', (err: Error) => void this.fail('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive
