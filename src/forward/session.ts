@@ -143,6 +143,15 @@ export class TunnelSession extends EventEmitter {
         new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
       );
     });
+    this.channel.on('wedged', (expected: number, buffered: number, sinceMs: number) => {
+      void this.fail(
+        'give-up',
+        new ProtocolError(
+          'PF_ERR_RECEIVE_WEDGED',
+          `agent message ${expected} missing for ${Math.round(sinceMs)} ms while ${buffered} later ones wait; the agent no longer resends it`,
+        ),
+      );
+    });
     this.channel.on('acked', (seq: number) => {
       if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
     });
