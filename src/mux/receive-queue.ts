@@ -8,9 +8,11 @@
  *    `push()` returns false nothing more is pushed until `_read()`);
  * 2. then in memory, up to `memoryBytes` for this stream and while the session-wide {@link ReceiveMemory}
  *    account is below its limit;
- * 3. then in {@link SpillFile}s of the shared {@link SpillStore}, once memory is full; as long as any bytes are
- *    in a file, new bytes go to a file too (never to memory ahead of them), so order holds across memory →
- *    file → memory; a file is closed (its space given back) when read to the end.
+ * 3. then in {@link SpillFile}s of the shared {@link SpillStore}, once memory is full.
+ * The queue is a FIFO of segments (memory runs and files), appended at the tail only, so order holds across
+ * every transition. While the tail is a file, new bytes go to that file, until the reader has caught up with
+ * it (the file is the oldest segment and less than {@link SPILL_READ_BYTES} of it is unread): then they go to
+ * memory again, behind it. A file is closed, its space given back, once read to the end.
  * Past `backlogLimitBytes` waiting in total (memory + files), or when the store's daemon-wide limit is spent,
  * or when a spill file fails, the queue calls `fail()` once and the session resets that stream alone.
  *
@@ -80,16 +82,41 @@ export function describeBytes(bytes: number): string {
   return `${bytes} B`;
 }
 
+/** A run of chunks kept in memory, oldest first, from `head` on (the array is compacted lazily). */
+class MemorySegment {
+  chunks: Buffer[] = [];
+  head = 0;
+  bytes = 0;
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+  }
+
+  shift(): Buffer | undefined {
+    if (this.head >= this.chunks.length) return undefined;
+    const chunk = this.chunks[this.head] as Buffer;
+    this.chunks[this.head] = EMPTY;
+    this.head++;
+    if (this.head === this.chunks.length || this.head > 1024) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
+    this.bytes -= chunk.length;
+    return chunk;
+  }
+}
+
+type Segment = MemorySegment | SpillFile;
+
 /** The receive side of one stream: see the module comment. */
 export class StreamReceiveQueue {
   private readonly limits: StreamReceiveLimits;
   private readonly deps: StreamReceiveDeps;
-  /** Chunks queued in memory, oldest first, from `head` on (array compacted lazily). */
-  private chunks: Buffer[] = [];
-  private head = 0;
+  /** Memory runs and spill files, oldest first; appends go to the last one (or a new one). */
+  private segments: Segment[] = [];
+  /** Bytes in memory segments, bytes. */
   private memoryBytes = 0;
-  /** Spill files, oldest first; only the last one takes appends. */
-  private readonly files: SpillFile[] = [];
   /** Bytes read back from the oldest file, not pushed yet. */
   private readBack: Buffer | undefined;
   /** The reader accepts more: the last `push()` returned true, or `_read()` was called since. */
@@ -109,21 +136,25 @@ export class StreamReceiveQueue {
   get stats(): StreamReceiveStats {
     let spilled = 0;
     let pendingWrites = 0;
-    for (const file of this.files) {
-      spilled += file.unreadBytes;
-      pendingWrites += file.pendingWriteBytes;
+    let files = 0;
+    for (const segment of this.segments) {
+      if (segment instanceof MemorySegment) continue;
+      files++;
+      spilled += segment.unreadBytes;
+      pendingWrites += segment.pendingWriteBytes;
     }
     return {
       memoryBytes: this.memoryBytes + pendingWrites + (this.readBack?.length ?? 0),
       spilledBytes: spilled - pendingWrites,
-      spillFilesOpen: this.files.length,
+      spillFilesOpen: files,
     };
   }
 
   /** Bytes waiting for the reader: Readable buffer, memory, read-back chunk and files, bytes. */
   get waitingBytes(): number {
     let waiting = this.deps.readableBytes() + this.memoryBytes + (this.readBack?.length ?? 0);
-    for (const file of this.files) waiting += file.unreadBytes;
+    for (const segment of this.segments)
+      if (!(segment instanceof MemorySegment)) waiting += segment.unreadBytes;
     return waiting;
   }
 
@@ -138,23 +169,29 @@ export class StreamReceiveQueue {
       );
       return;
     }
-    if (this.files.length === 0) {
-      if (this.flowing && this.memoryBytes === 0 && this.readBack === undefined && !this.pumping) {
-        this.flowing = this.deps.push(chunk);
-        return;
-      }
+    const last = this.segments[this.segments.length - 1];
+    if (last === undefined && this.flowing && this.readBack === undefined && !this.pumping) {
+      this.flowing = this.deps.push(chunk);
+      return;
+    }
+    if (last === undefined || last instanceof MemorySegment || this.caughtUp(last)) {
       const memory = this.deps.memory;
       if (
         this.memoryBytes + chunk.length <= this.limits.memoryBytes &&
         memory.bytes + chunk.length <= memory.limitBytes
       ) {
-        this.chunks.push(chunk);
+        let segment = last;
+        if (!(segment instanceof MemorySegment)) {
+          segment = new MemorySegment();
+          this.segments.push(segment);
+        }
+        segment.push(chunk);
         this.memoryBytes += chunk.length;
         memory.bytes += chunk.length;
         return;
       }
     }
-    this.spill(chunk, waiting);
+    this.spill(chunk, waiting, last);
   }
 
   /** The agent sent FIN: end the reader once every queued byte has been handed over. */
@@ -176,14 +213,17 @@ export class StreamReceiveQueue {
     this.destroyed = true;
     this.deps.memory.bytes -= this.memoryBytes;
     this.memoryBytes = 0;
-    this.chunks = [];
-    this.head = 0;
     this.readBack = undefined;
-    for (const file of this.files) file.close();
-    this.files.length = 0;
+    for (const segment of this.segments) if (!(segment instanceof MemorySegment)) segment.close();
+    this.segments = [];
   }
 
-  private spill(chunk: Buffer, waiting: number): void {
+  /** The file is the oldest segment and the reader is nearly through it: new bytes may go to memory again. */
+  private caughtUp(file: SpillFile): boolean {
+    return this.segments[0] === file && file.unreadBytes < SPILL_READ_BYTES;
+  }
+
+  private spill(chunk: Buffer, waiting: number, last: Segment | undefined): void {
     const store = this.deps.spill;
     if (store === undefined || store.limitBytes === 0) {
       this.fail(
@@ -192,7 +232,7 @@ export class StreamReceiveQueue {
       );
       return;
     }
-    let file = this.files[this.files.length - 1];
+    let file = last instanceof MemorySegment ? undefined : last;
     if (file === undefined || file.size >= SPILL_FILE_ROTATE_BYTES) {
       try {
         file = store.open(
@@ -203,10 +243,11 @@ export class StreamReceiveQueue {
         this.fail(`cannot create a spill file in ${store.directory}: ${(err as Error).message}`);
         return;
       }
-      this.files.push(file);
+      this.segments.push(file);
     }
     let pendingWrites = 0;
-    for (const f of this.files) pendingWrites += f.pendingWriteBytes;
+    for (const segment of this.segments)
+      if (!(segment instanceof MemorySegment)) pendingWrites += segment.pendingWriteBytes;
     if (pendingWrites + chunk.length > SPILL_WRITE_BEHIND_BYTES) {
       this.fail(`spill file writes fell ${describeBytes(pendingWrites)} behind; the disk is too slow`);
       return;
@@ -231,28 +272,26 @@ export class StreamReceiveQueue {
           this.flowing = this.deps.push(bytes);
           continue;
         }
-        if (this.head < this.chunks.length) {
-          const chunk = this.chunks[this.head] as Buffer;
-          this.chunks[this.head] = EMPTY;
-          this.head++;
-          if (this.head === this.chunks.length || this.head > 1024) {
-            this.chunks = this.chunks.slice(this.head);
-            this.head = 0;
+        const segment = this.segments[0];
+        if (segment instanceof MemorySegment) {
+          const chunk = segment.shift();
+          if (chunk === undefined) {
+            this.segments.shift();
+            continue;
           }
           this.memoryBytes -= chunk.length;
           this.deps.memory.bytes -= chunk.length;
           this.flowing = this.deps.push(chunk);
           continue;
         }
-        const file = this.files[0];
-        if (file !== undefined) {
-          if (file.drained) {
-            this.files.shift();
-            file.close();
+        if (segment !== undefined) {
+          if (segment.drained) {
+            this.segments.shift();
+            segment.close();
             continue;
           }
           // Reads back what is on disk; the rest waits for its write to land (onWritten pumps again).
-          file.read(SPILL_READ_BYTES, (err, bytes) => this.onReadBack(err, bytes));
+          segment.read(SPILL_READ_BYTES, (err, bytes) => this.onReadBack(err, bytes));
           break;
         }
         if (this.ending && !this.ended) {
