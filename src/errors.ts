@@ -40,10 +40,10 @@ export const ERROR_CODES = {
   },
   // protocol: session-level violations
   PF_ERR_HANDSHAKE: { domain: 'protocol', text: 'the handshake failed or asked for something unsupported' },
-  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress for the give-up period' },
+  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress (or a pause) for the give-up period' },
   PF_ERR_RECEIVE_WEDGED: {
     domain: 'protocol',
-    text: 'the next agent message stayed missing for the give-up period while later ones arrived',
+    text: 'the next agent message stayed missing for the give-up period',
   },
   // config
   PF_ERR_CONFIG: { domain: 'config', text: 'a flag or configuration value is invalid' },
@@ -72,7 +72,7 @@ export const ERROR_CODES = {
   PF_ERR_LISTEN: { domain: 'tunnel', text: 'the local listener could not be opened' },
   PF_ERR_STREAM_BACKLOG: {
     domain: 'tunnel',
-    text: 'a connection was reset: its local reader left more than the bound waiting (or spilling failed)',
+    text: 'a connection was reset: its reader left too much waiting',
   },
 } as const;
 

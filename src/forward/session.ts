@@ -140,7 +140,10 @@ export class TunnelSession extends EventEmitter {
     this.channel.on('stalled', () => {
       void this.fail(
         'give-up',
-        new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
+        new ProtocolError(
+          'PF_ERR_WINDOW_STALLED',
+          'no acknowledgement progress, or publication paused, for the give-up period; agent stalled',
+        ),
       );
     });
     this.channel.on('wedged', (expected: number, buffered: number, sinceMs: number) => {

@@ -25,7 +25,10 @@ export interface FloodRecord {
   stop(): void;
 }
 
-/** A destination: `F` ⇒ flood (`floodBytes` or until stopped) with non-repeating bytes; `E` ⇒ echo. */
+/**
+ * A destination: first byte `F` ⇒ flood (`floodBytes` or until stopped) with non-repeating bytes; `E` ⇒ echo
+ * of what follows; anything else ⇒ echo of everything.
+ */
 export interface FloodOrEchoServer {
   port: number;
   /** Floods in the order their connections arrived. */
@@ -47,8 +50,10 @@ export async function startFloodOrEcho(floodBytes = Number.POSITIVE_INFINITY): P
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
     socket.once('data', (first: Buffer) => {
-      if (first[0] === ECHO) {
-        if (first.length > 1) socket.write(first.subarray(1));
+      if (first[0] !== FLOOD) {
+        // `E` asks for an echo explicitly; any other first byte is echoed too (a plain echo client).
+        const rest = first[0] === ECHO ? first.subarray(1) : first;
+        if (rest.length > 0) socket.write(rest);
         socket.pipe(socket);
         return;
       }
@@ -64,10 +69,15 @@ export async function startFloodOrEcho(floodBytes = Number.POSITIVE_INFINITY): P
           stopped = true;
         },
       };
+      let finished = false;
       const finish = (): void => {
+        if (finished) return;
+        finished = true;
         socket.end();
         resolveDone({ bytes: record.written, sha256: hash.digest('hex') });
       };
+      // The far side may go away mid-flood (a reset connection): then the flood is over too.
+      socket.once('close', finish);
       const writeMore = (): void => {
         for (;;) {
           if (stopped || record.written >= floodBytes || socket.destroyed) {
