@@ -40,7 +40,11 @@ export const ERROR_CODES = {
   },
   // protocol: session-level violations
   PF_ERR_HANDSHAKE: { domain: 'protocol', text: 'the handshake failed or asked for something unsupported' },
-  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress for the give-up period' },
+  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress (or a pause) for the give-up period' },
+  PF_ERR_RECEIVE_WEDGED: {
+    domain: 'protocol',
+    text: 'the next agent message stayed missing for the give-up period',
+  },
   // config
   PF_ERR_CONFIG: { domain: 'config', text: 'a flag or configuration value is invalid' },
   PF_ERR_CONFIG_FILE: { domain: 'config', text: 'the configuration file cannot be read or parsed' },
@@ -76,6 +80,10 @@ export const ERROR_CODES = {
   PF_ERR_SESSION_INTERNAL: {
     domain: 'tunnel',
     text: 'an unexpected error inside one session; that session failed, the daemon went on',
+  },
+  PF_ERR_STREAM_BACKLOG: {
+    domain: 'tunnel',
+    text: 'a connection was reset: its reader left too much waiting',
   },
 } as const;
 

@@ -258,6 +258,8 @@ const TUNING_CHECKS = {
   reorderLimitMessages: integer(1, 100_000),
   streamReceiveBufferBytes: integer(64 * 1024, 1024 ** 3, ' bytes'),
   sessionReceiveBufferBytes: integer(64 * 1024, 16 * 1024 ** 3, ' bytes'),
+  streamBacklogLimitBytes: integer(64 * 1024, 1024 ** 4, ' bytes'),
+  spillLimitBytes: integer(0, 1024 ** 4, ' bytes'),
   pingIntervalMs: integer(1, MAX_TIMER_MS, ' ms'),
   livenessTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
   connectTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
@@ -443,6 +445,17 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
           : 'streamReceiveBufferBytes',
       ],
       `sessionReceiveBufferBytes (${tuning.sessionReceiveBufferBytes}) must be at least streamReceiveBufferBytes (${tuning.streamReceiveBufferBytes})`,
+    );
+  }
+  if (tuning.streamBacklogLimitBytes < tuning.streamReceiveBufferBytes) {
+    problems.add(
+      [
+        'tuning',
+        tuningRaw.streamBacklogLimitBytes !== undefined
+          ? 'streamBacklogLimitBytes'
+          : 'streamReceiveBufferBytes',
+      ],
+      `streamBacklogLimitBytes (${tuning.streamBacklogLimitBytes}) must be at least streamReceiveBufferBytes (${tuning.streamReceiveBufferBytes})`,
     );
   }
   const log: LogConfig = { ...defaultLog, ...(logRaw as Partial<LogConfig>) };

@@ -268,6 +268,11 @@ export class Emulator extends EventEmitter {
     this.live(sessionId).pauseFor(ms);
   }
 
+  /** Send `pause_publication` and hold the agent's output with no `start_publication` after (spec §12.2). */
+  pauseWithoutStart(sessionId: string): void {
+    this.live(sessionId).pause();
+  }
+
   /** Close a session's client socket now (`bye` = close frame 1000 "Bye", `abrupt` = no close frame). */
   dropClient(sessionId: string, mode: 'abrupt' | 'bye' = 'bye'): void {
     this.live(sessionId).dropClient(mode);

@@ -5,6 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import os from 'node:os';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
@@ -12,6 +13,7 @@ import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
 import type { ForwardTargets } from '../targets/resolve.js';
+import { SpillStore } from '../mux/spill.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
@@ -29,6 +31,11 @@ export interface ForwardDeps {
   userAgent: string;
   /** Resolves the forward's target at each session start; absent: the target is used as it is. */
   targets?: ForwardTargets;
+  /**
+   * Spill store for slow local readers, shared daemon-wide (the daemon passes one to every forward). Unset =
+   * a store of this forward's own under `os.tmpdir()` with `tuning.spillLimitBytes`.
+   */
+  spill?: SpillStore;
 }
 
 /** Counters of one forward. */
@@ -57,6 +64,7 @@ export class Forward extends EventEmitter {
   private stopping = false;
   private readonly stopSignal = new AbortController();
   private boundPort = 0;
+  private readonly spill: SpillStore;
   readonly stats: ForwardStats = {
     connectionsAccepted: 0,
     connectionsActive: 0,
@@ -73,6 +81,7 @@ export class Forward extends EventEmitter {
     private readonly deps: ForwardDeps,
   ) {
     super();
+    this.spill = deps.spill ?? new SpillStore({ directory: os.tmpdir(), limitBytes: tuning.spillLimitBytes });
   }
 
   private get log(): Logger {
@@ -195,7 +204,10 @@ export class Forward extends EventEmitter {
       closeAfterFlush(socket, stream);
     });
     stream.once('error', (err: Error) => {
-      this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
+      // The one warn line of a connection reset for its backlog (past the bound): name it and say why.
+      if (isPfError(err, 'PF_ERR_STREAM_BACKLOG'))
+        this.log.warn(`connection from ${peer} (stream ${id}) reset: ${describeError(err)}`);
+      else this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
       // The session is gone: reset the local connection rather than pretend a clean end.
       if (!socket.destroyed) socket.resetAndDestroy();
     });
@@ -233,6 +245,7 @@ export class Forward extends EventEmitter {
       logger: this.log.child('session'),
       userAgent: this.deps.userAgent,
       ...(this.deps.targets ? { resolveTarget: this.deps.targets.resolve } : {}),
+      spill: this.spill,
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
     this.stats.sessionsStarted++;

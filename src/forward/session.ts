@@ -29,6 +29,7 @@ import type { ClientModeDecision } from '../datachannel/version.js';
 import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SmuxClientSession } from '../mux/session.js';
+import type { SpillStore } from '../mux/spill.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
@@ -69,6 +70,8 @@ export interface TunnelSessionDeps {
    * at each session start (`src/targets/resolve.ts`). Absent: the target is used as it is.
    */
   resolveTarget?: (target: string) => Promise<string>;
+  /** Daemon-wide spill store for slow local readers (mux mode); undefined = memory only. */
+  spill?: SpillStore | undefined;
 }
 
 /** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
@@ -156,7 +159,19 @@ export class TunnelSession extends EventEmitter {
     this.channel.on('stalled', () => {
       this.failSoon(
         'give-up',
-        new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
+        new ProtocolError(
+          'PF_ERR_WINDOW_STALLED',
+          'no acknowledgement progress, or publication paused, for the give-up period; agent stalled',
+        ),
+      );
+    });
+    this.channel.on('wedged', (expected: number, buffered: number, sinceMs: number) => {
+      void this.fail(
+        'give-up',
+        new ProtocolError(
+          'PF_ERR_RECEIVE_WEDGED',
+          `agent message ${expected} missing for ${Math.round(sinceMs)} ms while ${buffered} later ones wait; the agent no longer resends it`,
+        ),
       );
     });
     this.channel.on('acked', (seq: number) => {
@@ -352,9 +367,12 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
+  /**
+   * Mux mode never refuses (spec §9.6): a refusal stops every stream of the session and, against the agent's
+   * head-only resend, wedges it. The smux session keeps a slow reader's bytes in memory, then in the spill store.
+   */
   private deliverOutput(payload: Buffer): boolean {
     if (this.smux) {
-      if (this.smux.receiveBlocked) return false;
       this.smux.receive(payload);
       return true;
     }
@@ -463,14 +481,14 @@ export class TunnelSession extends EventEmitter {
       {
         streamReceiveBufferBytes: this.tuning.streamReceiveBufferBytes,
         sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
+        streamBacklogLimitBytes: this.tuning.streamBacklogLimitBytes,
         streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
         maxFrameDataBytes: SMUX_MAX_FRAME_DATA_BYTES,
       },
-      { logger: this.log.child('mux') },
+      { logger: this.log.child('mux'), spill: this.deps.spill },
     );
     // Reached from local sockets (writes, reads making room): guarded like the network entry points.
     smux.on('outgoing', () => this.guard('send', () => this.pump()));
-    smux.on('receiveUnblocked', () => this.guard('delivery retry', () => this.channel.retryDelivery()));
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive
