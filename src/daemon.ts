@@ -60,7 +60,8 @@ export class Daemon {
       logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
     });
-    forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
+    // As soon as StartSession returns (issue 10 item 5): a dial that hangs must not leave it unrecorded.
+    forward.on('sessionGranted', (session: TunnelSession) => this.record(session, forwardConfig));
     return forward;
   }
 

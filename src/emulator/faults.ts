@@ -66,6 +66,19 @@ export interface DropWebSocketFault {
   times?: number;
 }
 
+/**
+ * The service accepts the WebSocket and OpenDataChannel, then closes the socket at once, before any frame:
+ * how a rejected or stale token looks to a client. Applies to every connect (first and resumed).
+ */
+export interface AcceptThenCloseFault {
+  /** `bye`: close frame 1000 "Bye"; `abrupt`: TCP reset without a close frame. */
+  mode: 'abrupt' | 'bye';
+  /** Close only this many connects, then accept normally; default unlimited (always). */
+  times?: number;
+  /** Let every Nth connect through normally (counted from when the fault was set, 1-based); default none. */
+  passEvery?: number;
+}
+
 /** One targeted frame: a sequence number in one direction. */
 export interface SeqFault {
   /** Direction the affected frame travels. Default `toClient` for digests, `toAgent` for acks. */
@@ -146,6 +159,13 @@ export interface FaultConfig {
   dropAck: SeqFault[];
   /** ResumeSession behaviour. */
   resumeBehavior: ResumeBehavior;
+  /** Accept-then-close connects; undefined = none. */
+  acceptThenClose: AcceptThenCloseFault | undefined;
+  /**
+   * Rate at which the service reads each client WebSocket, bytes per second; 0 = unlimited. Reading is
+   * paused, so TCP backpressure reaches the client (a slow uplink).
+   */
+  toAgentBytesPerSec: number;
   /** Agent knobs for agents created from now on. */
   agent: AgentFaults;
 }
@@ -165,6 +185,8 @@ export function defaultFaultConfig(): FaultConfig {
     corruptDigest: [],
     dropAck: [],
     resumeBehavior: 'normal',
+    acceptThenClose: undefined,
+    toAgentBytesPerSec: 0,
     agent: {},
   };
 }
@@ -202,9 +224,15 @@ export class Faults implements FaultConfig {
   corruptDigest: SeqFault[] = [];
   dropAck: SeqFault[] = [];
   resumeBehavior: ResumeBehavior = 'normal';
+  acceptThenClose: AcceptThenCloseFault | undefined = undefined;
+  toAgentBytesPerSec = 0;
   agent: AgentFaults = {};
   private prng: Prng;
   private seededWith: number;
+  /** The `acceptThenClose` object the counters below belong to (a new object restarts them). */
+  private acceptThenCloseOf: AcceptThenCloseFault | undefined;
+  private connectsSeen = 0;
+  private connectsClosed = 0;
 
   /** @param initial fields to set over {@link defaultFaultConfig} */
   constructor(initial: Partial<FaultConfig> = {}) {
@@ -240,6 +268,26 @@ export class Faults implements FaultConfig {
     fault.count -= 1;
     if (fault.count <= 0) this.apiErrors.splice(index, 1);
     return fault;
+  }
+
+  /**
+   * Decide one accepted connect under {@link acceptThenClose}: the close mode when this connect is to be
+   * closed at once, undefined when it goes through.
+   */
+  takeAcceptThenClose(): 'abrupt' | 'bye' | undefined {
+    const fault = this.acceptThenClose;
+    if (fault === undefined) return undefined;
+    if (fault !== this.acceptThenCloseOf) {
+      this.acceptThenCloseOf = fault;
+      this.connectsSeen = 0;
+      this.connectsClosed = 0;
+    }
+    this.connectsSeen++;
+    if (fault.passEvery !== undefined && fault.passEvery > 0 && this.connectsSeen % fault.passEvery === 0)
+      return undefined;
+    if (fault.times !== undefined && this.connectsClosed >= fault.times) return undefined;
+    this.connectsClosed++;
+    return fault.mode;
   }
 
   /** Remove every fault and restore defaults (the seed is kept). */
@@ -453,5 +501,59 @@ export class FaultPipe {
       if (!this.closed) this.deliver(frame);
     }, ms);
     this.pending.add(handle);
+  }
+}
+
+/**
+ * Reads one client socket at {@link FaultConfig.toAgentBytesPerSec}: a token bucket with a debt. Each
+ * received message spends its size; while in debt the socket is paused (`pause`) and resumed (`resume`)
+ * once the debt is repaid, so the average read rate is the configured one and the client meets TCP
+ * backpressure. Bytes already read by the WebSocket parser still arrive and add to the debt.
+ */
+export class ReadThrottle {
+  private allowance = 0;
+  private refilledAt: number;
+  private timer: NodeJS.Timeout | undefined;
+
+  /**
+   * @param rate live rate, bytes per second (0 = unlimited)
+   * @param pause stop reading the socket
+   * @param resume read again
+   * @param now clock, ms
+   */
+  constructor(
+    private readonly rate: () => number,
+    private readonly pause: () => void,
+    private readonly resume: () => void,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.refilledAt = now();
+  }
+
+  /** Account one received message of `bytes`. */
+  consume(bytes: number): void {
+    const rate = this.rate();
+    if (!(rate > 0)) return;
+    const now = this.now();
+    // Burst of at most 1/50 s of traffic (≥ one 1 KiB message), so the rate holds over short windows too.
+    const burst = Math.max(2048, rate / 50);
+    this.allowance = Math.min(burst, this.allowance + ((now - this.refilledAt) * rate) / 1000);
+    this.refilledAt = now;
+    this.allowance -= bytes;
+    if (this.allowance >= 0 || this.timer !== undefined) return;
+    this.pause();
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.resume();
+      },
+      Math.ceil((-this.allowance * 1000) / rate),
+    );
+  }
+
+  /** Stop the resume timer (socket gone). */
+  close(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
   }
 }

@@ -36,6 +36,7 @@ export type {
 export { CHANNEL_CLOSED_OUTPUT, SESSION_TERMINATED_TEXT } from './session.js';
 export { Faults, defaultFaultConfig } from './faults.js';
 export type {
+  AcceptThenCloseFault,
   AgentFaults,
   ApiErrorCode,
   ApiErrorFault,
