@@ -504,56 +504,85 @@ export class FaultPipe {
   }
 }
 
+/** Bytes a {@link SlowLink} holds before it stops reading the socket (our choice: a small network buffer). */
+export const SLOW_LINK_BUFFER_BYTES = 32 * 1024;
+
 /**
- * Reads one client socket at {@link FaultConfig.toAgentBytesPerSec}: a token bucket with a debt. Each
- * received message spends its size; while in debt the socket is paused (`pause`) and resumed (`resume`)
- * once the debt is repaid, so the average read rate is the configured one and the client meets TCP
- * backpressure. Bytes already read by the WebSocket parser still arrive and add to the debt.
+ * A slow client → service link ({@link FaultConfig.toAgentBytesPerSec}): every message read from the client's
+ * WebSocket is delivered when a link of that rate would have carried it (in order, one after the other, so
+ * acks come back evenly spaced as over a real slow path). Above {@link SLOW_LINK_BUFFER_BYTES} waiting, the
+ * socket is paused, so TCP backpressure reaches the client; it is resumed below half of that. Rate 0 hands
+ * messages through at once. Bytes already read by the WebSocket parser when it pauses still queue here.
  */
-export class ReadThrottle {
-  private allowance = 0;
-  private refilledAt: number;
+export class SlowLink {
+  private readonly queue: { frame: Buffer; isBinary: boolean; at: number }[] = [];
+  private queuedBytes = 0;
+  /** When the link finishes carrying what it holds, ms. */
+  private freeAt = 0;
   private timer: NodeJS.Timeout | undefined;
+  private paused = false;
+  private closed = false;
 
   /**
    * @param rate live rate, bytes per second (0 = unlimited)
+   * @param deliver receives each message when it has crossed the link
    * @param pause stop reading the socket
    * @param resume read again
    * @param now clock, ms
    */
   constructor(
     private readonly rate: () => number,
+    private readonly deliver: (frame: Buffer, isBinary: boolean) => void,
     private readonly pause: () => void,
     private readonly resume: () => void,
     private readonly now: () => number = () => performance.now(),
-  ) {
-    this.refilledAt = now();
-  }
+  ) {}
 
-  /** Account one received message of `bytes`. */
-  consume(bytes: number): void {
+  /** One message read from the socket. */
+  push(frame: Buffer, isBinary: boolean): void {
+    if (this.closed) return;
     const rate = this.rate();
-    if (!(rate > 0)) return;
+    if (!(rate > 0) && this.queue.length === 0) {
+      this.deliver(frame, isBinary);
+      return;
+    }
     const now = this.now();
-    // Burst of at most 1/50 s of traffic (≥ one 1 KiB message), so the rate holds over short windows too.
-    const burst = Math.max(2048, rate / 50);
-    this.allowance = Math.min(burst, this.allowance + ((now - this.refilledAt) * rate) / 1000);
-    this.refilledAt = now;
-    this.allowance -= bytes;
-    if (this.allowance >= 0 || this.timer !== undefined) return;
-    this.pause();
-    this.timer = setTimeout(
-      () => {
-        this.timer = undefined;
-        this.resume();
-      },
-      Math.ceil((-this.allowance * 1000) / rate),
-    );
+    this.freeAt = Math.max(this.freeAt, now) + (frame.length * 1000) / Math.max(1, rate);
+    this.queue.push({ frame, isBinary, at: this.freeAt });
+    this.queuedBytes += frame.length;
+    if (!this.paused && this.queuedBytes > SLOW_LINK_BUFFER_BYTES) {
+      this.paused = true;
+      this.pause();
+    }
+    this.schedule();
   }
 
-  /** Stop the resume timer (socket gone). */
+  /** Drop what is held and stop (socket gone). */
   close(): void {
+    this.closed = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
+    this.queue.length = 0;
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined || this.queue.length === 0) return;
+    const head = this.queue[0] as { at: number };
+    this.timer = setTimeout(() => this.release(), Math.max(0, head.at - this.now()));
+  }
+
+  private release(): void {
+    this.timer = undefined;
+    const now = this.now();
+    while (!this.closed && this.queue.length > 0 && (this.queue[0] as { at: number }).at <= now) {
+      const item = this.queue.shift() as { frame: Buffer; isBinary: boolean };
+      this.queuedBytes -= item.frame.length;
+      this.deliver(item.frame, item.isBinary);
+    }
+    if (this.paused && this.queuedBytes < SLOW_LINK_BUFFER_BYTES / 2) {
+      this.paused = false;
+      this.resume();
+    }
+    this.schedule();
   }
 }
