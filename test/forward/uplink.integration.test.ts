@@ -49,7 +49,9 @@ async function startSink(): Promise<{
     port: (server.address() as AddressInfo).port,
     total: () => total,
     received: (bytes) =>
-      total >= bytes ? Promise.resolve(performance.now()) : new Promise((resolve) => waiters.push({ bytes, resolve })),
+      total >= bytes
+        ? Promise.resolve(performance.now())
+        : new Promise((resolve) => waiters.push({ bytes, resolve })),
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();
@@ -83,7 +85,11 @@ interface UplinkFigures {
   seconds: number;
 }
 
-async function throttledUpload(rateBytesPerSec: number, bytes: number, timeoutMs: number): Promise<UplinkFigures> {
+async function throttledUpload(
+  rateBytesPerSec: number,
+  bytes: number,
+  timeoutMs: number,
+): Promise<UplinkFigures> {
   const sink = await startSink();
   const emulator = await startEmulator({});
   const { forward, port } = await startForward(emulator, { remotePort: sink.port }, tuningWith());
@@ -136,17 +142,20 @@ for (const { rate, bytes, label } of [
   { rate: 256 * 1024, bytes: 4 * 1024 * 1024, label: '256 KiB/s uplink, 4 MiB upload' },
   { rate: 64 * 1024, bytes: 1024 * 1024, label: '64 KiB/s uplink, 1 MiB upload' },
 ]) {
-  test.serial(`${label}: goodput ≥ 80 % of the link, ≤ 2 % duplicates, WebSocket queue bounded`, async (t) => {
-    const seconds = bytes / rate;
-    t.timeout(seconds * 1000 * 2 + 30_000);
-    const f = await throttledUpload(rate, bytes, seconds * 1000 * 2);
-    t.log(
-      `${label}: ${f.seconds.toFixed(1)} s, goodput ${(f.goodputBytesPerSec / 1024).toFixed(1)} KiB/s ` +
-        `(${((100 * f.goodputBytesPerSec) / rate).toFixed(1)} % of the link), duplicates ${f.duplicatePercent.toFixed(2)} %, ` +
-        `resends ${f.resends}, peak WebSocket queue ${Math.round(f.peakQueuedBytes / 1024)} KiB`,
-    );
-    t.true(f.goodputBytesPerSec >= 0.8 * rate, 'goodput at least 80 % of the link rate');
-    t.true(f.duplicatePercent <= 2, 'at most 2 % duplicate Output messages at the agent');
-    t.true(f.peakQueuedBytes <= QUEUE_BOUND_BYTES, `WebSocket queue ≤ ${QUEUE_BOUND_BYTES} bytes`);
-  });
+  test.serial(
+    `${label}: goodput ≥ 80 % of the link, ≤ 2 % duplicates, WebSocket queue bounded`,
+    async (t) => {
+      const seconds = bytes / rate;
+      t.timeout(seconds * 1000 * 2 + 30_000);
+      const f = await throttledUpload(rate, bytes, seconds * 1000 * 2);
+      t.log(
+        `${label}: ${f.seconds.toFixed(1)} s, goodput ${(f.goodputBytesPerSec / 1024).toFixed(1)} KiB/s ` +
+          `(${((100 * f.goodputBytesPerSec) / rate).toFixed(1)} % of the link), duplicates ${f.duplicatePercent.toFixed(2)} %, ` +
+          `resends ${f.resends}, peak WebSocket queue ${Math.round(f.peakQueuedBytes / 1024)} KiB`,
+      );
+      t.true(f.goodputBytesPerSec >= 0.8 * rate, 'goodput at least 80 % of the link rate');
+      t.true(f.duplicatePercent <= 2, 'at most 2 % duplicate Output messages at the agent');
+      t.true(f.peakQueuedBytes <= QUEUE_BOUND_BYTES, `WebSocket queue ≤ ${QUEUE_BOUND_BYTES} bytes`);
+    },
+  );
 }
