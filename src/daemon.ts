@@ -70,7 +70,8 @@ export class Daemon {
       ...(this.deps.targetsFor ? { targets: this.deps.targetsFor(forwardConfig) } : {}),
       spill: this.spill,
     });
-    forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
+    // As soon as StartSession returns (issue 10 item 5): a dial that hangs must not leave it unrecorded.
+    forward.on('sessionGranted', (session: TunnelSession) => this.record(session, forwardConfig));
     return forward;
   }
 

@@ -32,10 +32,16 @@ export function proxyUrlFor(target: string): string | undefined {
   return proxy === '' ? undefined : proxy;
 }
 
-/** An agent that tunnels through the configured proxy for `target`, or undefined for a direct connection. */
-export function proxyAgentFor(target: string): Agent | undefined {
+/**
+ * An agent that tunnels through the configured proxy for `target`, or undefined for a direct connection.
+ * `signal`, when given, destroys the agent's socket to the proxy on abort: a CONNECT the proxy never
+ * answers would otherwise keep that socket open after the request gave up (it is handed to the request
+ * only once CONNECT succeeded). Give a per-dial signal only to single-use agents.
+ */
+export function proxyAgentFor(target: string, signal?: AbortSignal): Agent | undefined {
   const proxy = proxyUrlFor(target);
-  return proxy === undefined ? undefined : new HttpsProxyAgent(proxy);
+  if (proxy === undefined) return undefined;
+  return signal === undefined ? new HttpsProxyAgent(proxy) : new HttpsProxyAgent(proxy, { signal });
 }
 
 /** Proxy URL with credentials removed, for logs. */

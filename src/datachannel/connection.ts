@@ -24,7 +24,10 @@ export interface ConnectionOptions {
   clientId: string;
   /** ClientVersion constant (spec §3.3). */
   clientVersion: string;
-  /** WebSocket open timeout, ms. */
+  /**
+   * Deadline of the whole dial, ms: proxy CONNECT, TLS, the upgrade and writing OpenDataChannel. One
+   * timer covers them all, so a proxy that accepts TCP and never answers cannot hold the dial open.
+   */
   connectTimeoutMs: number;
   /** Ping interval, ms (spec §3.4). */
   pingIntervalMs: number;
@@ -34,6 +37,11 @@ export interface ConnectionOptions {
   userAgent: string;
   /** Extra upgrade headers (SigV4, spec §3.1). Secrets: never logged. */
   headers?: Record<string, string>;
+  /**
+   * Monotonic clock for liveness, ms. Default `performance.now`: a wall-clock step must not disable (or
+   * fire) dead-link detection.
+   */
+  now?: () => number;
 }
 
 /** Why a connection went down. */
@@ -45,6 +53,18 @@ const PING_PAYLOAD = Buffer.from('keepalive');
 const SEND_BINARY = Object.freeze({ binary: true });
 /** Normal-closure code we send on orderly close (spec §3.5). */
 const CLOSE_NORMAL = 1000;
+
+/** Text of an abort reason for an error message. */
+function describeAbort(reason: unknown): string {
+  return reason instanceof Error ? reason.message : String(reason ?? 'closed');
+}
+
+/** A `ws` send callback that reports only success to `onWritten`. */
+function writtenCallback(onWritten: () => void): (err?: Error | null) => void {
+  return (err) => {
+    if (err === undefined || err === null) onWritten();
+  };
+}
 
 /** The part of a `net.Socket` a {@link WriteCoalescer} uses. */
 export interface CorkableSocket {
@@ -125,7 +145,9 @@ function tlsOptionsFromEnv(env: NodeJS.ProcessEnv): { ca?: Buffer } {
 
 /**
  * A live data-channel WebSocket.
- * Events: 'frame' (Buffer: one message frame), 'down' (DownReason, detail string) exactly once.
+ * Events: 'frame' (Buffer: one message frame), 'alive' () once, on the first binary frame or pong after
+ * OpenDataChannel (proof that the service kept the socket: a rejected token is accepted and closed
+ * right after OpenDataChannel), 'down' (DownReason, detail string) exactly once.
  */
 export class DataChannelConnection extends EventEmitter {
   private socket: WebSocket | undefined;
@@ -134,6 +156,8 @@ export class DataChannelConnection extends EventEmitter {
   private pingTimer: NodeJS.Timeout | undefined;
   private lastHeardAt = 0;
   private isDown = false;
+  private provenAlive = false;
+  private readonly now: () => number;
   /** Frames handed to the socket. */
   framesSent = 0;
   /** Frames received. */
@@ -144,6 +168,12 @@ export class DataChannelConnection extends EventEmitter {
     private readonly logger: Logger,
   ) {
     super();
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  /** True once a binary frame or a pong arrived after OpenDataChannel (see the 'alive' event). */
+  get alive(): boolean {
+    return this.provenAlive;
   }
 
   /** Bytes queued in the WebSocket not yet written to the kernel. */
@@ -157,61 +187,130 @@ export class DataChannelConnection extends EventEmitter {
   }
 
   /**
-   * Dial, wait for the upgrade, send OpenDataChannel (text). Resolves when the channel is open.
-   * @throws TunnelError `PF_ERR_CONNECT` on failure or timeout.
+   * Dial, wait for the upgrade, send OpenDataChannel (text) and a ping (whose pong proves the socket was
+   * kept). Resolves when OpenDataChannel has been written. `connectTimeoutMs` bounds all of it, proxy
+   * CONNECT included; `signal` aborts it (the socket, and the proxy's, are destroyed at once).
+   * @throws TunnelError `PF_ERR_CONNECT` on failure, timeout or abort.
    */
-  async open(): Promise<void> {
+  async open(signal?: AbortSignal): Promise<void> {
     const { streamUrl, connectTimeoutMs, userAgent } = this.options;
     const where = describeStreamUrl(streamUrl);
     // HTTPS_PROXY/NO_PROXY apply to the data channel too (the official plugin ignores them, spec §11 #14).
-    const agent = proxyAgentFor(streamUrl);
-    if (agent)
-      this.logger.debug(`dialling ${where} through proxy ${describeProxy(proxyUrlFor(streamUrl) ?? '')}`);
-    const socket = await new Promise<WebSocket>((resolve, reject) => {
-      let ws: WebSocket;
-      try {
-        ws = new WebSocket(streamUrl, {
-          perMessageDeflate: false,
-          handshakeTimeout: connectTimeoutMs,
-          headers: { ...this.options.headers, 'User-Agent': userAgent },
-          maxPayload: 16 * 1024 * 1024,
-          ...tlsOptionsFromEnv(process.env),
-          ...(agent ? { agent } : {}),
-        });
-      } catch (err) {
-        reject(
-          new TunnelError('PF_ERR_CONNECT', `cannot dial ${where}: ${(err as Error).message}`, {
-            cause: err,
-          }),
-        );
-        return;
-      }
-      const onError = (err: Error): void => {
+    // The agent's own socket to the proxy obeys `dial`, so a CONNECT that is never answered is not leaked.
+    const dial = new AbortController();
+    const agent = proxyAgentFor(streamUrl, dial.signal);
+    const proxy = agent ? describeProxy(proxyUrlFor(streamUrl) ?? '') : undefined;
+    if (proxy) this.logger.debug(`dialling ${where} through proxy ${proxy}`);
+    const via = proxy ? ` through proxy ${proxy}` : '';
+    let ws: WebSocket | undefined;
+    const fail = (message: string, cause?: unknown): TunnelError => {
+      dial.abort();
+      if (ws) {
         ws.removeAllListeners();
         ws.on('error', () => undefined);
         ws.terminate();
-        reject(
-          new TunnelError('PF_ERR_CONNECT', `cannot open data channel ${where}: ${err.message}`, {
-            cause: err,
-          }),
+      }
+      return new TunnelError('PF_ERR_CONNECT', message, cause === undefined ? undefined : { cause });
+    };
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      const socket = await new Promise<WebSocket>((resolveOpen, rejectOpen) => {
+        // Settles once: a late error, close or timeout after success must not tear down the new link.
+        let settled = false;
+        const resolve = (value: WebSocket): void => {
+          if (settled) return;
+          settled = true;
+          resolveOpen(value);
+        };
+        const reject = (make: () => TunnelError): void => {
+          if (settled) return;
+          settled = true;
+          rejectOpen(make());
+        };
+        timer = setTimeout(
+          () =>
+            reject(() =>
+              fail(
+                `cannot open data channel ${where}${via}: no answer within ${connectTimeoutMs} ms (connectTimeoutMs)`,
+              ),
+            ),
+          connectTimeoutMs,
         );
-      };
-      ws.once('error', onError);
-      ws.once('unexpected-response', (_req, res) =>
-        onError(new Error(`HTTP ${res.statusCode ?? '?'} on WebSocket upgrade`)),
-      );
-      ws.once('open', () => {
-        ws.off('error', onError);
-        resolve(ws);
+        onAbort = () => reject(() => fail(`dial of ${where} aborted: ${describeAbort(signal?.reason)}`));
+        if (signal?.aborted) {
+          onAbort();
+          return;
+        }
+        signal?.addEventListener('abort', onAbort, { once: true });
+        let created: WebSocket;
+        try {
+          created = new WebSocket(streamUrl, {
+            perMessageDeflate: false,
+            handshakeTimeout: connectTimeoutMs,
+            headers: { ...this.options.headers, 'User-Agent': userAgent },
+            maxPayload: 16 * 1024 * 1024,
+            ...tlsOptionsFromEnv(process.env),
+            ...(agent ? { agent } : {}),
+          });
+        } catch (err) {
+          reject(() => fail(`cannot dial ${where}: ${(err as Error).message}`, err));
+          return;
+        }
+        ws = created;
+        const onError = (err: Error): void =>
+          reject(() => fail(`cannot open data channel ${where}${via}: ${err.message}`, err));
+        created.once('error', onError);
+        created.once('unexpected-response', (_req, res) =>
+          onError(new Error(`HTTP ${res.statusCode ?? '?'} on WebSocket upgrade`)),
+        );
+        created.once('open', () => {
+          created.off('error', onError);
+          created.once('error', onError);
+          created.once('close', (code: number) =>
+            onError(new Error(`WebSocket closed (${code}) before OpenDataChannel was written`)),
+          );
+          created.binaryType = 'nodebuffer';
+          // OpenDataChannel is written under the same deadline; the ping right behind it is answered only
+          // if the service keeps the socket after reading it.
+          created.send(
+            encodeOpenDataChannel({
+              messageSchemaVersion: '1.0',
+              requestId: newMessageId(),
+              tokenValue: this.options.tokenValue,
+              clientId: this.options.clientId,
+              clientVersion: this.options.clientVersion,
+            }),
+            (err) => {
+              if (err) onError(err);
+              else resolve(created);
+            },
+          );
+          created.ping(PING_PAYLOAD);
+        });
       });
-    });
+      socket.removeAllListeners();
+      this.attachSocket(socket);
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+    }
+    this.logger.debug(`data channel open to ${where}`);
+  }
+
+  /** Wire an open socket with OpenDataChannel written: frames, pongs, close, pings and liveness. */
+  private attachSocket(socket: WebSocket): void {
     this.socket = socket;
+    if (socket.readyState !== WebSocket.OPEN) {
+      this.goDown('closed-by-peer', 'WebSocket closed right after OpenDataChannel');
+      return;
+    }
     this.writes = new WriteCoalescer(underlyingSocketOf(socket));
-    socket.binaryType = 'nodebuffer';
-    this.lastHeardAt = Date.now();
+    this.lastHeardAt = this.now();
     socket.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     socket.on('pong', () => {
-      this.lastHeardAt = Date.now();
+      this.lastHeardAt = this.now();
+      this.proveAlive();
     });
     socket.on('close', (code: number, reason: Buffer) =>
       this.goDown(
@@ -220,15 +319,6 @@ export class DataChannelConnection extends EventEmitter {
       ),
     );
     socket.on('error', (err: Error) => this.goDown('error', err.message));
-    socket.send(
-      encodeOpenDataChannel({
-        messageSchemaVersion: '1.0',
-        requestId: newMessageId(),
-        tokenValue: this.options.tokenValue,
-        clientId: this.options.clientId,
-        clientVersion: this.options.clientVersion,
-      }),
-    );
     this.pingTimer = setInterval(() => this.ping(), this.options.pingIntervalMs);
     this.pingTimer.unref();
     this.livenessTimer = setInterval(
@@ -236,16 +326,26 @@ export class DataChannelConnection extends EventEmitter {
       Math.min(1000, this.options.livenessTimeoutMs),
     );
     this.livenessTimer.unref();
-    this.logger.debug(`data channel open to ${where}`);
   }
 
-  /** Send one binary message frame. Silently ignored when the link is down (the reliable layer resends). */
-  send(frame: Buffer): void {
+  private proveAlive(): void {
+    if (this.provenAlive || this.isDown) return;
+    this.provenAlive = true;
+    this.emit('alive');
+  }
+
+  /**
+   * Send one binary message frame. Silently ignored when the link is down (the reliable layer resends).
+   * `onWritten` is called once the frame has been written to the socket (ws's send callback), never on
+   * failure.
+   */
+  send(frame: Buffer, onWritten?: () => void): void {
     const socket = this.socket;
     if (this.isDown || socket === undefined || socket.readyState !== WebSocket.OPEN) return;
     this.framesSent++;
     this.writes?.hold();
-    socket.send(frame, SEND_BINARY);
+    if (onWritten === undefined) socket.send(frame, SEND_BINARY);
+    else socket.send(frame, SEND_BINARY, writtenCallback(onWritten));
   }
 
   /** Orderly close with a close frame (spec §3.5, weakness #9). */
@@ -261,11 +361,13 @@ export class DataChannelConnection extends EventEmitter {
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
-    this.lastHeardAt = Date.now();
+    this.lastHeardAt = this.now();
     this.framesReceived++;
     if (!isBinary) {
       // Not expected after OpenDataChannel; the reference parses them as messages too (spec §3.5).
       this.logger.debug(`text frame of ${data.length} bytes on the data channel`);
+    } else {
+      this.proveAlive();
     }
     this.emit('frame', data);
   }
@@ -275,7 +377,7 @@ export class DataChannelConnection extends EventEmitter {
   }
 
   private checkLiveness(): void {
-    const silentMs = Date.now() - this.lastHeardAt;
+    const silentMs = Math.round(this.now() - this.lastHeardAt);
     if (silentMs > this.options.livenessTimeoutMs) {
       this.goDown('liveness', `no frame or pong for ${silentMs} ms`);
     }

@@ -4,9 +4,17 @@
  * link loss/resume.
  *
  * A transport-independent state machine: it owns no socket and no timer. The I/O layer hands it every
- * incoming binary frame ({@link ReliableChannel.receive}), gives it a `sendFrame` function while the
+ * incoming binary frame ({@link ReliableChannel.receive}), gives it a {@link ChannelTransport} while the
  * WebSocket is up ({@link ReliableChannel.attach}) and calls {@link ReliableChannel.tick} every 50 ms.
  * Outgoing sequenced messages are `input_stream_data`; incoming ones are `output_stream_data`.
+ *
+ * Send timing (issue 10 item 4): a message's clock starts when its copy has left the transport (the
+ * transport's "written" notification), not when it was handed over, and a copy still waiting in the
+ * transport is never resent. The retransmission timer is measured from the later of that moment and the
+ * latest ack progress, so a slow but moving uplink (acks arriving in order while the rest waits in socket
+ * buffers) never triggers timer resends; a message lost while later ones are acked is found by the
+ * RACK-style rule ({@link RACK_REORDER_WINDOW_MS}). Bytes waiting in the transport stop new transmissions
+ * above {@link SEND_QUEUE_LIMIT_BYTES}.
  */
 import { EventEmitter } from 'node:events';
 import { ProtocolError } from '../errors.js';
@@ -26,6 +34,36 @@ export const RELIABLE_TICK_MS = 50;
  * probe that the peer is still there (daemon default, spec §8 "SHOULD probe … after 60 s").
  */
 export const PAUSE_PROBE_MS = 60_000;
+
+/**
+ * Most bytes the transport may hold not yet written out (ws `bufferedAmount`) before the channel stops
+ * handing it new messages, bytes (our default). Resends and acks are not held back by it, but at most one
+ * copy of a message ever waits in the transport, so the transport holds at most this plus one window of
+ * messages plus acks.
+ */
+export const SEND_QUEUE_LIMIT_BYTES = 64 * 1024;
+
+/**
+ * A transmitted message not yet acked when a message that left the transport after it has been acked, and
+ * older than that message's round trip plus this allowance, is taken as lost and resent at once, ms (our
+ * default; RFC 8985 RACK with a fixed reorder window). It covers the reordering the service may apply;
+ * over one WebSocket the path is otherwise in order.
+ */
+export const RACK_REORDER_WINDOW_MS = 50;
+
+/**
+ * What the channel needs from the transport while linked (house style §11): a way to send and a reading of
+ * what is still queued. A plain `(frame) => void` function is taken as a transport that writes at once.
+ */
+export interface ChannelTransport {
+  /**
+   * Hand one frame to the transport. When given, `onWritten` is called once the frame has left the
+   * transport (for ws: the `send` callback, i.e. handed to the kernel), never on failure.
+   */
+  send(frame: Buffer, onWritten?: () => void): void;
+  /** Bytes handed to `send` and not yet written out (for ws: `bufferedAmount`). */
+  queuedBytes(): number;
+}
 
 /** Tuning of one {@link ReliableChannel}; validated by the config layer. */
 export interface ReliableChannelOptions {
@@ -81,6 +119,12 @@ export interface ReliableChannelStats {
   unknownMessages: number;
   /** RTT samples fed to the estimator (first-attempt acks only, Karn's rule). */
   rttSamples: number;
+  /** Resends of messages found lost by a later message's ack (RACK rule), a subset of `resends`. */
+  rackResends: number;
+  /** Ticks at which a due timer resend was skipped because the previous copy had not left the transport. */
+  resendsHeldQueued: number;
+  /** Largest `queuedBytes()` of the transport seen right after a write, bytes. */
+  peakQueuedBytes: number;
 }
 
 /** Events of {@link ReliableChannel} and their arguments. */
@@ -118,10 +162,15 @@ interface OutgoingEntry {
   readonly seq: number;
   /** The encoded frame; every (re)transmission sends exactly these bytes (spec §7.4). */
   readonly frame: Buffer;
-  /** Monotonic time of the first transmission, ms; -1 while queued. */
+  /** Monotonic time the first copy was handed to the transport, ms; -1 while never transmitted. */
   firstSentAt: number;
-  /** Monotonic time of the latest transmission, ms; -1 while queued. */
+  /**
+   * Monotonic time the latest copy left the transport, ms; -1 while that copy still waits in it (or was
+   * never sent). Timers run from here: a copy that has not left is never resent.
+   */
   lastSentAt: number;
+  /** Link generation of the latest copy: written notifications of an older link are ignored. */
+  link: number;
   /** Retransmissions so far; 0 means an ack gives a valid RTT sample (Karn's rule). */
   attempts: number;
   /** Timeout of the latest transmission, ms: base RTO doubled per timer resend, capped at 1 s. */
@@ -162,18 +211,33 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     protocolErrors: 0,
     unknownMessages: 0,
     rttSamples: 0,
+    rackResends: 0,
+    resendsHeldQueued: 0,
+    peakQueuedBytes: 0,
   };
 
-  private sendFrame: ((frame: Buffer) => void) | undefined;
+  private transport: ChannelTransport | undefined;
+  /** Incremented on every attach; tags copies so a dead link's late notifications are ignored. */
+  private linkGeneration = 0;
+  /** Latest ack that removed a transmitted message on this link (or the attach), monotonic ms. */
+  private lastAckProgressAt = 0;
+  /** RACK: when the most recently sent acked message left the transport, ms; -1 none on this link. */
+  private rackSentAt = -1;
+  /** RACK: round trip of that message, ms. */
+  private rackRttMs = 0;
+  /** Smallest first-attempt round trip seen, ms (guards RACK against acks of earlier copies). */
+  private minRttMs = Number.POSITIVE_INFINITY;
   /** Committed, un-acked messages keyed by sequence number, in sequence order. */
   private readonly outgoing = new Map<number, OutgoingEntry>();
   private nextSeq = 0;
   /** Lowest sequence number not yet transmitted even once. */
   private firstUnsentSeq = 0;
-  /** Earliest `lastSentAt + rto` over transmitted entries (may be stale-early, never late). */
-  private nextResendAt = Number.POSITIVE_INFINITY;
   /** `send()` returned false and 'drain' is owed. */
   private drainOwed = false;
+  /** True inside {@link pump}: a written notification must not start a second loop. */
+  private pumping = false;
+  /** True inside the transport's `send`: a synchronous written notification pumps nothing. */
+  private writing = false;
   /** Non-zero while `deliver()` may be running: new data waits so acks go first. */
   private deliveryHold = 0;
 
@@ -205,7 +269,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
 
   /** Whether a transport is linked (between `attach()` and `detach()`). */
   get attached(): boolean {
-    return this.sendFrame !== undefined;
+    return this.transport !== undefined;
   }
 
   /** Committed messages not yet acked (in flight + queued). */
@@ -252,17 +316,21 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   }
 
   /**
-   * Link up with a new transport send function; resends every un-acked message oldest first (bounded
-   * by the window). Counters/buffers survive detach/attach (ResumeSession, spec §10.3). A new link
-   * also clears a pause: the service sends `pause_publication` again on the new socket if the peer is
-   * still away, whereas a `start_publication` sent while we were disconnected would be lost for good.
+   * Link up with a new transport; resends every un-acked message oldest first (bounded by the window).
+   * Counters/buffers survive detach/attach (ResumeSession, spec §10.3). A new link also clears a pause:
+   * the service sends `pause_publication` again on the new socket if the peer is still away, whereas a
+   * `start_publication` sent while we were disconnected would be lost for good.
    */
-  attach(sendFrame: (frame: Buffer) => void): void {
-    this.sendFrame = sendFrame;
+  attach(transport: ChannelTransport | ((frame: Buffer) => void)): void {
+    this.transport =
+      typeof transport === 'function' ? { send: immediateSend(transport), queuedBytes: () => 0 } : transport;
+    this.linkGeneration++;
     const now = this.deps.now();
     this.progressAt = now;
     // A new link gets the full give-up to fill an old gap: the agent resends its head on it.
     this.gapExpected = -1;
+    this.lastAckProgressAt = now;
+    this.rackSentAt = -1;
     const wasPaused = this.isPaused;
     this.isPaused = false;
     this.resendAll(now);
@@ -272,7 +340,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
 
   /** Link down: nothing is sent until attach(); send() keeps committing. */
   detach(): void {
-    this.sendFrame = undefined;
+    this.transport = undefined;
   }
 
   /**
@@ -327,7 +395,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
       this.progressAt = now;
       this.stallReported = false;
     }
-    this.outgoing.set(seq, { seq, frame, firstSentAt: -1, lastSentAt: -1, attempts: 0, rto: 0 });
+    this.outgoing.set(seq, { seq, frame, firstSentAt: -1, lastSentAt: -1, link: 0, attempts: 0, rto: 0 });
     this.nextSeq = seq + 1;
     this.pump(now);
     if (this.outgoing.size >= this.options.sendWindowMessages) {
@@ -379,11 +447,11 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
 
   /** Resend scan, give-up and wedge checks; call every 50 ms. Detached time counts for none of them. */
   tick(): void {
-    if (this.sendFrame === undefined) return;
+    if (this.transport === undefined) return;
     const now = this.deps.now();
     this.checkWedged(now);
     if (this.isPaused) this.probeWhilePaused(now);
-    else if (now >= this.nextResendAt) this.resendExpired(now);
+    else if (this.inFlight > 0) this.resendExpired(now);
     if (this.stallReported) return;
     // Spec §8: a pause counts toward the give-up, whether or not anything is waiting for an ack.
     const pausedMs = this.isPaused ? now - this.pausedAt : 0;
@@ -514,7 +582,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
 
   /** Ack one received sequenced message, ahead of any data (spec §5, §7.4). Not sent while detached. */
   private sendAck(message: ClientMessage): void {
-    if (this.sendFrame === undefined) return;
+    if (this.transport === undefined) return;
     const frame = encodeAcknowledgeMessage(
       {
         acknowledgedMessageType: MessageType.OutputStreamData,
@@ -546,10 +614,25 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     // Unknown, already acked or never transmitted (a bogus ack cannot skip a queued message).
     if (entry !== undefined && entry.firstSentAt >= 0) {
       this.outgoing.delete(seq);
-      if (entry.attempts === 0) {
-        this.rtt.sample(now - entry.firstSentAt);
-        this.counters.rttSamples++;
+      // Clocks run from when the copy left the transport; an ack racing its notification gives no sample.
+      if (entry.lastSentAt >= 0) {
+        const rttMs = now - entry.lastSentAt;
+        if (entry.attempts === 0) {
+          this.rtt.sample(rttMs);
+          this.counters.rttSamples++;
+          this.minRttMs = Math.min(this.minRttMs, rttMs);
+        }
+        // A resent message's ack may answer an older copy: only trust it when its round trip is plausible.
+        if (
+          entry.link === this.linkGeneration &&
+          entry.lastSentAt > this.rackSentAt &&
+          (entry.attempts === 0 || rttMs >= this.minRttMs)
+        ) {
+          this.rackSentAt = entry.lastSentAt;
+          this.rackRttMs = rttMs;
+        }
       }
+      this.lastAckProgressAt = now;
       this.progressAt = now;
       this.stallReported = false;
       this.emit('acked', seq);
@@ -584,7 +667,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.isPaused = false;
     const now = this.deps.now();
     this.log.info('peer back: publication resumed', { pausedMs: now - this.pausedAt });
-    if (now >= this.nextResendAt) this.resendExpired(now);
+    if (this.inFlight > 0) this.resendExpired(now);
     this.pump(now);
     // Emitted last: a listener that sends at once must queue behind the resends (spec §7.4).
     this.emit('resume');
@@ -617,69 +700,89 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   // -------------------------------------------------------------------------------------------
   // Outgoing transmission (spec §7.3, §7.4, §9.6)
 
-  /** Transmit queued messages, oldest first, while the link is usable and the window has room. */
+  /**
+   * Transmit queued messages, oldest first, while the link is usable, the window has room and the
+   * transport holds less than {@link SEND_QUEUE_LIMIT_BYTES} not yet written out.
+   */
   private pump(now: number): void {
-    if (this.sendFrame === undefined || this.isPaused || this.deliveryHold > 0) return;
+    const transport = this.transport;
+    if (transport === undefined || this.isPaused || this.deliveryHold > 0 || this.pumping) return;
     const window = this.options.sendWindowMessages;
-    let inFlight = this.inFlight;
-    while (this.firstUnsentSeq < this.nextSeq && inFlight < window) {
-      const entry = this.outgoing.get(this.firstUnsentSeq);
-      this.firstUnsentSeq++;
-      if (entry === undefined) continue;
-      entry.firstSentAt = now;
-      entry.lastSentAt = now;
-      entry.rto = this.rtt.rtoMs;
-      this.nextResendAt = Math.min(this.nextResendAt, now + entry.rto);
-      this.counters.dataMessagesSent++;
-      inFlight++;
-      this.write(entry.frame);
+    this.pumping = true;
+    try {
+      let inFlight = this.inFlight;
+      while (
+        this.firstUnsentSeq < this.nextSeq &&
+        inFlight < window &&
+        transport.queuedBytes() < SEND_QUEUE_LIMIT_BYTES
+      ) {
+        const entry = this.outgoing.get(this.firstUnsentSeq);
+        this.firstUnsentSeq++;
+        if (entry === undefined) continue;
+        entry.firstSentAt = now;
+        entry.rto = this.rtt.rtoMs;
+        this.counters.dataMessagesSent++;
+        inFlight++;
+        this.transmit(entry);
+        if (this.transport !== transport) break;
+      }
+    } finally {
+      this.pumping = false;
     }
   }
 
   /**
    * Retransmit every transmitted, un-acked entry at once, oldest first, with a fresh base RTO (new link
    * or end of a pause: earlier losses say nothing about the new path). Bounded by the window because
-   * at most a window's worth is ever in flight.
+   * at most a window's worth is ever in flight. On the same link a copy still waiting in the transport
+   * is not sent again.
    */
   private resendAll(now: number): void {
-    if (this.sendFrame === undefined) return;
-    let next = Number.POSITIVE_INFINITY;
+    if (this.transport === undefined) return;
+    this.lastAckProgressAt = now;
     for (const entry of this.outgoing.values()) {
       if (entry.seq >= this.firstUnsentSeq) break;
-      entry.attempts++;
-      entry.lastSentAt = now;
       entry.rto = this.rtt.rtoMs;
-      next = Math.min(next, now + entry.rto);
+      if (this.waitingInTransport(entry)) continue;
+      entry.attempts++;
       this.counters.resends++;
-      this.write(entry.frame);
+      this.transmit(entry);
     }
-    this.nextResendAt = next;
   }
 
   /**
-   * Timer resends: every entry with `now − lastSentAt > rto`, oldest first, at most one window per
-   * call; each resend doubles that entry's RTO up to 1 s. Recomputes the earliest deadline.
+   * Timer and RACK resends, oldest first, at most one window per call. A copy still waiting in the
+   * transport is never resent. An entry is resent when
+   * - RACK: a message that left the transport after it has been acked, and it is older than that
+   *   message's round trip plus {@link RACK_REORDER_WINDOW_MS} (lost while later ones got through), or
+   * - RTO: neither it nor any ack progress happened for its RTO (`now − max(left, lastAck) > rto`); each
+   *   timer resend doubles that entry's RTO up to 1 s. Measuring from the latest ack progress keeps a slow
+   *   uplink, whose queue drains in order, from re-queueing the whole window every RTO.
    */
   private resendExpired(now: number): void {
     let budget = this.options.sendWindowMessages;
-    let next = Number.POSITIVE_INFINITY;
+    const rackDeadline = this.rackSentAt >= 0 ? this.rackRttMs + RACK_REORDER_WINDOW_MS : Infinity;
     for (const entry of this.outgoing.values()) {
-      if (entry.seq >= this.firstUnsentSeq) break;
-      if (budget > 0 && now - entry.lastSentAt > entry.rto) {
-        budget--;
-        entry.attempts++;
-        entry.lastSentAt = now;
-        entry.rto = Math.min(RTT.MAX_RTO_MS, entry.rto * 2);
-        this.counters.resends++;
-        if (this.log.debugEnabled) {
-          this.log.debug('resend', { seq: entry.seq, attempts: entry.attempts, rtoMs: entry.rto });
-        }
-        this.write(entry.frame);
+      if (budget <= 0 || entry.seq >= this.firstUnsentSeq) break;
+      const left = entry.lastSentAt;
+      if (left < 0) {
+        if (now - entry.firstSentAt > entry.rto) this.counters.resendsHeldQueued++;
+        continue;
       }
-      next = Math.min(next, entry.lastSentAt + entry.rto);
-      if (this.sendFrame === undefined) break;
+      const lost = left < this.rackSentAt && now - left >= rackDeadline;
+      const expired = now - Math.max(left, this.lastAckProgressAt) > entry.rto;
+      if (!lost && !expired) continue;
+      budget--;
+      entry.attempts++;
+      if (lost) this.counters.rackResends++;
+      else entry.rto = Math.min(RTT.MAX_RTO_MS, entry.rto * 2);
+      this.counters.resends++;
+      if (this.log.debugEnabled) {
+        this.log.debug('resend', { seq: entry.seq, attempts: entry.attempts, rtoMs: entry.rto, lost });
+      }
+      this.transmit(entry);
+      if (this.transport === undefined) break;
     }
-    this.nextResendAt = next;
   }
 
   /** While paused with the link up, resend the head once per {@link PAUSE_PROBE_MS} (spec §8). */
@@ -688,21 +791,62 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.lastProbeAt = now;
     const head = this.outgoing.values().next();
     if (head.done === true || head.value.seq >= this.firstUnsentSeq) return;
+    if (this.waitingInTransport(head.value)) return;
     head.value.attempts++;
-    head.value.lastSentAt = now;
     this.counters.resends++;
-    this.write(head.value.frame);
+    this.transmit(head.value);
+  }
+
+  /** True when the entry's latest copy, sent on the current link, has not left the transport yet. */
+  private waitingInTransport(entry: OutgoingEntry): boolean {
+    return entry.lastSentAt < 0 && entry.link === this.linkGeneration && entry.firstSentAt >= 0;
+  }
+
+  /**
+   * Hand one entry's frame to the transport; its clock restarts when the copy has left the transport
+   * (the written notification of the same link), and until then it cannot be resent on this link.
+   */
+  private transmit(entry: OutgoingEntry): void {
+    const link = this.linkGeneration;
+    entry.lastSentAt = -1;
+    entry.link = link;
+    this.write(entry.frame, () => {
+      if (entry.link !== link || entry.lastSentAt >= 0) return;
+      entry.lastSentAt = this.deps.now();
+      // A transport that writes synchronously reports from inside write(): the caller's loop goes on.
+      if (!this.writing) this.onTransportDrained();
+    });
   }
 
   /** Hand one frame to the transport. A throwing transport loses only this write; resends recover it (#20). */
-  private write(frame: Buffer): void {
-    const send = this.sendFrame;
-    if (send === undefined) return;
+  private write(frame: Buffer, onWritten?: () => void): void {
+    const transport = this.transport;
+    if (transport === undefined) return;
     this.counters.framesSent++;
+    this.writing = true;
     try {
-      send(frame);
+      transport.send(frame, onWritten);
     } catch (err) {
+      // Nothing will leave: let the timer treat this copy as sent now, so the resend recovers it.
+      onWritten?.();
       this.log.warn('sendFrame failed; relying on resend', { error: String(err) });
+    } finally {
+      this.writing = false;
     }
+    const queued = transport.queuedBytes();
+    if (queued > this.counters.peakQueuedBytes) this.counters.peakQueuedBytes = queued;
   }
+
+  /** A copy left the transport: room below {@link SEND_QUEUE_LIMIT_BYTES} may let queued messages go. */
+  private onTransportDrained(): void {
+    if (this.firstUnsentSeq < this.nextSeq) this.pump(this.deps.now());
+  }
+}
+
+/** Adapt a plain send function to {@link ChannelTransport.send}: written as soon as it returns. */
+function immediateSend(send: (frame: Buffer) => void): ChannelTransport['send'] {
+  return (frame, onWritten) => {
+    send(frame);
+    onWritten?.();
+  };
 }

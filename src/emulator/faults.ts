@@ -72,6 +72,19 @@ export interface DropWebSocketFault {
   times?: number;
 }
 
+/**
+ * The service accepts the WebSocket and OpenDataChannel, then closes the socket at once, before any frame:
+ * how a rejected or stale token looks to a client. Applies to every connect (first and resumed).
+ */
+export interface AcceptThenCloseFault {
+  /** `bye`: close frame 1000 "Bye"; `abrupt`: TCP reset without a close frame. */
+  mode: 'abrupt' | 'bye';
+  /** Close only this many connects, then accept normally; default unlimited (always). */
+  times?: number;
+  /** Let every Nth connect through normally (counted from when the fault was set, 1-based); default none. */
+  passEvery?: number;
+}
+
 /** One targeted frame: a sequence number in one direction. */
 export interface SeqFault {
   /** Direction the affected frame travels. Default `toClient` for digests, `toAgent` for acks. */
@@ -175,6 +188,13 @@ export interface FaultConfig {
   loseForever: SeqFault[];
   /** ResumeSession behaviour. */
   resumeBehavior: ResumeBehavior;
+  /** Accept-then-close connects; undefined = none. */
+  acceptThenClose: AcceptThenCloseFault | undefined;
+  /**
+   * Rate at which the service reads each client WebSocket, bytes per second; 0 = unlimited. Reading is
+   * paused, so TCP backpressure reaches the client (a slow uplink).
+   */
+  toAgentBytesPerSec: number;
   /** Agent knobs for agents created from now on. */
   agent: AgentFaults;
 }
@@ -195,6 +215,8 @@ export function defaultFaultConfig(): FaultConfig {
     dropAck: [],
     loseForever: [],
     resumeBehavior: 'normal',
+    acceptThenClose: undefined,
+    toAgentBytesPerSec: 0,
     agent: {},
   };
 }
@@ -233,9 +255,15 @@ export class Faults implements FaultConfig {
   dropAck: SeqFault[] = [];
   loseForever: SeqFault[] = [];
   resumeBehavior: ResumeBehavior = 'normal';
+  acceptThenClose: AcceptThenCloseFault | undefined = undefined;
+  toAgentBytesPerSec = 0;
   agent: AgentFaults = {};
   private prng: Prng;
   private seededWith: number;
+  /** The `acceptThenClose` object the counters below belong to (a new object restarts them). */
+  private acceptThenCloseOf: AcceptThenCloseFault | undefined;
+  private connectsSeen = 0;
+  private connectsClosed = 0;
 
   /** @param initial fields to set over {@link defaultFaultConfig} */
   constructor(initial: Partial<FaultConfig> = {}) {
@@ -271,6 +299,26 @@ export class Faults implements FaultConfig {
     fault.count -= 1;
     if (fault.count <= 0) this.apiErrors.splice(index, 1);
     return fault;
+  }
+
+  /**
+   * Decide one accepted connect under {@link acceptThenClose}: the close mode when this connect is to be
+   * closed at once, undefined when it goes through.
+   */
+  takeAcceptThenClose(): 'abrupt' | 'bye' | undefined {
+    const fault = this.acceptThenClose;
+    if (fault === undefined) return undefined;
+    if (fault !== this.acceptThenCloseOf) {
+      this.acceptThenCloseOf = fault;
+      this.connectsSeen = 0;
+      this.connectsClosed = 0;
+    }
+    this.connectsSeen++;
+    if (fault.passEvery !== undefined && fault.passEvery > 0 && this.connectsSeen % fault.passEvery === 0)
+      return undefined;
+    if (fault.times !== undefined && this.connectsClosed >= fault.times) return undefined;
+    this.connectsClosed++;
+    return fault.mode;
   }
 
   /** Remove every fault and restore defaults (the seed is kept). */
@@ -494,5 +542,88 @@ export class FaultPipe {
       if (!this.closed) this.deliver(frame);
     }, ms);
     this.pending.add(handle);
+  }
+}
+
+/** Bytes a {@link SlowLink} holds before it stops reading the socket (our choice: a small network buffer). */
+export const SLOW_LINK_BUFFER_BYTES = 32 * 1024;
+
+/**
+ * A slow client → service link ({@link FaultConfig.toAgentBytesPerSec}): every message read from the client's
+ * WebSocket is delivered when a link of that rate would have carried it (in order, one after the other, so
+ * acks come back evenly spaced as over a real slow path). Above {@link SLOW_LINK_BUFFER_BYTES} waiting, the
+ * socket is paused, so TCP backpressure reaches the client; it is resumed below half of that. Rate 0 hands
+ * messages through at once. Bytes already read by the WebSocket parser when it pauses still queue here.
+ */
+export class SlowLink {
+  private readonly queue: { frame: Buffer; isBinary: boolean; at: number }[] = [];
+  private queuedBytes = 0;
+  /** When the link finishes carrying what it holds, ms. */
+  private freeAt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private paused = false;
+  private closed = false;
+
+  /**
+   * @param rate live rate, bytes per second (0 = unlimited)
+   * @param deliver receives each message when it has crossed the link
+   * @param pause stop reading the socket
+   * @param resume read again
+   * @param now clock, ms
+   */
+  constructor(
+    private readonly rate: () => number,
+    private readonly deliver: (frame: Buffer, isBinary: boolean) => void,
+    private readonly pause: () => void,
+    private readonly resume: () => void,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** One message read from the socket. */
+  push(frame: Buffer, isBinary: boolean): void {
+    if (this.closed) return;
+    const rate = this.rate();
+    if (!(rate > 0) && this.queue.length === 0) {
+      this.deliver(frame, isBinary);
+      return;
+    }
+    const now = this.now();
+    this.freeAt = Math.max(this.freeAt, now) + (frame.length * 1000) / Math.max(1, rate);
+    this.queue.push({ frame, isBinary, at: this.freeAt });
+    this.queuedBytes += frame.length;
+    if (!this.paused && this.queuedBytes > SLOW_LINK_BUFFER_BYTES) {
+      this.paused = true;
+      this.pause();
+    }
+    this.schedule();
+  }
+
+  /** Drop what is held and stop (socket gone). */
+  close(): void {
+    this.closed = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.queue.length = 0;
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined || this.queue.length === 0) return;
+    const head = this.queue[0] as { at: number };
+    this.timer = setTimeout(() => this.release(), Math.max(0, head.at - this.now()));
+  }
+
+  private release(): void {
+    this.timer = undefined;
+    const now = this.now();
+    while (!this.closed && this.queue.length > 0 && (this.queue[0] as { at: number }).at <= now) {
+      const item = this.queue.shift() as { frame: Buffer; isBinary: boolean };
+      this.queuedBytes -= item.frame.length;
+      this.deliver(item.frame, item.isBinary);
+    }
+    if (this.paused && this.queuedBytes < SLOW_LINK_BUFFER_BYTES / 2) {
+      this.paused = false;
+      this.resume();
+    }
+    this.schedule();
   }
 }

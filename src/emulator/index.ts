@@ -53,6 +53,7 @@ export type {
 } from './inventory.js';
 export type { CustomDocument } from './api.js';
 export type {
+  AcceptThenCloseFault,
   AgentFaults,
   ApiErrorCode,
   ApiErrorFault,

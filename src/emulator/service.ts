@@ -150,6 +150,14 @@ export class DataChannelGateway {
         refuse('Stale cell-number');
         return;
       }
+      const closeMode = this.backend.faults.takeAcceptThenClose();
+      if (closeMode !== undefined) {
+        // Accepted, then closed before any frame: what a client sees when the service rejects its token.
+        logger.debug('accept-then-close fault', { sessionId: target.sessionId, mode: closeMode });
+        if (closeMode === 'abrupt') ws.terminate();
+        else ws.close(WS_CLOSE.NORMAL, 'Bye');
+        return;
+      }
       session.attach(ws, open);
     });
   }

@@ -16,7 +16,7 @@ import { WriteCoalescer, underlyingSocketOf } from '../datachannel/connection.js
 import type { Logger } from '../log.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from './agent.js';
 import type { StartSessionInput } from './api.js';
-import { FaultPipe } from './faults.js';
+import { FaultPipe, SlowLink } from './faults.js';
 import type { Direction, FaultFate, Faults } from './faults.js';
 
 /** Session state as the service sees it. */
@@ -361,10 +361,18 @@ export class EmulatedSession implements EmulatedSessionInfo {
         if (this.socket === ws) this.dropClient(this.env.faults.dropWebSocket?.mode ?? 'bye');
       }, drop.everyMs);
     }
-    ws.on('message', (data: RawData, isBinary: boolean) => {
-      if (this.socket === ws) this.onClientMessage(rawToBuffer(data), isBinary);
-    });
+    // The uplink's rate (toAgentBytesPerSec): pausing the socket lets TCP backpressure reach the client.
+    const link = new SlowLink(
+      () => this.env.faults.toAgentBytesPerSec,
+      (frame, isBinary) => {
+        if (this.socket === ws) this.onClientMessage(frame, isBinary);
+      },
+      () => ws.pause(),
+      () => ws.resume(),
+    );
+    ws.on('message', (data: RawData, isBinary: boolean) => link.push(rawToBuffer(data), isBinary));
     ws.on('close', () => {
+      link.close();
       if (this.socket === ws) this.onClientGone();
     });
     ws.on('error', (err) => this.env.logger.debug('client socket error', { error: err }));

@@ -14,6 +14,15 @@ export interface BackoffPolicy {
 
 /** ResumeSession reconnects (spec §10.3): 250 ms, ×2, capped at 10 s. */
 export const RECONNECT_BACKOFF: BackoffPolicy = { initialMs: 250, maxMs: 10_000, factor: 2 };
+/**
+ * A resumed data channel must stay up this long before the resume episode ends, ms (our default): until
+ * then a new loss continues the same backoff and `resumeBudgetMs`, so a link that is accepted and closed
+ * again and again (a rejected token, a flapping path) backs off to {@link RECONNECT_BACKOFF}'s ceiling and
+ * gives up when the budget is spent, instead of restarting at full speed after each brief success.
+ * Matches `SESSION_HEALTHY_AFTER_MS` of the forward's restart backoff.
+ */
+export const LINK_STABLE_AFTER_MS = 10_000;
+
 /** Throttling / 5xx on the SSM API (spec §2.4): ~200 ms, ×2, capped at 5 s. */
 export const API_BACKOFF: BackoffPolicy = { initialMs: 200, maxMs: 5_000, factor: 2 };
 
@@ -72,6 +81,28 @@ export function withDeadline<T>(
     promise.then(
       (value) => finish(() => resolve(value)),
       (err: unknown) => finish(() => reject(err)),
+    );
+  });
+}
+
+/**
+ * Settle like `promise`, or reject with the abort reason as soon as `signal` aborts. The underlying
+ * operation is not cancelled; the caller decides what to do with its late result.
+ */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
     );
   });
 }

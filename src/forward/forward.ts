@@ -51,12 +51,15 @@ export interface ForwardStats {
 
 /**
  * Runs one forward.
- * Events: 'listening' (AddressInfo), 'session' (TunnelSession), 'connectionClosed' (error|undefined).
+ * Events: 'listening' (AddressInfo), 'sessionGranted' (TunnelSession: StartSession returned, not open yet),
+ * 'session' (TunnelSession, open), 'connectionClosed' (error|undefined).
  */
 export class Forward extends EventEmitter {
   private server: net.Server | undefined;
   private session: TunnelSession | undefined;
   private sessionStarting: Promise<TunnelSession> | undefined;
+  /** The session being started, so stop() can abort its start instead of waiting it out. */
+  private startingSession: TunnelSession | undefined;
   private readonly sockets = new Set<Socket>();
   private idleTimer: NodeJS.Timeout | undefined;
   private consecutiveFailures = 0;
@@ -232,7 +235,7 @@ export class Forward extends EventEmitter {
   }
 
   private async startSession(): Promise<TunnelSession> {
-    const waitMs = this.notBeforeMs - Date.now();
+    const waitMs = this.notBeforeMs - performance.now();
     if (waitMs > 0) {
       this.log.debug(
         `next session start in ${waitMs} ms (backoff after ${this.consecutiveFailures} failure(s))`,
@@ -248,7 +251,9 @@ export class Forward extends EventEmitter {
       spill: this.spill,
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
+    session.once('granted', () => this.emit('sessionGranted', session));
     this.stats.sessionsStarted++;
+    this.startingSession = session;
     try {
       await session.start();
     } catch (err) {
@@ -256,6 +261,8 @@ export class Forward extends EventEmitter {
       // A resolved instance that was replaced within the cache time: look the target up again next time.
       if (isPfError(err, 'PF_ERR_TARGET_NOT_CONNECTED')) this.deps.targets?.forget(this.config.target);
       throw err;
+    } finally {
+      this.startingSession = undefined;
     }
     this.session = session;
     this.emit('session', session);
@@ -266,7 +273,7 @@ export class Forward extends EventEmitter {
   /** One more failed (or short-lived) session: the next start waits a jittered, growing delay. */
   private noteFailure(): void {
     this.consecutiveFailures++;
-    this.notBeforeMs = Date.now() + backoffDelayMs(API_BACKOFF, this.consecutiveFailures - 1);
+    this.notBeforeMs = performance.now() + backoffDelayMs(API_BACKOFF, this.consecutiveFailures - 1);
   }
 
   /**
@@ -317,6 +324,9 @@ export class Forward extends EventEmitter {
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
     this.stopSignal.abort();
+    // Nothing flows through a session that is not open yet: abort its start (StartSession retries, a hung
+    // dial or handshake) rather than wait for it; close() terminates a session already granted.
+    const aborting = this.startingSession?.close('user');
     clearTimeout(this.idleTimer);
     const server = this.server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
@@ -341,6 +351,7 @@ export class Forward extends EventEmitter {
         () => undefined,
         () => undefined,
       );
+    await aborting;
     const session = this.session;
     this.session = undefined;
     if (session) {

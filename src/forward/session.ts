@@ -31,7 +31,15 @@ import type { Logger } from '../log.js';
 import { SmuxClientSession } from '../mux/session.js';
 import type { SpillStore } from '../mux/spill.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
-import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
+import {
+  API_BACKOFF,
+  LINK_STABLE_AFTER_MS,
+  RECONNECT_BACKOFF,
+  abortable,
+  backoffDelayMs,
+  delay,
+  withDeadline,
+} from './backoff.js';
 import { BasicRelay } from './basic.js';
 import { InputGuard, warnOncePerText } from './input-guard.js';
 import { describeConnectToPortError } from '../targets/destination.js';
@@ -89,7 +97,8 @@ const SMUX_MAX_FRAME_DATA_BYTES = 32_768;
 
 /**
  * One SSM session carrying one forward's connections.
- * Events: 'state' (SessionState), 'closed' (SessionEndReason, Error|undefined), 'reconnected' (ms taken),
+ * Events: 'granted' (SessionId: StartSession returned; record it now, the dial may still hang),
+ * 'state' (SessionState), 'closed' (SessionEndReason, Error|undefined), 'reconnected' (ms taken),
  * 'destinationRefused' (), 'customerMessage' (text), 'settled' (gone: boolean; after 'closed', once the
  * service session is known to be over or the attempt to end it failed).
  */
@@ -127,6 +136,16 @@ export class TunnelSession extends EventEmitter {
   private readonly input: InputGuard;
   /** The concrete target of this session once resolved (for logs and `status`). */
   private resolvedTargetValue: string | undefined;
+  /**
+   * The current resume episode (issue 10 item 3): the start of the budget, the attempts made, and the
+   * streak of attempts that gave no productive link (it drives the backoff). All carry across flaps and
+   * reset only once a resumed link has stayed up {@link LINK_STABLE_AFTER_MS}.
+   */
+  private resumeEpisode: { startedAt: number; attempts: number; streak: number } | undefined;
+  /** Monotonic time the latest resumed link proved alive, ms; -1 before any. */
+  private linkProvenAt = -1;
+  /** Acks received plus agent messages delivered when the latest resumed link proved alive. */
+  private linkProgressMark = -1;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -238,6 +257,13 @@ export class TunnelSession extends EventEmitter {
       this.finish('api-error');
       throw err;
     }
+    // Recorded (ledger) before anything else can hang: the dial below may never complete.
+    this.emit('granted', this.grant.sessionId);
+    if (this.endReason !== undefined) {
+      // close() won the race with StartSession's answer: the new session must not stay open.
+      await this.terminateViaApi(this.grant.sessionId);
+      throw new TunnelError('PF_ERR_SESSION_CLOSED', `session closed while starting (${this.endReason})`);
+    }
     this.log.info(
       `session ${this.grant.sessionId} started for ${this.resolvedTargetValue ?? this.forward.target}:${this.forward.remotePort}`,
     );
@@ -284,9 +310,19 @@ export class TunnelSession extends EventEmitter {
       ...(this.forward.reason ? { reason: this.forward.reason } : {}),
     };
     for (let attempt = 0; ; attempt++) {
+      const call = this.deps.ssm.startSession(request);
       try {
-        return await this.deps.ssm.startSession(request);
+        // close() must not wait for a hung API call (a proxy that never answers).
+        return await abortable(call, this.abort.signal);
       } catch (err) {
+        if (this.abort.signal.aborted) {
+          // Abandoned, not cancelled: a session granted after close() is terminated at once.
+          call.then(
+            (late) => void this.terminateViaApi(late.sessionId),
+            () => undefined,
+          );
+          throw err;
+        }
         if (!(err instanceof AwsSessionError) || !err.retryable || attempt + 1 >= START_SESSION_ATTEMPTS)
           throw err;
         const wait = backoffDelayMs(API_BACKOFF, attempt);
@@ -296,32 +332,84 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
-  /** Dial one data-channel WebSocket and link it to the reliable channel; `connectTimeoutMs` caps the dial. */
-  private async connect(grant: SessionGrant, connectTimeoutMs = this.tuning.connectTimeoutMs): Promise<void> {
+  /**
+   * Dial one data-channel WebSocket and link it to the reliable channel. `connectTimeoutMs` is one deadline
+   * over the whole dial (URL signing, proxy CONNECT, TLS, upgrade, OpenDataChannel); close() aborts it.
+   * @throws TunnelError `PF_ERR_CONNECT` on failure, timeout or abort.
+   */
+  private async connect(
+    grant: SessionGrant,
+    connectTimeoutMs = this.tuning.connectTimeoutMs,
+  ): Promise<DataChannelConnection> {
+    const dialStartedAt = performance.now();
     // SigV4 on the upgrade, as recent official clients send it (spec §3.1); {} when not possible.
-    const headers = (await this.deps.ssm.signStreamUrl?.(grant.streamUrl)) ?? {};
+    const headers =
+      (await withDeadline(
+        Promise.resolve(this.deps.ssm.signStreamUrl?.(grant.streamUrl)),
+        connectTimeoutMs,
+        () => new TunnelError('PF_ERR_CONNECT', `signing the StreamUrl took over ${connectTimeoutMs} ms`),
+        this.abort.signal,
+      )) ?? {};
     const connection = new DataChannelConnection(
       {
         streamUrl: grant.streamUrl,
         tokenValue: grant.tokenValue,
         clientId: this.clientId,
         clientVersion: this.tuning.clientVersion,
-        connectTimeoutMs,
+        connectTimeoutMs: Math.max(1, Math.round(connectTimeoutMs - (performance.now() - dialStartedAt))),
         pingIntervalMs: this.tuning.pingIntervalMs,
         livenessTimeoutMs: this.tuning.livenessTimeoutMs,
         userAgent: this.deps.userAgent,
         headers,
+        now: () => performance.now(),
       },
       this.log.child('ws'),
     );
-    await connection.open();
+    await connection.open(this.abort.signal);
+    if (!connection.isOpen) {
+      throw new TunnelError('PF_ERR_CONNECT', 'data channel closed right after OpenDataChannel');
+    }
     this.connection = connection;
     connection.on('frame', (frame: Buffer) => this.guard('frame', () => this.channel.receive(frame)));
     connection.on('down', (reason: DownReason, detail: string) =>
       this.guard('link loss', () => this.onLinkDown(connection, reason, detail)),
     );
-    this.channel.attach((frame) => connection.send(frame));
+    // Bytes still in the WebSocket count against the window; timers start when a frame left the socket.
+    this.channel.attach({
+      send: (frame, onWritten) => connection.send(frame, onWritten),
+      queuedBytes: () => connection.bufferedAmount,
+    });
     this.log.debug(`connected to ${describeStreamUrl(grant.streamUrl)}`);
+    return connection;
+  }
+
+  /**
+   * Resolve once `connection` proves the service kept it (a frame or a pong after OpenDataChannel, see
+   * the connection's 'alive' event); reject when it goes down first, after `ms`, or on close().
+   */
+  private proofOfLife(connection: DataChannelConnection, ms: number): Promise<void> {
+    if (connection.alive) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error): void => {
+        clearTimeout(timer);
+        connection.off('alive', onAlive);
+        connection.off('down', onDown);
+        this.abort.signal.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onAlive = (): void => done();
+      const onDown = (_reason: DownReason, detail: string): void =>
+        done(new TunnelError('PF_ERR_CONNECT', `data channel closed before any sign of life (${detail})`));
+      const onAbort = (): void => done(new TunnelError('PF_ERR_SESSION_CLOSED', 'session closed'));
+      const timer = setTimeout(() => {
+        done(new TunnelError('PF_ERR_CONNECT', `no frame or pong within ${ms} ms of OpenDataChannel`));
+        connection.terminate('liveness', 'no sign of life after OpenDataChannel');
+      }, ms);
+      connection.on('alive', onAlive);
+      connection.on('down', onDown);
+      this.abort.signal.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   // ---- incoming --------------------------------------------------------------------------------
@@ -606,11 +694,23 @@ export class TunnelSession extends EventEmitter {
   private async reconnectLoop(): Promise<void> {
     this.setState(SessionState.Reconnecting);
     const startedAt = performance.now();
-    const deadline = startedAt + this.tuning.resumeBudgetMs;
-    for (let attempt = 0; this.endReason === undefined; attempt++) {
-      if (attempt > 0) {
+    // A link that stayed up long enough ends the episode; a flap continues it (backoff and budget survive).
+    if (this.linkProvenAt >= 0 && startedAt - this.linkProvenAt >= LINK_STABLE_AFTER_MS) {
+      this.resumeEpisode = undefined;
+    }
+    const episode = (this.resumeEpisode ??= { startedAt, attempts: 0, streak: 0 });
+    // A resumed link that carried traffic (acks, agent data) earns one immediate retry: the agent keeps
+    // what it reads while we are away and resends it one message per scan, so a gap is expensive. A link
+    // that only answered a ping, or died before proving anything, lengthens the backoff streak instead.
+    let immediate = episode.streak === 0 || this.linkWasProductive();
+    if (episode.attempts > 0 && !this.linkWasProductive()) episode.streak++;
+    this.linkProgressMark = -1;
+    const deadline = episode.startedAt + this.tuning.resumeBudgetMs;
+    while (this.endReason === undefined) {
+      const attempt = episode.attempts;
+      if (!immediate) {
         const wait = Math.min(
-          backoffDelayMs(RECONNECT_BACKOFF, attempt - 1),
+          backoffDelayMs(RECONNECT_BACKOFF, Math.max(0, episode.streak - 1)),
           Math.max(0, deadline - performance.now()),
         );
         try {
@@ -619,8 +719,10 @@ export class TunnelSession extends EventEmitter {
           return;
         }
       }
+      immediate = false;
       const remainingMs = deadline - performance.now();
       if (remainingMs <= 0) break;
+      episode.attempts++;
       try {
         const sessionId = this.grant?.sessionId ?? '';
         // The SDK retries throttling on its own; the budget bounds the whole call, retries included.
@@ -633,17 +735,29 @@ export class TunnelSession extends EventEmitter {
         // Use the fresh StreamUrl (its cell may change); fall back to the old one only if empty (spec §10.3).
         this.grant = { ...fresh, streamUrl: fresh.streamUrl || (this.grant?.streamUrl ?? '') };
         if (this.endReason !== undefined) return;
-        const dialMs = Math.max(1, Math.min(this.tuning.connectTimeoutMs, deadline - performance.now()));
-        await this.connect(this.grant, dialMs);
+        const dialStartedAt = performance.now();
+        const dialMs = Math.max(1, Math.min(this.tuning.connectTimeoutMs, deadline - dialStartedAt));
+        const connection = await this.connect(this.grant, dialMs);
         if (this.endReason !== undefined) {
-          this.connection?.close();
+          connection.close();
           return;
         }
+        // Accepted is not resumed: a rejected token looks like a socket closed right after
+        // OpenDataChannel. Only a frame or pong counts, within what is left of the dial deadline.
+        await this.proofOfLife(
+          connection,
+          Math.max(1, Math.round(dialMs - (performance.now() - dialStartedAt))),
+        );
+        if (this.endReason !== undefined) return;
+        this.linkProvenAt = performance.now();
+        this.linkProgressMark = this.progressCount();
         this.reconnects++;
-        const took = Math.round(performance.now() - startedAt);
+        const took = Math.round(this.linkProvenAt - startedAt);
         this.lastReconnectMs = took;
         this.setState(SessionState.Open);
-        this.log.info(`session ${sessionId} resumed after ${took} ms (attempt ${attempt + 1})`);
+        this.log.info(
+          `session ${sessionId} resumed after ${took} ms (attempt ${attempt + 1} since the link became unstable)`,
+        );
         this.emit('reconnected', took);
         this.pump();
         return;
@@ -656,13 +770,18 @@ export class TunnelSession extends EventEmitter {
           await this.fail('api-error', err);
           return;
         }
+        if (this.endReason !== undefined) return;
+        episode.streak++;
         this.log.warn(`resume attempt ${attempt + 1} failed: ${describeError(err)}`);
       }
     }
     if (this.endReason === undefined) {
       await this.fail(
         'give-up',
-        new TunnelError('PF_ERR_SESSION_CLOSED', `could not resume within ${this.tuning.resumeBudgetMs} ms`),
+        new TunnelError(
+          'PF_ERR_SESSION_CLOSED',
+          `could not resume within ${this.tuning.resumeBudgetMs} ms (resumeBudgetMs; ${episode.attempts} attempt(s) since the link became unstable)`,
+        ),
       );
     }
   }
@@ -699,6 +818,16 @@ export class TunnelSession extends EventEmitter {
         `session ${this.sessionId ?? '(not started)'} did not end cleanly: ${describeError(failure)}`,
       ),
     );
+  }
+
+  /** Acks received plus agent messages delivered so far (a link's traffic is the difference). */
+  private progressCount(): number {
+    return this.channel.stats.acksReceived + this.channel.expectedReceiveSequence;
+  }
+
+  /** Whether the latest resumed link carried traffic after it proved alive. */
+  private linkWasProductive(): boolean {
+    return this.linkProgressMark >= 0 && this.progressCount() > this.linkProgressMark;
   }
 
   // ---- ending ------------------------------------------------------------------------------------
