@@ -225,6 +225,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   private rackSentAt = -1;
   /** RACK: round trip of that message, ms. */
   private rackRttMs = 0;
+  /** RACK: its sequence number (orders copies that left at the same moment). */
+  private rackSeq = -1;
   /** Smallest first-attempt round trip seen, ms (guards RACK against acks of earlier copies). */
   private minRttMs = Number.POSITIVE_INFINITY;
   /** Committed, un-acked messages keyed by sequence number, in sequence order. */
@@ -625,10 +627,12 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
         // A resent message's ack may answer an older copy: only trust it when its round trip is plausible.
         if (
           entry.link === this.linkGeneration &&
-          entry.lastSentAt > this.rackSentAt &&
+          (entry.lastSentAt > this.rackSentAt ||
+            (entry.lastSentAt === this.rackSentAt && entry.seq > this.rackSeq)) &&
           (entry.attempts === 0 || rttMs >= this.minRttMs)
         ) {
           this.rackSentAt = entry.lastSentAt;
+          this.rackSeq = entry.seq;
           this.rackRttMs = rttMs;
         }
       }
@@ -769,7 +773,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
         if (now - entry.firstSentAt > entry.rto) this.counters.resendsHeldQueued++;
         continue;
       }
-      const lost = left < this.rackSentAt && now - left >= rackDeadline;
+      const sentBefore = left < this.rackSentAt || (left === this.rackSentAt && entry.seq < this.rackSeq);
+      const lost = sentBefore && now - left >= rackDeadline;
       const expired = now - Math.max(left, this.lastAckProgressAt) > entry.rto;
       if (!lost && !expired) continue;
       budget--;

@@ -1,0 +1,123 @@
+/**
+ * Send side of the reliable channel over a transport that queues (issue 10 item 4, spec §7.3, §9.6): timers run
+ * from when a copy left the transport, a queued copy is never resent, queued bytes gate new transmissions, a
+ * moving queue (acks arriving) triggers no timer resends, and a message lost while later ones are acked is
+ * resent at once (RACK). Fake clock, fake transport; no sockets.
+ */
+import test from 'ava';
+import { HeaderFlags, MessageType, PayloadType } from '../../src/datachannel/constants.js';
+import { decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/message.js';
+import { encodeAcknowledge } from '../../src/datachannel/payloads.js';
+import {
+  RACK_REORDER_WINDOW_MS,
+  ReliableChannel,
+  SEND_QUEUE_LIMIT_BYTES,
+} from '../../src/datachannel/reliable.js';
+import { silentLogger } from '../../src/log.js';
+
+function agentAck(seq: number): Buffer {
+  return encodeMessage(
+    newMessage({
+      messageType: MessageType.Acknowledge,
+      sequenceNumber: 0,
+      flags: HeaderFlags.Ack,
+      payloadType: PayloadType.None,
+      payload: encodeAcknowledge({
+        acknowledgedMessageType: MessageType.InputStreamData,
+        acknowledgedMessageId: '00000000-0000-4000-8000-000000000000',
+        acknowledgedMessageSequenceNumber: seq,
+        isSequentialMessage: true,
+      }),
+      createdDate: 1_700_000_000_000,
+    }),
+  );
+}
+
+/** A transport that holds frames until `flush(n)` writes the oldest n out (like a socket behind a slow link). */
+function queueingHarness(window = 64) {
+  const clock = { now: 1_000 };
+  const queue: { frame: Buffer; onWritten: (() => void) | undefined }[] = [];
+  const sentSeqs: number[] = [];
+  const ch = new ReliableChannel(
+    { sendWindowMessages: window, reorderLimitMessages: 16, giveUpMs: 600_000 },
+    { now: () => clock.now, deliver: () => true, logger: silentLogger },
+  );
+  ch.attach({
+    send: (frame, onWritten) => {
+      const m = decodeMessage(frame);
+      if (m.messageType === MessageType.InputStreamData) sentSeqs.push(m.sequenceNumber);
+      queue.push({ frame, onWritten });
+    },
+    queuedBytes: () => queue.reduce((sum, q) => sum + q.frame.length, 0),
+  });
+  return {
+    ch,
+    clock,
+    queue,
+    sentSeqs,
+    flush(n: number) {
+      for (const q of queue.splice(0, n)) q.onWritten?.();
+    },
+    advance(ms: number) {
+      const end = clock.now + ms;
+      while (clock.now + 50 <= end) {
+        clock.now += 50;
+        ch.tick();
+      }
+      clock.now = end;
+    },
+  };
+}
+
+test('a copy still queued in the transport is never timer-resent; its clock starts when it left', (t) => {
+  const h = queueingHarness();
+  h.ch.send(PayloadType.Output, Buffer.alloc(100));
+  h.advance(5_000);
+  t.deepEqual(h.sentSeqs, [0], 'nothing resent while the only copy waits in the transport');
+  t.true(h.ch.stats.resendsHeldQueued > 0);
+  h.flush(1);
+  h.advance(200);
+  t.deepEqual(h.sentSeqs, [0], 'not due until RTO after it left');
+  h.advance(100);
+  t.deepEqual(h.sentSeqs, [0, 0], 'resent once RTO after it left');
+});
+
+test('bytes queued in the transport stop new transmissions above SEND_QUEUE_LIMIT_BYTES', (t) => {
+  const h = queueingHarness(256);
+  for (let i = 0; i < 200; i++) h.ch.send(PayloadType.Output, Buffer.alloc(1024));
+  const queued = h.queue.reduce((sum, q) => sum + q.frame.length, 0);
+  t.true(h.sentSeqs.length < 200, 'not the whole window at once');
+  t.true(queued >= SEND_QUEUE_LIMIT_BYTES && queued < SEND_QUEUE_LIMIT_BYTES + 2048, `queued ${queued}`);
+  const before = h.sentSeqs.length;
+  h.flush(10);
+  t.true(h.sentSeqs.length > before, 'written copies make room for queued messages');
+  t.true(h.ch.stats.peakQueuedBytes < SEND_QUEUE_LIMIT_BYTES + 2048);
+});
+
+test('a slow queue that keeps moving (acks in order, 40 ms apart) causes no timer resend', (t) => {
+  const h = queueingHarness(32);
+  for (let i = 0; i < 32; i++) h.ch.send(PayloadType.Output, Buffer.alloc(1024));
+  // Everything left the socket at once (a big kernel buffer), then the acks trickle back: the last one
+  // arrives 1.3 s later, far beyond the 1 s RTO ceiling.
+  h.flush(h.queue.length);
+  for (let seq = 0; seq < 32; seq++) {
+    h.advance(40);
+    h.ch.receive(agentAck(seq));
+  }
+  t.is(h.ch.stats.resends, 0);
+  t.is(h.ch.unacked, 0);
+});
+
+test('a message lost while later ones are acked is resent after their round trip plus the reorder window', (t) => {
+  const h = queueingHarness(8);
+  for (let i = 0; i < 4; i++) h.ch.send(PayloadType.Output, Buffer.alloc(10));
+  h.flush(4);
+  h.advance(20);
+  h.ch.receive(agentAck(0));
+  h.ch.receive(agentAck(2));
+  h.ch.receive(agentAck(3));
+  h.clock.now += RACK_REORDER_WINDOW_MS + 20;
+  h.ch.tick();
+  t.deepEqual(h.sentSeqs, [0, 1, 2, 3, 1], 'message 1 resent well before the 200 ms RTO');
+  t.is(h.ch.stats.rackResends, 1);
+});
