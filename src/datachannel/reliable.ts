@@ -671,7 +671,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.isPaused = false;
     const now = this.deps.now();
     this.log.info('peer back: publication resumed', { pausedMs: now - this.pausedAt });
-    if (this.inFlight > 0) this.resendExpired(now);
+    if (this.inFlight > 0) this.resendExpired(now, Math.min(this.lastAckProgressAt, this.pausedAt));
     this.pump(now);
     // Emitted last: a listener that sends at once must queue behind the resends (spec §7.4).
     this.emit('resume');
@@ -762,8 +762,10 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
    * - RTO: neither it nor any ack progress happened for its RTO (`now − max(left, lastAck) > rto`); each
    *   timer resend doubles that entry's RTO up to 1 s. Measuring from the latest ack progress keeps a slow
    *   uplink, whose queue drains in order, from re-queueing the whole window every RTO.
+   * `ackClockFrom` is the ack progress that counts; at the end of a pause it is the progress made before the
+   * pause, since acks that arrived while the peer was away say nothing about the messages after them.
    */
-  private resendExpired(now: number): void {
+  private resendExpired(now: number, ackClockFrom = this.lastAckProgressAt): void {
     let budget = this.options.sendWindowMessages;
     const rackDeadline = this.rackSentAt >= 0 ? this.rackRttMs + RACK_REORDER_WINDOW_MS : Infinity;
     for (const entry of this.outgoing.values()) {
@@ -775,7 +777,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
       }
       const sentBefore = left < this.rackSentAt || (left === this.rackSentAt && entry.seq < this.rackSeq);
       const lost = sentBefore && now - left >= rackDeadline;
-      const expired = now - Math.max(left, this.lastAckProgressAt) > entry.rto;
+      const expired = now - Math.max(left, ackClockFrom) > entry.rto;
       if (!lost && !expired) continue;
       budget--;
       entry.attempts++;

@@ -9,7 +9,7 @@
  * peer is needed.
  */
 import test from 'ava';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -269,11 +269,17 @@ test.serial(
     try {
       await withTimeout(hung, 10_000, 'the eager dial to reach the proxy');
       const [info] = [...emulator.sessions.values()];
-      const file = join(dir, `${process.pid}.json`);
-      // The ledger write is asynchronous (temp file + rename): wait for it, bounded.
+      // The ledger write is asynchronous (temp file + rename) into `<pid>-<instance>.json`: wait for it, bounded.
+      const readLedger = async (): Promise<string> => {
+        const names = (await readdir(dir).catch(() => [])).filter((name) => name.endsWith('.json'));
+        const texts = await Promise.all(
+          names.map((name) => readFile(join(dir, name), 'utf8').catch(() => '')),
+        );
+        return texts.join('\n');
+      };
       const recorded = async (): Promise<string> => {
         for (;;) {
-          const text = await readFile(file, 'utf8').catch(() => '');
+          const text = await readLedger();
           if (info && text.includes(info.id)) return text;
           await new Promise((resolve) => setTimeout(resolve, 20));
         }
