@@ -176,3 +176,50 @@ export const silentLogger: Logger = {
   debugEnabled: false,
   child: () => silentLogger,
 };
+
+/** Most distinct failure texts a {@link RepeatFilter} remembers before it starts over (a bound, our own). */
+export const REPEAT_FILTER_MAX_ENTRIES = 256;
+
+/**
+ * Remembers failure texts already written at warn/error, so the same failure (an expired SSO login seen
+ * at start and again by every connection) is written once; repeats go to debug. Bounded: past
+ * {@link REPEAT_FILTER_MAX_ENTRIES} distinct texts it forgets them all and starts over.
+ */
+export class RepeatFilter {
+  private readonly seen = new Set<string>();
+
+  /** True the first time `text` is offered (write it at warn/error), false for repeats. */
+  first(text: string): boolean {
+    if (this.seen.has(text)) return false;
+    if (this.seen.size >= REPEAT_FILTER_MAX_ENTRIES) this.seen.clear();
+    this.seen.add(text);
+    return true;
+  }
+
+  /** Forget everything: after a success, the next failure is news again. */
+  clear(): void {
+    this.seen.clear();
+  }
+}
+
+/**
+ * A logger whose every line (its children's too) carries `key: value()` as a field, read when the line is
+ * written: a session's logger is created before StartSession names it, yet its lines carry the SessionId.
+ * An undefined value adds nothing.
+ */
+export function withLateField(logger: Logger, key: string, value: () => string | undefined): Logger {
+  const meta = (extra?: LogMeta): LogMeta | undefined => {
+    const v = value();
+    return v === undefined ? extra : { [key]: v, ...extra };
+  };
+  return {
+    error: (message, extra) => logger.error(message, meta(extra)),
+    warn: (message, extra) => logger.warn(message, meta(extra)),
+    info: (message, extra) => logger.info(message, meta(extra)),
+    debug: (message, extra) => logger.debug(message, meta(extra)),
+    get debugEnabled() {
+      return logger.debugEnabled;
+    },
+    child: (namespace, extra) => withLateField(logger.child(namespace, extra), key, value),
+  };
+}

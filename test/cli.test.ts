@@ -94,6 +94,7 @@ function harness(
       reload: async (next) => {
         reloaded.push(next);
         reloadedOnce.resolve(next);
+        return { listening: next.forwards.length, failed: [], stopped: 0, started: 0, unchanged: 0 };
       },
     }),
   };
@@ -265,7 +266,7 @@ test('check-config on a bad file: one line with line and column, exit 2', async 
 test('check-config without any file says how to give one', async (t) => {
   const h = harness();
   t.is(await main(['check-config'], h.io), 2);
-  t.regex(h.err(), /no config file to check: pass one/);
+  t.regex(h.err(), /nothing to check: pass a file .*or give forwards as flags/);
 });
 
 test('SIGHUP reloads the file; a bad file is logged and the daemon keeps running', async (t) => {

@@ -1,7 +1,8 @@
 /**
  * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (house style
  * §6: the CLI owns no defaults). Flags overlay the config file:
- * - `--target --region --profile --endpoint --bind --reason --eager --keep-alive --idle-stop-ms` set the
+ * - `--target --region --profile --endpoint --bind --reason --eager --keep-alive --idle-stop-ms
+ *   --half-close-linger-ms` set the
  *   matching `defaults.*` key, so they apply to every forward that does not set its own value;
  * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
  *   file's `forwards:` list;
@@ -29,6 +30,8 @@ export interface FlagValues {
   eager?: boolean | undefined;
   keepAlive?: boolean | undefined;
   idleStopMs?: number | undefined;
+  /** `--half-close-linger-ms`. */
+  halfCloseLingerMs?: number | undefined;
   logLevel?: string | undefined;
   logFormat?: string | undefined;
 }
@@ -117,6 +120,7 @@ const DEFAULT_FLAGS = [
   ['eager', 'eager'],
   ['keepAlive', 'keep-alive'],
   ['idleStopMs', 'idle-stop-ms'],
+  ['halfCloseLingerMs', 'half-close-linger-ms'],
 ] as const satisfies readonly (readonly [keyof FlagValues, string])[];
 
 function isMapping(v: unknown): v is Record<string, unknown> {
