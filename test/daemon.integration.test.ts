@@ -15,7 +15,6 @@ import winston from 'winston';
 import type { DaemonConfig, ForwardConfig, TuningConfig } from '../src/config/types.js';
 import { Daemon, STOP_DEADLINE_SLACK_MS } from '../src/daemon.js';
 import { startEmulator, waitFor } from '../src/emulator/index.js';
-import type { Emulator } from '../src/emulator/index.js';
 import { createLogger } from '../src/log.js';
 import type { Logger } from '../src/log.js';
 import { createSsmApi } from '../src/ssm/client.js';
@@ -95,14 +94,6 @@ async function freePort(): Promise<number> {
   const { port } = server.address() as AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
-}
-
-function counting(emulator: Emulator, op: string): { count: number } {
-  const counter = { count: 0 };
-  emulator.on('apiCall', (called: string) => {
-    if (called === op) counter.count++;
-  });
-  return counter;
 }
 
 test.serial(
