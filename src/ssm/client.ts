@@ -126,7 +126,8 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
   }
 
   // The endpoint the SDK will call, for the StreamUrl rules (its own env variables included).
-  const apiEndpoint = options.endpoint ?? (env['AWS_ENDPOINT_URL_SSM'] || env['AWS_ENDPOINT_URL'] || undefined);
+  const apiEndpoint =
+    options.endpoint ?? (env['AWS_ENDPOINT_URL_SSM'] || env['AWS_ENDPOINT_URL'] || undefined);
 
   /** Refuse a StreamUrl the endpoint may not name (see `stream-url.ts`); the token is never used then. */
   function checkStreamUrl(op: SsmOperation, grant: SessionGrant): SessionGrant {
