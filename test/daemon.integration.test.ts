@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import winston from 'winston';
 import type { DaemonConfig, ForwardConfig, TuningConfig } from '../src/config/types.js';
-import { Daemon, STOP_DEADLINE_SLACK_MS } from '../src/daemon.js';
+// A namespace import, so this file still loads (and its tests fail one by one) against older daemon.ts.
+import * as lifecycle from '../src/daemon.js';
 import { startEmulator, waitFor } from '../src/emulator/index.js';
 import { createLogger } from '../src/log.js';
 import type { Logger } from '../src/log.js';
@@ -30,6 +31,9 @@ import {
   withTimeout,
 } from './forward/fixtures.js';
 import { captureLog } from './helpers/log.js';
+
+const { Daemon, STOP_DEADLINE_SLACK_MS } = lifecycle;
+type Daemon = lifecycle.Daemon;
 
 function config(forwards: ForwardConfig[], tuning: Partial<TuningConfig> = {}): DaemonConfig {
   return {
