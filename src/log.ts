@@ -96,12 +96,16 @@ export function resolveLogFormat(format: LogFormat, env: NodeJS.ProcessEnv): Exc
   return env['JOURNAL_STREAM'] || env['INVOCATION_ID'] ? 'plain' : 'text';
 }
 
+/** Fields left out of text/plain lines (kept in JSON). */
+const TEXT_HIDDEN_FIELDS = new Set(['timestamp', 'forward', 'session']);
+
 function lineFormat(kind: Exclude<LogFormat, 'auto'>, colours: boolean): winston.Logform.Format {
   const { combine, timestamp, printf, colorize, json } = winston.format;
   const describe = (info: winston.Logform.TransformableInfo): string => {
     const { level, message, namespace, ...rest } = info;
     const extra = Object.entries(rest)
-      .filter(([k]) => typeof k === 'string' && k !== 'timestamp')
+      // forward/session are JSON fields; text lines already name them in the namespace and message.
+      .filter(([k]) => typeof k === 'string' && !TEXT_HIDDEN_FIELDS.has(k))
       .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
       .join(' ');
     const ns = typeof namespace === 'string' && namespace ? `[${namespace}] ` : '';
