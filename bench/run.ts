@@ -8,6 +8,7 @@
  * `node --cpu-prof`, profiles in bench/results/), `--send-window <messages>`, `--out <file>`.
  */
 import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -372,6 +373,20 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
   }
 }
 
+/**
+ * Which WebSocket masking the daemon under test uses. `bufferutil` is an optional dependency
+ * (package.json): without it `ws` masks in JavaScript, so results say which one was measured.
+ */
+function webSocketMasking(): string {
+  if (process.env['WS_NO_BUFFER_UTIL']) return 'javascript (WS_NO_BUFFER_UTIL set)';
+  try {
+    createRequire(import.meta.url)('bufferutil');
+    return 'bufferutil (native)';
+  } catch {
+    return 'javascript (bufferutil not installed)';
+  }
+}
+
 /** Machine and code under test. */
 function machineInfo(): Record<string, unknown> {
   const cpus = os.cpus();
@@ -392,6 +407,7 @@ function machineInfo(): Record<string, unknown> {
     totalMemoryBytes: os.totalmem(),
     platform: `${os.platform()} ${os.release()} ${os.arch()}`,
     node: process.version,
+    webSocketMasking: webSocketMasking(),
     date: new Date().toISOString(),
     gitCommit: git(['rev-parse', 'HEAD']),
     srcUncommittedChanges: (git(['status', '--porcelain', '--', 'src']) ?? '') !== '',

@@ -12,8 +12,8 @@
  * Errors are one line on stderr: `pf-daemon: error: <message naming the fix>`.
  */
 import { readFileSync, realpathSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import yargs from 'yargs';
 import type { Argv, Options } from 'yargs';
 import { overlayFlags, FORWARD_SPEC_EXAMPLE, FORWARD_SPEC_SYNTAX } from './config/flags.js';
 import type { FlagValues } from './config/flags.js';
@@ -21,7 +21,7 @@ import { CONFIG_ENV, readConfigFile, resolveConfigPath } from './config/load.js'
 import type { DaemonConfig, ForwardConfig } from './config/types.js';
 import { didYouMean, verifyConfig } from './config/verify.js';
 import { Daemon } from './daemon.js';
-import { registerEmulatorCommand } from './emulator/cli.js';
+import { EMULATOR_OPTIONS, registerEmulatorCommand } from './emulator/cli.js';
 import type { DaemonDeps, SsmLocation } from './daemon.js';
 import { defaultLedgerDir } from './forward/ledger.js';
 import { ConfigError, describeError, isPfError } from './errors.js';
@@ -43,6 +43,19 @@ export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 /** After `main` returns, how long lingering handles may keep the process alive before exit, ms. */
 export const EXIT_GRACE_MS = 2_000;
+
+/**
+ * yargs' factory, loaded through its CommonJS entry: the ESM build formats help with cliui's ESM fallback,
+ * which cuts lines at the column count in the middle of words ("th e config file"); the CommonJS build
+ * wraps on word boundaries (wrap-ansi).
+ */
+const yargs = createRequire(import.meta.url)('yargs/yargs') as () => Argv;
+/** Help width when the output is not a terminal, columns. */
+const HELP_DEFAULT_COLUMNS = 100;
+/** Widest help, columns (long lines are hard to read even on wide terminals). */
+const HELP_MAX_COLUMNS = 120;
+/** The commands, for "unknown command" messages. */
+const COMMANDS = ['check-config', 'emulator'] as const;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 const LOG_FORMATS = ['auto', 'text', 'plain', 'json'] as const;
@@ -118,7 +131,7 @@ export const OPTIONS = {
     alias: 'r',
     type: 'string',
     requiresArg: true,
-    description: 'AWS region (default: AWS_REGION or the profile); sets defaults.region',
+    description: 'AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, or the profile); sets defaults.region',
   },
   profile: {
     alias: 'P',
@@ -162,6 +175,12 @@ export const OPTIONS = {
     requiresArg: true,
     description: 'End a session after this many ms without local connections (0 = never; default 600000)',
   },
+  'half-close-linger-ms': {
+    type: 'number',
+    requiresArg: true,
+    description:
+      'After a local EOF, keep the stream open this many ms of remote silence before FIN, so a reply can still arrive (0 = FIN at once; default 2000); sets defaults.halfCloseLingerMs',
+  },
   'log-level': {
     alias: 'v',
     type: 'string',
@@ -194,6 +213,8 @@ export interface MainIo {
   createDaemon?: (config: DaemonConfig, deps: DaemonDeps) => DaemonControl;
   /** Replaces the sd_notify notifier (tests). */
   notifier?: SdNotifier;
+  /** Terminal width for --help, columns. Default `process.stdout.columns`. */
+  columns?: number;
 }
 
 /** The daemon surface the CLI drives. */
@@ -230,6 +251,7 @@ interface Args {
   eager?: boolean;
   keepAlive?: boolean;
   idleStopMs?: number | null;
+  halfCloseLingerMs?: number | null;
   logLevel?: string;
   logFormat?: string;
 }
@@ -259,10 +281,12 @@ function checkCombinations(argv: Args): true {
     ['port', '--port'],
     ['localPort', '--local-port'],
     ['idleStopMs', '--idle-stop-ms'],
+    ['halfCloseLingerMs', '--half-close-linger-ms'],
   ] as const) {
     const value = argv[key];
     if (value === null || (typeof value === 'number' && !Number.isFinite(value))) {
-      throw new Error(`${flag} must be a number, e.g. ${flag} ${key === 'idleStopMs' ? '600000' : '5432'}`);
+      const example = key === 'idleStopMs' ? '600000' : key === 'halfCloseLingerMs' ? '2000' : '5432';
+      throw new Error(`${flag} must be a number, e.g. ${flag} ${example}`);
     }
   }
   if (argv.port === undefined) {
@@ -280,18 +304,30 @@ function checkCombinations(argv: Args): true {
   return true;
 }
 
-/** Build the yargs parser (no process access: output comes back through the parse callback). */
-function buildParser(): Argv {
+/** The daemon's flags and their combination check, for the commands that take them. */
+function daemonOptions<T>(y: Argv<T>): Argv<T> {
+  return y.options(OPTIONS).check(checkCombinations) as unknown as Argv<T>;
+}
+
+/**
+ * Build the yargs parser (no process access: output comes back through the parse callback). The daemon's
+ * flags belong to the default command and check-config only, so `emulator --help` lists the emulator's own
+ * options and the emulator rejects daemon flags.
+ */
+function buildParser(columns: number | undefined): Argv {
   const y = yargs()
     .scriptName(PROGRAM)
     .usage('$0 [options]\n\nForward local TCP ports to hosts behind AWS SSM Session Manager.')
-    .options(OPTIONS)
-    .command('$0', 'Run the configured forwards until SIGTERM/SIGINT (SIGHUP reloads the config file)')
+    .command('$0', 'Run the configured forwards until SIGTERM/SIGINT (SIGHUP reloads the config file)', (c) =>
+      daemonOptions(c),
+    )
     .command(
       'check-config [file]',
-      'Validate a config file (plus any flags) and print its forwards; exit 0 or 2',
+      'Validate a config file and/or flags and print the forwards; exit 0 or 2',
       (c) =>
-        c.positional('file', { type: 'string', description: 'Config file (default: the discovered one)' }),
+        daemonOptions(
+          c.positional('file', { type: 'string', description: 'Config file (default: the discovered one)' }),
+        ),
     )
     .example(
       '$0 --target i-0123456789abcdef0 --port 5432',
@@ -305,18 +341,14 @@ function buildParser(): Argv {
     .example('$0 --port 5432', 'uses defaults.target (and region/profile) from the config file')
     .example('$0 --config /etc/pf-daemon/alice.yaml', 'run every forward in a config file')
     .example('$0 check-config ~/.config/pf-daemon/config.yaml', 'validate a config file')
+    .example('$0 check-config --target i-0123456789abcdef0 --port 5432', 'validate flags alone')
     .epilog(
       [
-        `Config file discovery: --config, then $${CONFIG_ENV}, then $XDG_CONFIG_HOME/pf-daemon/config.yaml`,
-        '(default ~/.config/pf-daemon/config.yaml) if it exists. Flags override the file: --target, --region,',
-        '--profile, --endpoint, --bind, --reason, --eager, --keep-alive and --idle-stop-ms set defaults:,',
-        '--port and --forward replace forwards:. See config.example.yaml for every key.',
-        'AWS credentials, region and endpoint come from the AWS SDK chain (AWS_PROFILE, AWS_REGION,',
-        'AWS_ENDPOINT_URL_SSM, ~/.aws/config incl. SSO: run `aws sso login --profile P` first).',
+        `Config file discovery: --config, then $${CONFIG_ENV}, then $XDG_CONFIG_HOME/pf-daemon/config.yaml (default ~/.config/pf-daemon/config.yaml) if it exists. Flags override the file: --target, --region, --profile, --endpoint, --bind, --reason, --eager, --keep-alive, --idle-stop-ms and --half-close-linger-ms set defaults:, --port and --forward replace forwards:. See config.example.yaml for every key.`,
+        'AWS credentials, region and endpoint come from the AWS SDK chain (AWS_PROFILE, AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_SSM, ~/.aws/config incl. SSO: run `aws sso login --profile P` first).',
         'Exit codes: 0 ok, 1 run-time failure, 2 bad flags or config.',
       ].join('\n'),
     )
-    .check(checkCombinations)
     .strict()
     .help()
     .alias('help', 'h')
@@ -324,22 +356,31 @@ function buildParser(): Argv {
     .alias('version', 'V')
     .showHelpOnFail(false)
     .exitProcess(false)
-    .wrap(Math.min(120, process.stdout.columns || 100));
+    .wrap(Math.min(HELP_MAX_COLUMNS, columns || HELP_DEFAULT_COLUMNS));
   return registerEmulatorCommand(y);
 }
 
-/** Turn yargs' error text into one line naming the fix. */
-function usageMessage(message: string): string {
+/** Turn yargs' error text into one line naming the fix; `positionals` tell a command from a flag. */
+function usageMessage(message: string, positionals: readonly (string | number)[]): string {
   const unknown = /^Unknown arguments?: (.+)$/.exec(message);
   if (unknown?.[1]) {
     const names = unknown[1].split(', ');
-    const known = Object.keys(OPTIONS);
+    const word = positionals[0] === undefined ? undefined : String(positionals[0]);
+    if (word !== undefined && names.includes(word)) {
+      const hint = didYouMean(word, COMMANDS);
+      return `unknown command "${word}"${hint ? ` (did you mean ${hint}?)` : ''}: the commands are ${COMMANDS.join(', ')}, or none to run the forwards; see ${PROGRAM} --help`;
+    }
+    const emulator = word === 'emulator';
+    const known = Object.keys(emulator ? EMULATOR_OPTIONS : OPTIONS);
+    const daemonOnly = new Set(Object.keys(OPTIONS).filter((k) => !known.includes(k)));
+    const help = emulator ? `${PROGRAM} emulator --help` : `${PROGRAM} --help`;
     const parts = names.map((name) => {
       const flag = name.length === 1 ? `-${name}` : `--${name}`;
+      if (emulator && daemonOnly.has(name)) return `${flag} (a daemon option, not the emulator's)`;
       const hint = didYouMean(name, known);
       return hint ? `${flag} (did you mean --${hint}?)` : flag;
     });
-    return `unknown option ${parts.join(', ')}: see ${PROGRAM} --help`;
+    return `unknown option ${parts.join(', ')}: see ${help}`;
   }
   const missing = /^Not enough arguments following: (.+)$/.exec(message);
   if (missing?.[1]) return `--${missing[1]} needs a value: see ${PROGRAM} --help`;
@@ -367,6 +408,7 @@ function flagValues(argv: Args): FlagValues {
     eager: argv.eager,
     keepAlive: argv.keepAlive,
     idleStopMs: number(argv.idleStopMs),
+    halfCloseLingerMs: number(argv.halfCloseLingerMs),
     logLevel: argv.logLevel,
     logFormat: argv.logFormat,
   };
@@ -391,7 +433,8 @@ export function describeForward(f: ForwardConfig): string {
     .join(', ');
   const mode = [
     f.eager ? 'eager' : 'on demand',
-    f.idleStopMs > 0 ? `idle stop ${f.idleStopMs} ms` : 'no idle stop',
+    // Eager forwards keep their session open whatever idleStopMs says (forward.ts scheduleIdleStop).
+    f.eager ? '' : f.idleStopMs > 0 ? `idle stop ${f.idleStopMs} ms` : 'no idle stop',
     f.keepAlive ? 'keep-alive' : '',
   ]
     .filter(Boolean)
@@ -436,10 +479,12 @@ async function runDaemon(
     io.logger ?? createLogger({ level: config.log.level, format: config.log.format, env: io.env });
   const log = logger.child('cli');
   const notify = io.notifier ?? createSdNotify({ env: io.env, logger });
+  const userAgent = `${PROGRAM}/${packageVersion()}`;
   const deps: DaemonDeps = {
     logger,
-    ssmFor: ssmFactory(logger, `${PROGRAM}/${packageVersion()}`),
-    targetsFor: targetResolverFactory({ logger, userAgent: `${PROGRAM}/${packageVersion()}` }),
+    ssmFor: ssmFactory(logger, userAgent),
+    targetsFor: targetResolverFactory({ logger, userAgent }),
+    userAgent,
     ledgerDir: defaultLedgerDir(io.env),
   };
   const daemon = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);
@@ -456,6 +501,7 @@ async function runDaemon(
   const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
   log.info(`started; ${summary}`);
 
+  let listening = config.forwards.length;
   return new Promise<number>((resolve) => {
     let stopping = false;
     let reloads: Promise<void> = Promise.resolve();
@@ -501,13 +547,17 @@ async function runDaemon(
         await notify.reloading();
         try {
           const next = await buildConfig(configPath, flags);
-          await daemon.reload(next);
+          const summary = await daemon.reload(next);
           config = next;
-          log.info(`reloaded; forwarding ${next.forwards.length} port(s)`);
+          listening = summary.listening;
+          const failed = summary.failed.length > 0 ? `; not listening: ${summary.failed.join(', ')}` : '';
+          const line = `reloaded; ${summary.listening} of ${next.forwards.length} forward(s) listening${failed}`;
+          if (failed) log.warn(line);
+          else log.info(line);
         } catch (err) {
           log.error(`reload failed, keeping the running configuration: ${describeError(err)}`);
         }
-        await notify.ready(`forwarding ${config.forwards.length} port(s)`);
+        await notify.ready(`forwarding ${listening} port(s)`);
       });
     }
     const onTerm = (): void => onStop('SIGTERM');
@@ -520,17 +570,19 @@ async function runDaemon(
   });
 }
 
-/** check-config: validate and print a summary. */
+/** check-config: validate the file and/or the flags and print a summary. */
 async function checkConfig(io: MainIo, configPath: string | undefined, flags: FlagValues): Promise<number> {
-  if (configPath === undefined) {
+  const flagsDefineForwards = flags.port !== undefined || (flags.forward?.length ?? 0) > 0;
+  if (configPath === undefined && !flagsDefineForwards) {
     throw new ConfigError(
       'PF_ERR_CONFIG_FILE',
-      `no config file to check: pass one (${PROGRAM} check-config FILE), use --config, or set $${CONFIG_ENV}`,
+      `nothing to check: pass a file (${PROGRAM} check-config FILE), use --config, set $${CONFIG_ENV}, or give forwards as flags (--target i-0123456789abcdef0 --port 5432)`,
     );
   }
   const config = await buildConfig(configPath, flags);
+  const what = configPath ?? 'flags';
   const lines = [
-    `${configPath}: OK, ${config.forwards.length} forward(s); log ${config.log.level}/${config.log.format}`,
+    `${what}: OK, ${config.forwards.length} forward(s); log ${config.log.level}/${config.log.format}`,
     ...config.forwards.map((f) => `  ${describeForward(f)}`),
   ];
   io.stdout.write(`${lines.join('\n')}\n`);
@@ -554,7 +606,7 @@ export async function main(argv: readonly string[], io?: MainIo): Promise<number
 
   let parsed: { err: Error | undefined; argv: Args; output: string } | undefined;
   try {
-    const parser = buildParser();
+    const parser = buildParser(ioReal.columns ?? process.stdout.columns);
     await parser.parse([...argv], {}, (err: Error | undefined, args: unknown, output: string) => {
       parsed = { err: err ?? undefined, argv: args as Args, output };
     });
@@ -563,7 +615,7 @@ export async function main(argv: readonly string[], io?: MainIo): Promise<number
   }
   if (!parsed) return EXIT_OK;
   if (parsed.err) {
-    ioReal.stderr.write(`${PROGRAM}: error: ${usageMessage(parsed.err.message)}\n`);
+    ioReal.stderr.write(`${PROGRAM}: error: ${usageMessage(parsed.err.message, parsed.argv?._ ?? [])}\n`);
     return EXIT_USAGE;
   }
   if (parsed.output) {

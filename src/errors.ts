@@ -57,6 +57,10 @@ export const ERROR_CODES = {
   PF_ERR_AWS_INTERNAL: { domain: 'aws', text: 'SSM returned an internal error' },
   PF_ERR_CREDENTIALS: { domain: 'aws', text: 'no valid AWS credentials' },
   PF_ERR_SESSION_GONE: { domain: 'aws', text: 'the session no longer exists and cannot be resumed' },
+  PF_ERR_STREAM_URL: {
+    domain: 'aws',
+    text: 'the StreamUrl is not wss://, or not an AWS host although the endpoint is AWS',
+  },
   PF_ERR_AWS: { domain: 'aws', text: 'another SSM API error' },
   // aws: target resolution (src/targets/)
   PF_ERR_TARGET_NOT_FOUND: {

@@ -96,12 +96,16 @@ export function resolveLogFormat(format: LogFormat, env: NodeJS.ProcessEnv): Exc
   return env['JOURNAL_STREAM'] || env['INVOCATION_ID'] ? 'plain' : 'text';
 }
 
+/** Fields left out of text/plain lines (kept in JSON). */
+const TEXT_HIDDEN_FIELDS = new Set(['timestamp', 'forward', 'session']);
+
 function lineFormat(kind: Exclude<LogFormat, 'auto'>, colours: boolean): winston.Logform.Format {
   const { combine, timestamp, printf, colorize, json } = winston.format;
   const describe = (info: winston.Logform.TransformableInfo): string => {
     const { level, message, namespace, ...rest } = info;
     const extra = Object.entries(rest)
-      .filter(([k]) => typeof k === 'string' && k !== 'timestamp')
+      // forward/session are JSON fields; text lines already name them in the namespace and message.
+      .filter(([k]) => typeof k === 'string' && !TEXT_HIDDEN_FIELDS.has(k))
       .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
       .join(' ');
     const ns = typeof namespace === 'string' && namespace ? `[${namespace}] ` : '';
@@ -176,3 +180,50 @@ export const silentLogger: Logger = {
   debugEnabled: false,
   child: () => silentLogger,
 };
+
+/** Most distinct failure texts a {@link RepeatFilter} remembers before it starts over (a bound, our own). */
+export const REPEAT_FILTER_MAX_ENTRIES = 256;
+
+/**
+ * Remembers failure texts already written at warn/error, so the same failure (an expired SSO login seen
+ * at start and again by every connection) is written once; repeats go to debug. Bounded: past
+ * {@link REPEAT_FILTER_MAX_ENTRIES} distinct texts it forgets them all and starts over.
+ */
+export class RepeatFilter {
+  private readonly seen = new Set<string>();
+
+  /** True the first time `text` is offered (write it at warn/error), false for repeats. */
+  first(text: string): boolean {
+    if (this.seen.has(text)) return false;
+    if (this.seen.size >= REPEAT_FILTER_MAX_ENTRIES) this.seen.clear();
+    this.seen.add(text);
+    return true;
+  }
+
+  /** Forget everything: after a success, the next failure is news again. */
+  clear(): void {
+    this.seen.clear();
+  }
+}
+
+/**
+ * A logger whose every line (its children's too) carries `key: value()` as a field, read when the line is
+ * written: a session's logger is created before StartSession names it, yet its lines carry the SessionId.
+ * An undefined value adds nothing.
+ */
+export function withLateField(logger: Logger, key: string, value: () => string | undefined): Logger {
+  const meta = (extra?: LogMeta): LogMeta | undefined => {
+    const v = value();
+    return v === undefined ? extra : { [key]: v, ...extra };
+  };
+  return {
+    error: (message, extra) => logger.error(message, meta(extra)),
+    warn: (message, extra) => logger.warn(message, meta(extra)),
+    info: (message, extra) => logger.info(message, meta(extra)),
+    debug: (message, extra) => logger.debug(message, meta(extra)),
+    get debugEnabled() {
+      return logger.debugEnabled;
+    },
+    child: (namespace, extra) => withLateField(logger.child(namespace, extra), key, value),
+  };
+}

@@ -4,12 +4,13 @@
  */
 import test from 'ava';
 import { EventEmitter } from 'node:events';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OPTIONS, main } from '../src/cli.js';
 import type { DaemonControl, HandledSignal, MainIo } from '../src/cli.js';
 import type { DaemonConfig } from '../src/config/types.js';
+import type { DaemonDeps } from '../src/daemon.js';
 import { TunnelError } from '../src/errors.js';
 import { silentLogger } from '../src/log.js';
 import type { Logger } from '../src/log.js';
@@ -45,6 +46,8 @@ interface Harness {
   logErrors: string[];
   loggedError: Promise<string>;
   notes: string[];
+  /** The deps the CLI built for the daemon, once it built one. */
+  deps: () => DaemonDeps | undefined;
 }
 
 function harness(
@@ -60,6 +63,7 @@ function harness(
   const logErrors: string[] = [];
   const notes: string[] = [];
   let config: DaemonConfig | undefined;
+  let builtDeps: DaemonDeps | undefined;
   const logger: Logger = {
     ...silentLogger,
     error: (message) => {
@@ -85,8 +89,9 @@ function harness(
     signals: signals as unknown as MainIo['signals'],
     logger,
     notifier,
-    createDaemon: (built): DaemonControl => ({
+    createDaemon: (built, deps): DaemonControl => ({
       start: async () => {
+        builtDeps = deps;
         await options.start?.();
         config = built;
       },
@@ -94,6 +99,7 @@ function harness(
       reload: async (next) => {
         reloaded.push(next);
         reloadedOnce.resolve(next);
+        return { listening: next.forwards.length, failed: [], stopped: 0, started: 0, unchanged: 0 };
       },
     }),
   };
@@ -108,6 +114,7 @@ function harness(
     logErrors,
     loggedError: loggedError.promise,
     notes,
+    deps: () => builtDeps,
   };
 }
 
@@ -167,6 +174,132 @@ test('flag combination and value errors are one line, exit 2', async (t) => {
     oneErrorLine(t, h.err());
     t.regex(h.err(), pattern);
   }
+});
+
+/** Text with every run of whitespace collapsed to one space (help output, wrapped or not). */
+const flat = (text: string): string => text.replace(/\s+/g, ' ');
+
+/** Issue 11 item 10 (and 2, 7, 11 at the CLI): one row per command line, exit code and output. */
+const CLI_CASES: {
+  what: string;
+  argv: string[];
+  exit: number;
+  columns?: number;
+  stdout?: (out: string) => boolean;
+  stderr?: RegExp;
+}[] = [
+  {
+    what: '--help wraps on word boundaries at the terminal width',
+    argv: ['--help'],
+    columns: 60,
+    exit: 0,
+    stdout: (out) =>
+      out.split('\n').every((line) => line.length <= 60) &&
+      flat(out).includes(
+        'then $XDG_CONFIG_HOME/pf-daemon/config.yaml (default ~/.config/pf-daemon/config.yaml) if it exists',
+      ) &&
+      flat(out).includes('Start sessions at start-up instead of on the first connection'),
+  },
+  {
+    what: 'emulator --help lists only the emulator options',
+    argv: ['emulator', '--help'],
+    exit: 0,
+    stdout: (out) =>
+      out.includes('--drop-rate') && !out.includes('--target') && !out.includes('--local-port'),
+  },
+  {
+    what: 'the emulator rejects daemon-only flags',
+    argv: ['emulator', '--target', T],
+    exit: 2,
+    stderr: /unknown option --target \(a daemon option, not the emulator's\): see pf-daemon emulator --help/,
+  },
+  {
+    what: 'an unknown command is reported as a command',
+    argv: ['start'],
+    exit: 2,
+    stderr: /unknown command "start": the commands are check-config, emulator/,
+  },
+  {
+    what: 'emulator --port abc names the fix',
+    argv: ['emulator', '--port', 'abc'],
+    exit: 2,
+    stderr: /--port needs a number, e\.g\. --port 4566/,
+  },
+  {
+    what: 'a bad --target gives one error, not a second "pass --target"',
+    argv: ['--target', 'bad', '--port', '5'],
+    exit: 2,
+    stderr:
+      /error: invalid configuration: defaults\.target: must be a managed node id[^;]*from --target \[PF_ERR_CONFIG\]\n$/,
+  },
+  {
+    what: 'check-config works with flags and no file',
+    argv: ['check-config', '--target', T, '--port', '5432'],
+    exit: 0,
+    stdout: (out) => /^flags: OK, 1 forward\(s\)/.test(out) && out.includes('-> localhost:5432'),
+  },
+  {
+    what: 'check-config prints no idle stop for an eager forward',
+    argv: ['check-config', '--target', T, '--port', '5432', '--eager', '--idle-stop-ms', '1000'],
+    exit: 0,
+    stdout: (out) => out.includes('[eager]') && !out.includes('idle stop'),
+  },
+  {
+    what: 'a plain-http endpoint to a non-loopback host is refused',
+    argv: ['--target', T, '--port', '5432', '--endpoint', 'http://10.0.0.5:4566'],
+    exit: 2,
+    stderr:
+      /defaults\.endpoint: http:\/\/10\.0\.0\.5:4566 is plain http to a host that is not loopback.*allowInsecureEndpoint: true/,
+  },
+  {
+    what: 'a plain-http endpoint on loopback is fine',
+    argv: ['check-config', '--target', T, '--port', '5432', '--endpoint', 'http://127.0.0.1:4566'],
+    exit: 0,
+  },
+  {
+    what: '--half-close-linger-ms takes a number',
+    argv: ['--target', T, '--port', '5432', '--half-close-linger-ms', 'soon'],
+    exit: 2,
+    stderr: /--half-close-linger-ms must be a number, e\.g\. --half-close-linger-ms 2000/,
+  },
+];
+
+for (const row of CLI_CASES) {
+  test(`cli: ${row.what}`, async (t) => {
+    const h = harness();
+    if (row.columns !== undefined) h.io.columns = row.columns;
+    t.is(await main(row.argv, h.io), row.exit, h.err());
+    if (row.stdout) t.true(row.stdout(h.out()), h.out());
+    if (row.stderr) {
+      oneErrorLine(t, h.err());
+      t.regex(h.err(), row.stderr);
+    } else {
+      t.is(h.err(), '');
+    }
+  });
+}
+
+test('check-config accepts a plain-http endpoint with allowInsecureEndpoint: true', async (t) => {
+  const path = file(
+    'insecure.yaml',
+    `defaults:\n  endpoint: http://10.0.0.5:4566\n  allowInsecureEndpoint: true\nforwards:\n  - target: ${T}\n    remotePort: 1\n`,
+  );
+  const h = harness();
+  t.is(await main(['check-config', path], h.io), 0, h.err());
+});
+
+test('the WebSocket User-Agent carries the version', async (t) => {
+  const version = (
+    JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    }
+  ).version;
+  const h = harness();
+  const exit = main(['--target', T, '--port', '5432'], h.io);
+  await h.started;
+  t.is(h.deps()?.userAgent, `pf-daemon/${version}`);
+  emit(h, 'SIGTERM');
+  t.is(await exit, 0);
 });
 
 test('missing target is a clear error', async (t) => {
@@ -268,7 +401,7 @@ test('check-config on a bad file: one line with line and column, exit 2', async 
 test('check-config without any file says how to give one', async (t) => {
   const h = harness();
   t.is(await main(['check-config'], h.io), 2);
-  t.regex(h.err(), /no config file to check: pass one/);
+  t.regex(h.err(), /nothing to check: pass a file .*or give forwards as flags/);
 });
 
 test('SIGHUP reloads the file; a bad file is logged and the daemon keeps running', async (t) => {

@@ -156,6 +156,8 @@ test.serial('a whole forward (API and data-channel WebSocket) goes through HTTP_
       eager: false,
       idleStopMs: 0,
       keepAlive: false,
+      halfCloseLingerMs: 0,
+      allowInsecureEndpoint: false,
     },
     defaultTuning,
     {

@@ -2,9 +2,9 @@
  * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (house style
  * §6: the CLI owns no defaults). Flags overlay the config file:
  * - `--target --region --profile --endpoint --ecs-endpoint --document-name --bind --reason --eager
- *   --keep-alive --idle-stop-ms` set the matching `defaults.*` key, so they apply to every forward that does
- *   not set its own value; `--pick-any` sets `defaults.pick: any` and each `--parameter key=value` adds to
- *   `defaults.parameters`;
+ *   --keep-alive --idle-stop-ms --half-close-linger-ms` set the matching `defaults.*` key, so they apply to
+ *   every forward that does not set its own value; `--pick-any` sets `defaults.pick: any` and each
+ *   `--parameter key=value` adds to `defaults.parameters`;
  * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
  *   file's `forwards:` list;
  * - `--log-level`, `--log-format` set `log.*`.
@@ -39,6 +39,8 @@ export interface FlagValues {
   eager?: boolean | undefined;
   keepAlive?: boolean | undefined;
   idleStopMs?: number | undefined;
+  /** `--half-close-linger-ms`. */
+  halfCloseLingerMs?: number | undefined;
   logLevel?: string | undefined;
   logFormat?: string | undefined;
 }
@@ -130,6 +132,7 @@ const DEFAULT_FLAGS = [
   ['eager', 'eager'],
   ['keepAlive', 'keep-alive'],
   ['idleStopMs', 'idle-stop-ms'],
+  ['halfCloseLingerMs', 'half-close-linger-ms'],
 ] as const satisfies readonly (readonly [keyof FlagValues, string])[];
 
 /** Example used in `--parameter` messages and help. */

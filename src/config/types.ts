@@ -55,6 +55,22 @@ export interface ForwardConfig {
   idleStopMs: number;
   /** Send smux NOPs every 60 s to defeat the service idle timeout (spec §10.2). Default false. */
   keepAlive: boolean;
+  /**
+   * After a local connection half-closes (EOF), how long to keep its stream open with no data from the
+   * remote before sending FIN, ms; 0 = FIN at once. Default 2000. smux v1 as the agent runs it has no
+   * half-close (spec §9.4): a FIN makes the agent close the destination socket completely, so a reply the
+   * destination had not sent yet would be lost. Holding the FIN back lets a server that answers a complete
+   * request (HTTP/1.0, `nc -N`, many RPCs) reply; the timer restarts on every chunk from the remote, so a
+   * long reply is never cut. The destination never sees the EOF, so servers that wait for EOF before
+   * answering still cannot work. Why 2000: request/response servers answer in well under 2 s, and a server
+   * that keeps the connection open after its reply delays the client's EOF by at most that much.
+   */
+  halfCloseLingerMs: number;
+  /**
+   * Accept an `endpoint` with plain `http://` to a host that is not loopback. Default false: the
+   * StartSession answer carries the session token, which would travel in clear.
+   */
+  allowInsecureEndpoint: boolean;
 }
 
 /** How a target form that matches several instances or tasks is settled. */
@@ -156,6 +172,8 @@ export const defaultForward = Object.freeze({
   eager: false,
   idleStopMs: 600_000,
   keepAlive: false,
+  halfCloseLingerMs: 2_000,
+  allowInsecureEndpoint: false,
 });
 
 /** Documented logging defaults. */

@@ -6,10 +6,10 @@
  *
  * Raw shape (see `config.example.yaml`):
  * ```yaml
- * defaults: { target, pick, region, profile, endpoint, ecsEndpoint, documentName, parameters, bind, reason, eager, idleStopMs, keepAlive }
+ * defaults: { target, pick, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, bind, reason, eager, idleStopMs, keepAlive, halfCloseLingerMs }
  * log: { level, format }
  * tuning: { <every TuningConfig key> }
- * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, documentName, parameters, reason, eager, idleStopMs, keepAlive } ]
+ * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, reason, eager, idleStopMs, keepAlive, halfCloseLingerMs } ]
  * ```
  */
 import { isIP } from 'node:net';
@@ -230,6 +230,8 @@ const FORWARD_CHECKS = {
   eager: boolean,
   idleStopMs: integer(0, MAX_TIMER_MS, ' ms (0 = never)'),
   keepAlive: boolean,
+  halfCloseLingerMs: integer(0, MAX_TIMER_MS, ' ms (0 = FIN at once)'),
+  allowInsecureEndpoint: boolean,
 } satisfies Record<keyof ForwardConfig, Check>;
 
 type ForwardKey = keyof typeof FORWARD_CHECKS;
@@ -249,6 +251,8 @@ const DEFAULT_KEYS: readonly ForwardKey[] = [
   'eager',
   'idleStopMs',
   'keepAlive',
+  'halfCloseLingerMs',
+  'allowInsecureEndpoint',
 ];
 
 /** Bounds of every tuning knob (our own limits unless a spec section is cited in types.ts). */
@@ -399,6 +403,17 @@ function documentFits(
   return problems.list.length === before;
 }
 
+/**
+ * Cross-field rule: a plain-http endpoint to a host that is not loopback carries the session token in
+ * clear, so it needs `allowInsecureEndpoint: true`. Returns the problem, or undefined.
+ */
+function insecureEndpoint(f: ForwardConfig): string | undefined {
+  if (!f.endpoint || f.allowInsecureEndpoint) return undefined;
+  const url = new URL(f.endpoint);
+  if (url.protocol !== 'http:' || isLoopbackHost(url.hostname)) return undefined;
+  return `${f.endpoint} is plain http to a host that is not loopback: the session token would travel in clear; use https://, or set allowInsecureEndpoint: true if the path is protected otherwise`;
+}
+
 /** Name used when a forward has none: `<localPort>:<host|localhost>:<remotePort>@<target>`. */
 export function defaultForwardName(
   f: Pick<ForwardConfig, 'localPort' | 'host' | 'remotePort' | 'target'>,
@@ -419,13 +434,8 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
   const top = problems.mapping([], raw);
   problems.unknownKeys([], top, TOP_KEYS);
 
-  const defaults = section(
-    problems,
-    ['defaults'],
-    problems.mapping(['defaults'], top['defaults']),
-    FORWARD_CHECKS,
-    DEFAULT_KEYS,
-  );
+  const defaultsRaw = problems.mapping(['defaults'], top['defaults']);
+  const defaults = section(problems, ['defaults'], defaultsRaw, FORWARD_CHECKS, DEFAULT_KEYS);
   const logRaw = section(problems, ['log'], problems.mapping(['log'], top['log']), LOG_CHECKS);
   const tuningRaw = section(problems, ['tuning'], problems.mapping(['tuning'], top['tuning']), TUNING_CHECKS);
 
@@ -491,7 +501,13 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
       const before = problems.list.length;
       const own = section(problems, path, item, FORWARD_CHECKS, FORWARD_KEYS);
       const merged = { ...defaults, ...own };
-      if (merged.target === undefined && (item['target'] === undefined || item['target'] === null)) {
+      // A defaults.target that failed its own check was reported already: one problem, not two.
+      const badDefaultTarget = defaultsRaw['target'] !== undefined && defaultsRaw['target'] !== null;
+      if (
+        merged.target === undefined &&
+        !badDefaultTarget &&
+        (item['target'] === undefined || item['target'] === null)
+      ) {
         problems.add(
           [...path, 'target'],
           'required: set target here or defaults.target in the config file, pass --target i-0123456789abcdef0, or end --forward with @i-0123456789abcdef0',
@@ -515,6 +531,10 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
         eager: (merged.eager as boolean | undefined) ?? defaultForward.eager,
         idleStopMs: (merged.idleStopMs as number | undefined) ?? defaultForward.idleStopMs,
         keepAlive: (merged.keepAlive as boolean | undefined) ?? defaultForward.keepAlive,
+        halfCloseLingerMs:
+          (merged.halfCloseLingerMs as number | undefined) ?? defaultForward.halfCloseLingerMs,
+        allowInsecureEndpoint:
+          (merged.allowInsecureEndpoint as boolean | undefined) ?? defaultForward.allowInsecureEndpoint,
       };
       // The local document already dials localhost on the instance and needs fewer IAM permissions.
       if (merged.host !== undefined && (merged.host !== 'localhost' || merged.documentName !== undefined))
@@ -535,6 +555,7 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
   // Cross-field rules over the forwards that resolved.
   const seenNames = new Map<string, number>();
   const seenListeners: { forward: ForwardConfig; index: number }[] = [];
+  let reportedDefaultEndpoint = false;
   for (const { forward: f, index, named } of resolved) {
     const earlier = seenNames.get(f.name);
     if (earlier !== undefined) {
@@ -547,6 +568,17 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
       continue;
     }
     seenNames.set(f.name, index);
+    const insecure = insecureEndpoint(f);
+    if (insecure) {
+      const item: unknown = Array.isArray(rawForwards) ? rawForwards[index] : undefined;
+      const own = isMapping(item) && item['endpoint'] !== undefined && item['endpoint'] !== null;
+      // One problem for a shared defaults.endpoint, however many forwards inherit it.
+      if (own) problems.add(['forwards', index, 'endpoint'], insecure);
+      else if (!reportedDefaultEndpoint) {
+        reportedDefaultEndpoint = true;
+        problems.add(['defaults', 'endpoint'], insecure);
+      }
+    }
     if (f.localPort === 0) continue;
     const clash = seenListeners.find(
       (s) => s.forward.localPort === f.localPort && bindsCollide(s.forward.bind, f.bind),

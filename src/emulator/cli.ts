@@ -126,6 +126,15 @@ export const EMULATOR_OPTIONS = {
   },
 } as const;
 
+/** Example values for the "needs a number" message, by flag. */
+const NUMBER_EXAMPLES: Record<string, string> = {
+  port: '4566',
+  'chunk-size': '1024',
+  'drop-rate': '0.05',
+  'dup-rate': '0.05',
+  seed: '7',
+};
+
 function parseHostMap(entries: readonly string[]): Record<string, string> {
   const map: Record<string, string> = {};
   for (const entry of entries) {
@@ -227,6 +236,16 @@ function checkRate(flag: string, value: number | undefined): void {
  * @throws ConfigError `PF_ERR_CONFIG` with an example for malformed values
  */
 export function emulatorOptionsFromArgs(args: EmulatorArgs): Partial<EmulatorOptions> {
+  for (const [flag, option] of Object.entries(EMULATOR_OPTIONS)) {
+    const value: unknown = (args as Record<string, unknown>)[flag];
+    // yargs turns a number flag's non-numeric value into NaN; name the flag, not the option field.
+    if (option.type === 'number' && typeof value === 'number' && !Number.isFinite(value)) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--${flag} needs a number, e.g. --${flag} ${NUMBER_EXAMPLES[flag] ?? '1'}`,
+      );
+    }
+  }
   checkRate('drop-rate', args['drop-rate']);
   checkRate('dup-rate', args['dup-rate']);
   const options: Partial<EmulatorOptions> = {};

@@ -10,11 +10,13 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
+import { RepeatFilter, withLateField } from '../log.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
 import type { ForwardTargets } from '../targets/resolve.js';
 import { SpillStore } from '../mux/spill.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
+import type { BackoffPolicy } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
 
@@ -23,6 +25,13 @@ import type { SessionEndReason } from './session.js';
  * restart backoff, so a target that keeps ending sessions is not hammered with StartSession, ms (our default).
  */
 export const SESSION_HEALTHY_AFTER_MS = 10_000;
+
+/**
+ * Retries of an eager forward's session start when nobody is waiting for it: 1 s, ×2, capped at 60 s
+ * (our default). Gentler than {@link API_BACKOFF}, which paces starts a local connection waits for: a
+ * target that is down is not asked every few seconds for hours.
+ */
+export const EAGER_RETRY_BACKOFF: BackoffPolicy = { initialMs: 1_000, maxMs: 60_000, factor: 2 };
 
 /** What a forward needs from outside. */
 export interface ForwardDeps {
@@ -36,6 +45,22 @@ export interface ForwardDeps {
    * a store of this forward's own under `os.tmpdir()` with `tuning.spillLimitBytes`.
    */
   spill?: SpillStore;
+  /**
+   * Failures already reported (shared across forwards by the daemon, which also feeds it the start-up
+   * checks): a repeat is logged at debug. Default: one filter per forward.
+   */
+  repeats?: RepeatFilter;
+}
+
+/** One local connection's record, for its close line. */
+interface ConnectionRecord {
+  peer: string;
+  /** performance.now() at accept, ms. */
+  openedAt: number;
+  bytesUp: number;
+  bytesDown: number;
+  /** Why it failed (set at most once); undefined = it ended normally. */
+  failure?: string;
 }
 
 /** Counters of one forward. */
@@ -58,8 +83,17 @@ export class Forward extends EventEmitter {
   private server: net.Server | undefined;
   private session: TunnelSession | undefined;
   private sessionStarting: Promise<TunnelSession> | undefined;
-  /** The session being started, so stop() can abort its start instead of waiting it out. */
+  /** The session whose start() is in flight, so a stop can close it. */
   private startingSession: TunnelSession | undefined;
+  /** Eager and not fallen back to lazy after the service closed an idle session. */
+  private eagerActive: boolean;
+  private stopPromise: Promise<void> | undefined;
+  /** Aborted by {@link abandon}: every wait of stop() ends at once. */
+  private readonly abandoned = new AbortController();
+  private readonly repeats: RepeatFilter;
+  private readonly acceptListener = (socket: Socket): void => this.onConnection(socket);
+  private readonly serverErrorListener = (err: Error): void =>
+    this.log.error(`listener error: ${err.message}`);
   private readonly sockets = new Set<Socket>();
   private idleTimer: NodeJS.Timeout | undefined;
   private consecutiveFailures = 0;
@@ -85,6 +119,8 @@ export class Forward extends EventEmitter {
   ) {
     super();
     this.spill = deps.spill ?? new SpillStore({ directory: os.tmpdir(), limitBytes: tuning.spillLimitBytes });
+    this.eagerActive = config.eager;
+    this.repeats = deps.repeats ?? new RepeatFilter();
   }
 
   private get log(): Logger {
@@ -103,42 +139,93 @@ export class Forward extends EventEmitter {
   }
 
   /**
-   * Open the listener (and the session, when eager).
+   * Open the listener (and the session, when eager), or take over `adopt`, a listener already bound to this
+   * forward's address by the forward this one replaces on reload, so the port never refuses connections.
    * @throws TunnelError `PF_ERR_LISTEN` naming the address and the fix.
    */
-  async start(): Promise<AddressInfo> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
-      this.onConnection(socket),
-    );
+  async start(adopt?: net.Server): Promise<AddressInfo> {
+    const server = adopt ?? net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => {
-        const where = `${this.config.bind}:${this.config.localPort}`;
-        const hint =
-          err.code === 'EADDRINUSE'
-            ? 'another process holds it; choose another --local-port or stop that process'
-            : err.code === 'EACCES'
-              ? 'ports below 1024 need privileges; choose a port >= 1024'
-              : err.code === 'EADDRNOTAVAIL'
-                ? 'that address is not on this machine; check --bind'
-                : err.message;
-        reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${where}: ${hint}`, { cause: err }));
+    if (!adopt) {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', (err: NodeJS.ErrnoException) => {
+          const where = `${this.config.bind}:${this.config.localPort}`;
+          const hint =
+            err.code === 'EADDRINUSE'
+              ? 'another process holds it; choose another --local-port or stop that process'
+              : err.code === 'EACCES'
+                ? 'ports below 1024 need privileges; choose a port >= 1024'
+                : err.code === 'EADDRNOTAVAIL'
+                  ? 'that address is not on this machine; check --bind'
+                  : err.message;
+          this.server = undefined;
+          reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${where}: ${hint}`, { cause: err }));
+        });
+        server.listen(this.config.localPort, this.config.bind, () => resolve());
       });
-      server.listen(this.config.localPort, this.config.bind, () => resolve());
-    });
-    server.on('error', (err) => this.log.error(`listener error: ${err.message}`));
+    }
+    server.on('connection', this.acceptListener);
+    server.on('error', this.serverErrorListener);
     const address = this.address as AddressInfo;
     this.boundPort = address.port;
     this.log.info(
-      `listening on ${address.address}:${address.port} → ${this.config.host ?? 'localhost'}:${this.config.remotePort} via ${this.config.target}`,
+      `listening on ${address.address}:${address.port} → ${this.config.host ?? 'localhost'}:${this.config.remotePort} via ${this.config.target}${adopt ? ' (listener taken over from the previous configuration)' : ''}`,
     );
     this.emit('listening', address);
-    if (this.config.eager) {
-      this.ensureSession().catch((err: unknown) =>
-        this.log.error(`eager session start failed: ${describeError(err)}`),
-      );
-    }
+    if (this.config.eager) this.startEager();
     return address;
+  }
+
+  /**
+   * Give the listener to the forward that replaces this one (reload): this forward stops accepting at once
+   * and keeps draining its own connections. Undefined when it has no listener.
+   */
+  handOverListener(): net.Server | undefined {
+    const server = this.server;
+    if (!server) return undefined;
+    server.off('connection', this.acceptListener);
+    server.off('error', this.serverErrorListener);
+    this.server = undefined;
+    return server;
+  }
+
+  /**
+   * Stop accepting now and free the port (a reload about to bind a colliding address); open connections
+   * keep running until {@link stop}. Resolves once the listening socket is closed.
+   */
+  async stopAccepting(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    server.off('connection', this.acceptListener);
+    // close() drops the listening handle now; its callback waits for connections, so wait one turn instead.
+    server.close();
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  /** Report a failure at `level`, or at debug when the same text was reported already. */
+  private report(level: 'warn' | 'error', text: string, key = text): void {
+    if (this.repeats.first(key)) this.log[level](text);
+    else this.log.debug(`${text} (repeated)`);
+  }
+
+  /**
+   * Start the session of an eager forward; a failed start is retried with {@link EAGER_RETRY_BACKOFF}
+   * until it succeeds, the forward stops, or a local connection takes over.
+   */
+  private startEager(): void {
+    if (!this.eagerActive || this.stopping) return;
+    this.ensureSession().catch((err: unknown) => {
+      if (this.stopping) return;
+      const retryMs = backoffDelayMs(EAGER_RETRY_BACKOFF, Math.max(0, this.consecutiveFailures - 1));
+      this.notBeforeMs = Math.max(this.notBeforeMs, Date.now() + retryMs);
+      this.report(
+        'warn',
+        `eager session start failed: ${describeError(err)}; retrying with backoff`,
+        describeError(err),
+      );
+      this.startEager();
+    });
   }
 
   private onConnection(socket: Socket): void {
@@ -150,25 +237,45 @@ export class Forward extends EventEmitter {
     this.stats.connectionsActive++;
     this.sockets.add(socket);
     clearTimeout(this.idleTimer);
-    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    if (this.config.eager && !this.eagerActive) {
+      this.eagerActive = true;
+      this.log.info('local connection: eager again (a session stays open from now on)');
+    }
+    const conn: ConnectionRecord = {
+      peer: `${socket.remoteAddress}:${socket.remotePort}`,
+      openedAt: performance.now(),
+      bytesUp: 0,
+      bytesDown: 0,
+    };
     socket.setNoDelay(true);
-    socket.on('error', (err) => this.log.debug(`local connection ${peer}: ${err.message}`));
+    socket.on('error', (err) => {
+      conn.failure ??= `local socket error: ${err.message}`;
+    });
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.stats.connectionsActive--;
+      this.logClose(conn);
       this.scheduleIdleStop();
     });
     this.ensureSession().then(
-      (session) => this.attach(socket, session, peer),
+      (session) => this.attach(socket, session, conn),
       (err: unknown) => {
         this.stats.connectionsFailed++;
-        this.log.error(`connection from ${peer} closed: ${describeError(err)}`);
+        conn.failure ??= describeError(err);
         socket.destroy();
       },
     );
   }
 
-  private attach(socket: Socket, session: TunnelSession, peer: string): void {
+  /** The one line a local connection leaves: debug when it ended normally, warn when it failed. */
+  private logClose(conn: ConnectionRecord): void {
+    const ms = Math.round(performance.now() - conn.openedAt);
+    const what = `connection from ${conn.peer} closed after ${ms} ms, ${conn.bytesUp} bytes up, ${conn.bytesDown} bytes down`;
+    if (conn.failure === undefined) this.log.debug(what);
+    else this.report('warn', `${what}: ${conn.failure}`, conn.failure);
+  }
+
+  private attach(socket: Socket, session: TunnelSession, conn: ConnectionRecord): void {
     if (socket.destroyed) return;
     if (session.mode === 'basic') {
       session.basicRelay?.attach(socket);
@@ -179,38 +286,35 @@ export class Forward extends EventEmitter {
       stream = session.openStream();
     } catch (err) {
       this.stats.connectionsFailed++;
-      this.log.warn(`connection from ${peer} closed: ${describeError(err)}`);
+      conn.failure ??= describeError(err);
       socket.destroy();
       return;
     }
     const id = (stream as Duplex & { id?: number }).id;
-    let received = 0;
     socket.on('data', (chunk: Buffer) => {
+      conn.bytesUp += chunk.length;
       this.stats.bytesUp += chunk.length;
     });
     stream.on('data', (chunk: Buffer) => {
-      received += chunk.length;
+      conn.bytesDown += chunk.length;
       this.stats.bytesDown += chunk.length;
     });
-    // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the socket.
-    socket.pipe(stream);
+    // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the
+    // socket. The local EOF is not passed on at once: see halfClose().
+    socket.pipe(stream, { end: false });
     stream.pipe(socket);
+    socket.once('end', () => this.halfClose(stream));
     stream.once('end', () => {
       // ConnectToPortError does not name its stream (spec §9.4): pair it with the next FIN of a stream
       // that never received data.
-      if (received === 0 && session.takeDestinationRefusal()) {
+      if (conn.bytesDown === 0 && session.takeDestinationRefusal()) {
         this.stats.connectionsFailed++;
-        this.log.warn(
-          `connection from ${peer} (stream ${id}) closed: the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`,
-        );
+        conn.failure ??= `the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`;
       }
       closeAfterFlush(socket, stream);
     });
     stream.once('error', (err: Error) => {
-      // The one warn line of a connection reset for its backlog (past the bound): name it and say why.
-      if (isPfError(err, 'PF_ERR_STREAM_BACKLOG'))
-        this.log.warn(`connection from ${peer} (stream ${id}) reset: ${describeError(err)}`);
-      else this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
+      conn.failure ??= `stream ${id} reset: ${describeError(err)}`;
       // The session is gone: reset the local connection rather than pretend a clean end.
       if (!socket.destroyed) socket.resetAndDestroy();
     });
@@ -221,6 +325,35 @@ export class Forward extends EventEmitter {
       if (!stream.destroyed) stream.destroy();
     });
     socket.resume();
+  }
+
+  /**
+   * The local side sent EOF. smux v1 has no half-close (spec §9.4): our FIN makes the agent close the
+   * destination completely, losing a reply it has not sent yet. So the FIN waits until the remote ends the
+   * stream, or `halfCloseLingerMs` pass without a byte from the remote (each chunk restarts the wait).
+   */
+  private halfClose(stream: Duplex): void {
+    const lingerMs = this.config.halfCloseLingerMs;
+    if (lingerMs <= 0 || stream.readableEnded || stream.destroyed) {
+      stream.end();
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      clearTimeout(timer);
+      stream.off('data', restart);
+      stream.off('end', finish);
+      stream.off('close', finish);
+      if (!stream.destroyed && !stream.writableEnded) stream.end();
+    };
+    const restart = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(finish, lingerMs);
+    };
+    stream.on('data', restart);
+    stream.once('end', finish);
+    stream.once('close', finish);
+    restart();
   }
 
   /** The shared session, starting one if needed (lazily, with backoff after repeated failures). */
@@ -243,15 +376,24 @@ export class Forward extends EventEmitter {
       await delay(waitMs, this.stopSignal.signal).catch(() => undefined);
     }
     if (this.stopping) throw new TunnelError('PF_ERR_SESSION_CLOSED', 'forward is stopping');
+    let sessionId: string | undefined;
+    // JSON logs carry the SessionId as a field once StartSession has named it.
+    const logger = withLateField(this.log.child('session'), 'session', () => sessionId);
     const session = new TunnelSession(this.config, this.tuning, this.boundPort, {
       ssm: this.deps.ssm,
-      logger: this.log.child('session'),
+      logger,
       userAgent: this.deps.userAgent,
       ...(this.deps.targets ? { resolveTarget: this.deps.targets.resolve } : {}),
       spill: this.spill,
     });
-    session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
-    session.once('granted', () => this.emit('sessionGranted', session));
+    session.on('state', () => (sessionId = session.sessionId));
+    session.once('granted', () => {
+      sessionId = session.sessionId;
+      this.emit('sessionGranted', session);
+    });
+    session.once('closed', (reason: SessionEndReason, err?: Error) =>
+      this.onSessionClosed(session, reason, err),
+    );
     this.stats.sessionsStarted++;
     this.startingSession = session;
     try {
@@ -264,6 +406,12 @@ export class Forward extends EventEmitter {
     } finally {
       this.startingSession = undefined;
     }
+    if (this.stopping) {
+      // stop() began while this start was in flight: nothing may open after "stopping".
+      void session.close('user');
+      throw new TunnelError('PF_ERR_SESSION_CLOSED', 'forward is stopping');
+    }
+    this.repeats.clear();
     this.session = session;
     this.emit('session', session);
     this.scheduleIdleStop();
@@ -278,23 +426,36 @@ export class Forward extends EventEmitter {
 
   /**
    * A session ended (spec §10.1, §10.3): forget it, so the next connection (or, when eager, at once) starts a
-   * fresh one. A session that ended early counts as a failure for the restart backoff.
+   * fresh one. A session that ended early counts as a failure for the restart backoff. An eager forward
+   * without keepAlive whose idle session the service closed falls back to lazy until the next connection,
+   * so the service's idle timeout is not defeated by reopening at once, forever.
    */
-  private onSessionClosed(session: TunnelSession, reason: SessionEndReason): void {
+  private onSessionClosed(session: TunnelSession, reason: SessionEndReason, err?: Error): void {
     this.stats.sessionsEnded++;
     if (this.session === session) this.session = undefined;
     if (reason !== 'idle' && reason !== 'user' && session.openedAt >= 0) {
       if (performance.now() - session.openedAt < SESSION_HEALTHY_AFTER_MS) this.noteFailure();
       else this.consecutiveFailures = 0;
     }
-    if (!this.stopping && reason !== 'idle' && reason !== 'user') {
-      this.log.info(`session ended (${reason}); the next connection starts a new one`);
-      if (this.config.eager) {
-        this.ensureSession().catch((err: unknown) =>
-          this.log.error(`session restart failed: ${describeError(err)}`),
-        );
-      }
+    // A session that never opened is reported by whoever waited for its start, with the error.
+    if (this.stopping || reason === 'idle' || reason === 'user' || session.openedAt < 0) return;
+    const why = `${reason}${err ? `: ${describeError(err)}` : ''}`;
+    if (
+      this.config.eager &&
+      !this.config.keepAlive &&
+      reason === 'channel-closed' &&
+      this.sockets.size === 0
+    ) {
+      this.eagerActive = false;
+      this.log.info(
+        `session ${session.sessionId} ended by the service while no connection was open (${why}); eager without keepAlive, so the next session starts on the next local connection (set keepAlive: true to keep one open)`,
+      );
+      return;
     }
+    this.log.info(
+      `session ${session.sessionId} ended (${why}); ${this.eagerActive ? 'starting a new one' : 'the next connection starts a new one'}`,
+    );
+    this.startEager();
   }
 
   private scheduleIdleStop(): void {
@@ -318,50 +479,92 @@ export class Forward extends EventEmitter {
   }
 
   /**
-   * Stop accepting, let open connections finish for up to `graceMs`, then reset the rest and end the
-   * session (TerminateSession).
+   * Stop accepting, let open connections (and a session start they wait for) finish for up to `graceMs`,
+   * then reset the rest and end the session (TerminateSession). Idempotent: every call shares one stop.
+   * {@link abandon} ends every wait at once.
    */
-  async stop(graceMs: number): Promise<void> {
+  stop(graceMs: number): Promise<void> {
+    this.stopPromise ??= this.stopOnce(graceMs);
+    return this.stopPromise;
+  }
+
+  /**
+   * Give up waiting (the daemon's stop deadline passed): reset the connections, close the sessions without
+   * waiting for them, and let a pending {@link stop} resolve now.
+   */
+  abandon(): void {
+    this.stopping = true;
+    this.abandoned.abort();
+    for (const socket of this.sockets) socket.destroy();
+    void this.startingSession?.close('user');
+    void this.session?.close('user');
+  }
+
+  /** `promise`, or undefined once `ms` pass or the forward is abandoned, whichever comes first. */
+  private async bounded<T>(promise: Promise<T>, ms = Infinity): Promise<T | undefined> {
+    const signal = this.abandoned.signal;
+    if (signal.aborted) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      return await Promise.race([
+        promise,
+        new Promise<undefined>((resolve) => {
+          onAbort = () => resolve(undefined);
+          signal.addEventListener('abort', onAbort, { once: true });
+          if (Number.isFinite(ms)) timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private async stopOnce(graceMs: number): Promise<void> {
     this.stopping = true;
     this.stopSignal.abort();
     // Nothing flows through a session that is not open yet: abort its start (StartSession retries, a hung
     // dial or handshake) rather than wait for it; close() terminates a session already granted.
     const aborting = this.startingSession?.close('user');
     clearTimeout(this.idleTimer);
+    const graceEndMs = performance.now() + graceMs;
     const server = this.server;
+    this.server = undefined;
+    server?.off('connection', this.acceptListener);
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     if (this.sockets.size > 0 && graceMs > 0) {
       this.log.info(`draining ${this.sockets.size} connection(s) for up to ${graceMs} ms`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, graceMs);
+      const drained = new Promise<void>((resolve) => {
         const check = (): void => {
-          if (this.sockets.size === 0) {
-            clearTimeout(timer);
-            resolve();
-          }
+          if (this.sockets.size === 0) resolve();
         };
         for (const socket of this.sockets) socket.once('close', check);
         check();
       });
+      await this.bounded(drained, graceMs);
     }
     for (const socket of this.sockets) socket.destroy();
+    // A start in flight (StartSession retries, dial, handshake) gets what is left of the grace, then is closed.
     const starting = this.sessionStarting;
-    if (starting)
-      await starting.then(
-        () => undefined,
-        () => undefined,
+    if (starting) {
+      const settled = starting.then(
+        () => true,
+        () => true,
       );
-    await aborting;
+      await this.bounded(settled, graceEndMs - performance.now());
+    }
+    if (aborting) await this.bounded(aborting.catch(() => undefined));
     const session = this.session;
     this.session = undefined;
     if (session) {
-      try {
-        await session.close('user');
-      } catch (err) {
-        if (!isPfError(err)) throw err;
-      }
+      await this.bounded(
+        session.close('user').catch((err: unknown) => {
+          if (!isPfError(err)) throw err;
+        }),
+      );
     }
-    await closed;
+    await this.bounded(closed);
   }
 }
 

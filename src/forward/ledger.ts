@@ -19,8 +19,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { homedir } from 'node:os';
 import { describeError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -127,10 +127,44 @@ export interface OrphanFile {
 /** Ledger file names: `<pid>-<instance>.json`, and `<pid>.json` as written before instance names. */
 const FILE_NAME = /^(\d+)(?:-[0-9a-f]+)?\.json$/;
 
+/**
+ * `mkdir -p` whose error names the real cause: Node's recursive mkdir reports ENOENT when a missing
+ * component cannot be created (a read-only file system, as under systemd's `ProtectHome=read-only`), so
+ * on ENOENT the first missing component is created on its own to get the errno that explains it (EROFS,
+ * EACCES, ENOTDIR).
+ */
+async function mkdirWithCause(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    let missing = dir;
+    for (let parent = dirname(missing); parent !== missing; parent = dirname(missing)) {
+      const exists = await stat(parent).then(
+        () => true,
+        () => false,
+      );
+      if (exists) break;
+      missing = parent;
+    }
+    await mkdir(missing, { mode: 0o700 });
+    throw err;
+  }
+}
+
+/** Renders a file-system error as `EROFS (mkdir /home/a/.local)`, the errno and the step that failed. */
+function fsCause(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (typeof e.code !== 'string') return describeError(err);
+  return `${e.code} (${[e.syscall, e.path].filter(Boolean).join(' ')})`;
+}
+
 /** This process's ledger file, plus the orphan sweep; all writes are serialised. */
 export class SessionLedger {
   private readonly entries = new Map<string, LedgerEntry>();
   private writing: Promise<void> = Promise.resolve();
+  /** A failed write was reported at warn: later ones go to debug (one warning per process). */
+  private writeFailureReported = false;
   /** This process's file. */
   readonly path: string;
   private readonly owner: Pick<LedgerEntry, 'bootId' | 'ownerStartTicks'>;
@@ -269,10 +303,16 @@ export class SessionLedger {
           await rm(this.path, { force: true });
           return;
         }
-        await mkdir(this.dir, { recursive: true, mode: 0o700 });
+        await mkdirWithCause(this.dir);
         await writeAtomically(this.path, snapshot);
       } catch (err) {
-        this.logger.warn(`cannot write session ledger ${this.path}: ${describeError(err)}`);
+        const text = `cannot write session ledger ${this.path}: ${fsCause(err)}; sessions left open by a crash will not be cleaned up on the next start. Point XDG_STATE_HOME at a writable directory (the system unit sets it to its StateDirectory=)`;
+        if (this.writeFailureReported) {
+          this.logger.debug(text);
+        } else {
+          this.writeFailureReported = true;
+          this.logger.warn(text);
+        }
       }
     });
     return this.writing;

@@ -833,9 +833,11 @@ export class TunnelSession extends EventEmitter {
   // ---- ending ------------------------------------------------------------------------------------
 
   private onChannelClosed(closed: ChannelClosed): void {
-    this.log.info(
-      `session ${this.sessionId} closed by the service${closed.output ? `: ${closed.output}` : ''}`,
-    );
+    const detail = closed.output ? `: ${closed.output}` : '';
+    // While closing, channel_closed is the answer to our own TerminateSession, not the service's doing.
+    if (this.stateValue === SessionState.Closing)
+      this.log.debug(`session ${this.sessionId} closed as asked${detail}`);
+    else this.log.info(`session ${this.sessionId} closed by the service${detail}`);
     this.emit('channelClosed', closed);
     this.finish(
       'channel-closed',

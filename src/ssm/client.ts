@@ -2,7 +2,11 @@
  * {@link SsmApi} on top of `@aws-sdk/client-ssm` (spec §2). Region, credentials and endpoint come from the
  * SDK's own chains: `profile` is handed to the client, which resolves static keys, `credential_process`,
  * SSO and assume-role profiles from `~/.aws/config` exactly like the AWS CLI; `AWS_REGION`,
- * `AWS_PROFILE` and `AWS_ENDPOINT_URL_SSM` work unchanged. Nothing here re-implements that chain.
+ * `AWS_PROFILE` and `AWS_ENDPOINT_URL_SSM` work unchanged. Nothing here re-implements that chain, except
+ * one AWS CLI convention the SDK v3 lacks: `AWS_DEFAULT_REGION` applies when `AWS_REGION` is unset.
+ *
+ * A StreamUrl is checked by {@link streamUrlProblem} before it leaves this module, so a token is only ever
+ * sent to a data-channel host the endpoint may name.
  *
  * Every failure is rethrown as an `AwsSessionError` via {@link mapSsmError}. TokenValue and StreamUrl
  * are never logged.
@@ -19,6 +23,7 @@ import type { Logger } from '../log.js';
 import { describeProxy, proxyAgentFor, proxyUrlFor } from '../proxy.js';
 import { describeError } from '../errors.js';
 import { signStreamUrl } from './sign.js';
+import { streamUrlProblem } from './stream-url.js';
 import type { SessionGrant, SsmApi, StartSessionRequest } from './types.js';
 import { mapSsmError } from './errors.js';
 import type { SsmErrorContext, SsmOperation } from './errors.js';
@@ -53,6 +58,16 @@ export interface SsmApiOptions {
   requestTimeoutMs?: number;
   /** Attempts per call including the first, handled by the SDK's standard retry strategy. Default 3 (SDK default). */
   maxAttempts?: number;
+  /** Environment for `AWS_REGION`/`AWS_DEFAULT_REGION` and the endpoint variables. Default `process.env`. */
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The region the AWS CLI would use before looking at the profile: `AWS_REGION`, then `AWS_DEFAULT_REGION`.
+ * Undefined lets the SDK read the profile's `region`.
+ */
+export function regionFromEnv(env: NodeJS.ProcessEnv): string | undefined {
+  return env['AWS_REGION'] || env['AWS_DEFAULT_REGION'] || undefined;
 }
 
 /** The fields of a Start/ResumeSession response pf-daemon reads. */
@@ -86,7 +101,10 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
       ...(proxyAgent ? { httpAgent: proxyAgent, httpsAgent: proxyAgent } : {}),
     },
   };
-  if (options.region) config.region = options.region;
+  const env = options.env ?? process.env;
+  // SDK v3 reads AWS_REGION and the profile but not AWS_DEFAULT_REGION; the AWS CLI (and our docs) do.
+  const region = options.region ?? regionFromEnv(env);
+  if (region) config.region = region;
   if (options.profile) config.profile = options.profile;
   if (options.endpoint) config.endpoint = options.endpoint;
   if (options.userAgent) config.customUserAgent = options.userAgent;
@@ -94,7 +112,7 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
   if (options.maxAttempts !== undefined) config.maxAttempts = options.maxAttempts;
   const client = new SSMClient(config);
   const baseContext: SsmErrorContext = {};
-  if (options.region) baseContext.region = options.region;
+  if (region) baseContext.region = region;
   if (options.profile) baseContext.profile = options.profile;
 
   async function call<T>(op: SsmOperation, context: SsmErrorContext, send: () => Promise<T>): Promise<T> {
@@ -105,6 +123,20 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
       log.debug(`${op} failed`, { code: mapped.code, retryable: mapped.retryable, error: mapped.message });
       throw mapped;
     }
+  }
+
+  // The endpoint the SDK will call, for the StreamUrl rules (its own env variables included).
+  const apiEndpoint =
+    options.endpoint ?? (env['AWS_ENDPOINT_URL_SSM'] || env['AWS_ENDPOINT_URL'] || undefined);
+
+  /** Refuse a StreamUrl the endpoint may not name (see `stream-url.ts`); the token is never used then. */
+  function checkStreamUrl(op: SsmOperation, grant: SessionGrant): SessionGrant {
+    const problem = streamUrlProblem(grant.streamUrl, apiEndpoint);
+    if (problem === undefined) return grant;
+    throw new AwsSessionError(
+      'PF_ERR_STREAM_URL',
+      `${op} for session ${grant.sessionId} refused: ${problem}; the session token was not sent. Check --endpoint (and AWS_ENDPOINT_URL_SSM) points at the real SSM API`,
+    );
   }
 
   function grantFrom(op: SsmOperation, out: GrantOutput, sessionId?: string): SessionGrant {
@@ -147,7 +179,13 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
       );
       const grant = grantFrom('StartSession', out);
       log.debug('StartSession ok', { sessionId: grant.sessionId, target: request.target });
-      return grant;
+      try {
+        return checkStreamUrl('StartSession', grant);
+      } catch (err) {
+        // The session exists on the service now: end it rather than leave it to the idle timeout.
+        await client.send(new TerminateSessionCommand({ SessionId: grant.sessionId })).catch(() => undefined);
+        throw err;
+      }
     },
 
     async resumeSession(sessionId: string): Promise<SessionGrant> {
@@ -155,7 +193,7 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
       const out = await call('ResumeSession', { sessionId }, () =>
         client.send(new ResumeSessionCommand({ SessionId: sessionId })),
       );
-      return grantFrom('ResumeSession', out, sessionId);
+      return checkStreamUrl('ResumeSession', grantFrom('ResumeSession', out, sessionId));
     },
 
     async terminateSession(sessionId: string): Promise<void> {
@@ -169,6 +207,14 @@ export function createSsmApi(options: SsmApiOptions): SsmApi {
         if (err instanceof AwsSessionError && err.code === 'PF_ERR_SESSION_GONE') return;
         throw err;
       }
+    },
+
+    async checkSetup(): Promise<void> {
+      // The same resolution StartSession would do first, without calling the API; errors map the same way.
+      await call('StartSession', {}, async () => {
+        await client.config.region();
+        await client.config.credentials();
+      });
     },
 
     async signStreamUrl(streamUrl: string): Promise<Record<string, string>> {

@@ -36,4 +36,9 @@ export interface SsmApi {
    * region as the API calls. Optional; resolves to `{}` when signing is not possible. Secrets: never log.
    */
   signStreamUrl?(streamUrl: string): Promise<Record<string, string>>;
+  /**
+   * Resolve region and credentials without calling the API (start-up check). Optional. Throws the
+   * `AwsSessionError` StartSession would throw for the same cause, so the message names the fix.
+   */
+  checkSetup?(): Promise<void>;
 }

@@ -27,6 +27,8 @@ test('a minimal forward resolves with every default applied', (t) => {
       eager: false,
       idleStopMs: 600000,
       keepAlive: false,
+      halfCloseLingerMs: 2000,
+      allowInsecureEndpoint: false,
     },
   ]);
   t.deepEqual(config.log, { level: 'info', format: 'auto' });

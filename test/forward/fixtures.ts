@@ -23,7 +23,7 @@ export const TARGET = 'i-0123456789abcdef0';
 /** Static credentials for the emulator's unsigned API. */
 export const credentials = { accessKeyId: 'AKIDEMULATOR', secretAccessKey: 'emulator-secret' };
 
-/** A forward config for tests: lazy, no idle stop, no keep-alive. */
+/** A forward config for tests: lazy, no idle stop, no keep-alive, FIN at once after a local EOF. */
 export function forwardConfig(overrides: Partial<ForwardConfig>): ForwardConfig {
   return {
     name: 'test',
@@ -34,6 +34,8 @@ export function forwardConfig(overrides: Partial<ForwardConfig>): ForwardConfig 
     eager: false,
     idleStopMs: 0,
     keepAlive: false,
+    halfCloseLingerMs: 0,
+    allowInsecureEndpoint: false,
     ...overrides,
   };
 }

@@ -64,6 +64,8 @@ for (const format of ['plain', 'json', 'text'] as LogFormat[]) {
         eager: false,
         idleStopMs: 0,
         keepAlive: false,
+        halfCloseLingerMs: 0,
+        allowInsecureEndpoint: false,
       },
       defaultTuning,
       { ssm, logger: logger.child('forward:redaction'), userAgent: 'pf-daemon-test' },
