@@ -227,10 +227,10 @@ const CLI_CASES: {
   },
   {
     what: 'a bad --target gives one error, not a second "pass --target"',
-    argv: ['--target', 'bad', '--port', '5'],
+    argv: ['--target', 'i-123', '--port', '5'],
     exit: 2,
     stderr:
-      /error: invalid configuration: defaults\.target: must be a managed node id[^;]*from --target \[PF_ERR_CONFIG\]\n$/,
+      /error: invalid configuration: defaults\.target: \"i-123\" looks like a managed node id[^;]*from --target \[PF_ERR_CONFIG\]\n$/,
   },
   {
     what: 'check-config works with flags and no file',

@@ -227,7 +227,7 @@ test.serial(
       const e = new StreamingEcho(Number(port), { totalBytes: 8 * 1024, windowBytes: 8 * 1024 });
       const recorded = jsonAppears(state, 15_000);
       await withTimeout(e.done, 15_000, 'echo through the daemon');
-      t.regex(await recorded, /^pf-daemon\/sessions\/\d+\.json$/);
+      t.regex(await recorded, /^pf-daemon\/sessions\/\d+-[0-9a-f]+\.json$/);
       daemon.child.kill('SIGTERM');
       t.is(await withTimeout(daemon.exit, 20_000, 'exit'), 0);
       t.false(existsSync(join(state, await recorded)), 'the ledger is emptied on a clean stop');

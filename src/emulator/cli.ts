@@ -343,7 +343,10 @@ export function emulatorCommandBuilder<T>(y: Argv<T>): Argv<T> {
   return y
     .options(EMULATOR_OPTIONS)
     .example('$0 emulator --port 4566 --host-map db.internal=127.0.0.1', 'fixed port, ToRemoteHost mapping')
-    .example('$0 emulator --instance i-0123456789abcdef0,Name=web-1', 'an instance found by --target web-1')
+    .example(
+      '$0 emulator --instance i-0123456789abcdef0,Name=web-1',
+      'an instance the target web-1 finds (by its Name tag)',
+    )
     .example(
       '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
       'lossy, flaky link',

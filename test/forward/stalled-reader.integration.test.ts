@@ -214,7 +214,7 @@ test.serial(
       t.regex(
         resetLines[0] as string,
         new RegExp(
-          `connection from 127\\.0\\.0\\.1:${stalled.localPort} \\(stream \\d+\\) reset: .*MiB waiting .*bound of 8\\.0 MiB`,
+          `connection from 127\\.0\\.0\\.1:${stalled.localPort} closed after .*: stream \\d+ reset: .*MiB waiting .*bound of 8\\.0 MiB`,
         ),
       );
       t.true((resetLines[0] as string).includes('PF_ERR_STREAM_BACKLOG'), 'the stable code is in the line');
