@@ -12,6 +12,8 @@ import type { SsmApi } from './ssm/types.js';
 import { SessionLedger } from './forward/ledger.js';
 import type { LedgerEntry } from './forward/ledger.js';
 import type { TunnelSession } from './forward/session.js';
+import { STATS_SCHEMA, failedForwardStats } from './stats.js';
+import type { DaemonStats, Readiness } from './stats.js';
 
 /** Where an SSM API lives: a forward's region/profile/endpoint overrides. */
 export type SsmLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint'>;
@@ -31,11 +33,21 @@ export interface DaemonDeps {
    * killed daemon are terminated on the next start. Unset = no ledger.
    */
   ledgerDir?: string;
+  /** Version reported in `stats()` (package.json). Default `unknown`. */
+  version?: string;
+  /** Config file reported in `stats()`; unset when running from flags only. */
+  configFile?: string;
+  /** Told about every successful reconnect (metrics' reconnect histogram); ms taken. */
+  onReconnected?: (forward: string, ms: number) => void;
 }
 
 /** Runs forwards until stopped. */
 export class Daemon {
   private readonly forwards = new Map<string, Forward>();
+  /** Configured forwards whose listener could not be opened on the last reload, with the reason. */
+  private readonly notListening = new Map<string, string>();
+  /** Wall-clock construction time, ms since the epoch (status uptime). */
+  private readonly createdAt = Date.now();
   private config: DaemonConfig;
   private readonly ledger: SessionLedger | undefined;
   /** Settles when sessions left by a crashed daemon have been terminated (started by start()). */
@@ -60,8 +72,40 @@ export class Daemon {
       logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
     });
-    forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
+    forward.on('session', (session: TunnelSession) => {
+      this.record(session, forwardConfig);
+      const observe = this.deps.onReconnected;
+      if (observe) session.on('reconnected', (ms: number) => observe(forwardConfig.name, ms));
+    });
     return forward;
+  }
+
+  /** The stats tree (`src/stats.ts`): every configured forward in config order, with its sessions. */
+  stats(): DaemonStats {
+    return {
+      schema: STATS_SCHEMA,
+      version: this.deps.version ?? 'unknown',
+      pid: process.pid,
+      startedAt: new Date(this.createdAt).toISOString(),
+      uptimeMs: Date.now() - this.createdAt,
+      configFile: this.deps.configFile ?? null,
+      forwards: this.config.forwards.map((f) => {
+        const running = this.forwards.get(f.name);
+        if (running) return running.stats;
+        return failedForwardStats(f, this.notListening.get(f.name) ?? 'not started');
+      }),
+    };
+  }
+
+  /** Ready when every configured forward listens; otherwise one reason per forward that does not. */
+  readiness(): Readiness {
+    const reasons: string[] = [];
+    for (const f of this.config.forwards) {
+      const running = this.forwards.get(f.name);
+      if (running?.address) continue;
+      reasons.push(`forward ${f.name} is not listening: ${this.notListening.get(f.name) ?? 'not started'}`);
+    }
+    return { ready: reasons.length === 0, reasons };
   }
 
   /** Keep an open session in the ledger until it closes. */
@@ -154,6 +198,7 @@ export class Daemon {
       }
     }
     this.config = config;
+    this.notListening.clear();
     await Promise.all(toStop.map((f) => f.stop(config.tuning.drainGraceMs)));
     let started = 0;
     for (const forwardConfig of config.forwards) {
@@ -164,6 +209,7 @@ export class Daemon {
         this.forwards.set(forwardConfig.name, forward);
         started++;
       } catch (err) {
+        this.notListening.set(forwardConfig.name, describeError(err));
         this.deps.logger.error(`reload: forward ${forwardConfig.name} not started: ${describeError(err)}`);
       }
     }

@@ -8,12 +8,15 @@ import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
+import { documentFor } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
+import { formatDuration, hostPort } from '../stats.js';
+import type { ForwardStats } from '../stats.js';
 
 /**
  * A session that ends (other than by us) sooner than this after opening counts as a failed start for the
@@ -28,15 +31,22 @@ export interface ForwardDeps {
   userAgent: string;
 }
 
-/** Counters of one forward. */
-export interface ForwardStats {
+/** Plain counters of one forward, incremented where the event already happens (never per chunk). */
+interface ForwardCounters {
   connectionsAccepted: number;
   connectionsActive: number;
+  connectionsOk: number;
   connectionsFailed: number;
   sessionsStarted: number;
   sessionsEnded: number;
-  bytesUp: number;
-  bytesDown: number;
+  /** Reconnects of sessions that have ended (live ones are added from their own counter). */
+  endedReconnects: number;
+  /** Resends of sessions that have ended. */
+  endedResentMessages: number;
+  /** `bytesRead` of local sockets that have closed, bytes. */
+  closedBytesUp: number;
+  /** `bytesWritten` of local sockets that have closed, bytes. */
+  closedBytesDown: number;
 }
 
 /**
@@ -54,14 +64,20 @@ export class Forward extends EventEmitter {
   private stopping = false;
   private readonly stopSignal = new AbortController();
   private boundPort = 0;
-  readonly stats: ForwardStats = {
+  private listening = false;
+  /** Local sockets already counted in `connectionsFailed` (so their close is not counted as ok). */
+  private readonly failedSockets = new WeakSet<Socket>();
+  private readonly counters: ForwardCounters = {
     connectionsAccepted: 0,
     connectionsActive: 0,
+    connectionsOk: 0,
     connectionsFailed: 0,
     sessionsStarted: 0,
     sessionsEnded: 0,
-    bytesUp: 0,
-    bytesDown: 0,
+    endedReconnects: 0,
+    endedResentMessages: 0,
+    closedBytesUp: 0,
+    closedBytesDown: 0,
   };
 
   constructor(
@@ -85,6 +101,54 @@ export class Forward extends EventEmitter {
   /** The current session, if any. */
   get currentSession(): TunnelSession | undefined {
     return this.session;
+  }
+
+  /**
+   * The forward's branch of the stats tree (`src/stats.ts`), a fresh snapshot per read. Bytes are the
+   * sockets' own `bytesRead`/`bytesWritten` (closed sockets summed at close, open ones read now), so the
+   * data path carries no counting code of its own.
+   */
+  get stats(): ForwardStats {
+    const c = this.counters;
+    let bytesUp = c.closedBytesUp;
+    let bytesDown = c.closedBytesDown;
+    for (const socket of this.sockets) {
+      bytesUp += socket.bytesRead;
+      bytesDown += socket.bytesWritten;
+    }
+    const session = this.session;
+    const sessions = session ? [session.stats] : [];
+    const address = this.address;
+    return {
+      name: this.config.name,
+      bind: this.config.bind,
+      localPort: address?.port ?? this.config.localPort,
+      listen: address ? hostPort(address.address, address.port) : null,
+      target: this.config.target,
+      host: this.config.host ?? 'localhost',
+      remotePort: this.config.remotePort,
+      document: documentFor(this.config),
+      state: this.listening ? 'listening' : this.stopping ? 'stopped' : 'starting',
+      error: null,
+      connectionsAccepted: c.connectionsAccepted,
+      connectionsActive: c.connectionsActive,
+      connectionsOk: c.connectionsOk,
+      connectionsFailed: c.connectionsFailed,
+      sessionsStarted: c.sessionsStarted,
+      sessionsEnded: c.sessionsEnded,
+      reconnects: c.endedReconnects + (session?.reconnects ?? 0),
+      resentMessages: c.endedResentMessages + (sessions[0]?.resentMessages ?? 0),
+      bytesUp,
+      bytesDown,
+      sessions,
+    };
+  }
+
+  /** Count a local connection as failed, once. */
+  private connectionFailed(socket: Socket): void {
+    if (this.failedSockets.has(socket)) return;
+    this.failedSockets.add(socket);
+    this.counters.connectionsFailed++;
   }
 
   /**
@@ -114,6 +178,7 @@ export class Forward extends EventEmitter {
     server.on('error', (err) => this.log.error(`listener error: ${err.message}`));
     const address = this.address as AddressInfo;
     this.boundPort = address.port;
+    this.listening = true;
     this.log.info(
       `listening on ${address.address}:${address.port} → ${this.config.host ?? 'localhost'}:${this.config.remotePort} via ${this.config.target}`,
     );
@@ -131,8 +196,8 @@ export class Forward extends EventEmitter {
       socket.destroy();
       return;
     }
-    this.stats.connectionsAccepted++;
-    this.stats.connectionsActive++;
+    this.counters.connectionsAccepted++;
+    this.counters.connectionsActive++;
     this.sockets.add(socket);
     clearTimeout(this.idleTimer);
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -140,13 +205,16 @@ export class Forward extends EventEmitter {
     socket.on('error', (err) => this.log.debug(`local connection ${peer}: ${err.message}`));
     socket.once('close', () => {
       this.sockets.delete(socket);
-      this.stats.connectionsActive--;
+      this.counters.connectionsActive--;
+      this.counters.closedBytesUp += socket.bytesRead;
+      this.counters.closedBytesDown += socket.bytesWritten;
+      if (!this.failedSockets.has(socket)) this.counters.connectionsOk++;
       this.scheduleIdleStop();
     });
     this.ensureSession().then(
       (session) => this.attach(socket, session, peer),
       (err: unknown) => {
-        this.stats.connectionsFailed++;
+        this.connectionFailed(socket);
         this.log.error(`connection from ${peer} closed: ${describeError(err)}`);
         socket.destroy();
       },
@@ -156,6 +224,7 @@ export class Forward extends EventEmitter {
   private attach(socket: Socket, session: TunnelSession, peer: string): void {
     if (socket.destroyed) return;
     if (session.mode === 'basic') {
+      this.log.debug(`connection from ${peer} queued on session ${session.sessionId} (basic mode)`);
       session.basicRelay?.attach(socket);
       return;
     }
@@ -163,28 +232,21 @@ export class Forward extends EventEmitter {
     try {
       stream = session.openStream();
     } catch (err) {
-      this.stats.connectionsFailed++;
+      this.connectionFailed(socket);
       this.log.warn(`connection from ${peer} closed: ${describeError(err)}`);
       socket.destroy();
       return;
     }
     const id = (stream as Duplex & { id?: number }).id;
-    let received = 0;
-    socket.on('data', (chunk: Buffer) => {
-      this.stats.bytesUp += chunk.length;
-    });
-    stream.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      this.stats.bytesDown += chunk.length;
-    });
+    if (this.log.debugEnabled) this.log.debug(`connection from ${peer} on stream ${id}`);
     // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the socket.
     socket.pipe(stream);
     stream.pipe(socket);
     stream.once('end', () => {
       // ConnectToPortError does not name its stream (spec §9.4): pair it with the next FIN of a stream
-      // that never received data.
-      if (received === 0 && session.takeDestinationRefusal()) {
-        this.stats.connectionsFailed++;
+      // that never received data (pipe() has written everything the stream delivered to the socket).
+      if (socket.bytesWritten === 0 && session.takeDestinationRefusal()) {
+        this.connectionFailed(socket);
         this.log.warn(
           `connection from ${peer} (stream ${id}) closed: the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`,
         );
@@ -231,7 +293,7 @@ export class Forward extends EventEmitter {
       userAgent: this.deps.userAgent,
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
-    this.stats.sessionsStarted++;
+    this.counters.sessionsStarted++;
     try {
       await session.start();
     } catch (err) {
@@ -255,14 +317,21 @@ export class Forward extends EventEmitter {
    * fresh one. A session that ended early counts as a failure for the restart backoff.
    */
   private onSessionClosed(session: TunnelSession, reason: SessionEndReason): void {
-    this.stats.sessionsEnded++;
+    this.counters.sessionsEnded++;
+    this.counters.endedReconnects += session.reconnects;
+    this.counters.endedResentMessages += session.stats.resentMessages;
     if (this.session === session) this.session = undefined;
+    // The one info line of a session's end (issue 13: one line per session event).
+    const livedMs = Date.now() - session.createdAt;
+    this.log.info(
+      `session ${session.sessionId ?? '(not started)'} ended (${reason}) after ${formatDuration(livedMs)}, ${session.reconnects} reconnect(s)`,
+    );
     if (reason !== 'idle' && reason !== 'user' && session.openedAt >= 0) {
       if (performance.now() - session.openedAt < SESSION_HEALTHY_AFTER_MS) this.noteFailure();
       else this.consecutiveFailures = 0;
     }
     if (!this.stopping && reason !== 'idle' && reason !== 'user') {
-      this.log.info(`session ended (${reason}); the next connection starts a new one`);
+      this.log.debug(`the next connection starts a new session`);
       if (this.config.eager) {
         this.ensureSession().catch((err: unknown) =>
           this.log.error(`session restart failed: ${describeError(err)}`),
@@ -277,7 +346,7 @@ export class Forward extends EventEmitter {
     this.idleTimer = setTimeout(() => {
       const session = this.session;
       if (!session || this.sockets.size > 0) return;
-      this.log.info(
+      this.log.debug(
         `no connections for ${this.config.idleStopMs} ms; terminating session ${session.sessionId}`,
       );
       this.session = undefined;
@@ -297,6 +366,7 @@ export class Forward extends EventEmitter {
    */
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
+    this.listening = false;
     this.stopSignal.abort();
     clearTimeout(this.idleTimer);
     const server = this.server;
