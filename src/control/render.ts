@@ -46,7 +46,8 @@ function wrap(parts: readonly string[], head: string, indent: string): string[] 
   let line = head;
   let fresh = true;
   for (const part of parts) {
-    if (!fresh && line.length + 2 + part.length > STATUS_WIDTH) {
+    // One column stays free for the comma that ends a wrapped line.
+    if (!fresh && line.length + 2 + part.length > STATUS_WIDTH - 1) {
       lines.push(`${line},`);
       line = indent;
       fresh = true;
