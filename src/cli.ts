@@ -6,6 +6,7 @@
  * Commands:
  * - `pf-daemon [flags]`: run the forwards until SIGTERM/SIGINT; SIGHUP reloads the config file;
  * - `pf-daemon check-config [FILE]`: validate and summarise, exit 0 (valid) or 2 (invalid);
+ * - `pf-daemon status [--json] [--watch]`: ask the running daemon over its control socket, exit 0 or 1;
  * - `pf-daemon emulator …`: the local SSM emulator, registered by `emulator/cli.ts`.
  *
  * Exit codes: 0 success, 1 fatal run-time error (start-up failed, stop failed), 2 bad flags or config.
@@ -30,6 +31,11 @@ import type { Logger } from './log.js';
 import { createSdNotify } from './sd-notify.js';
 import type { SdNotifier } from './sd-notify.js';
 import { createSsmApi } from './ssm/client.js';
+import { clientControlSocketPaths, defaultControlSocketPath } from './control/paths.js';
+import { requestStatusAny } from './control/client.js';
+import { renderStatus } from './control/render.js';
+import { Monitor } from './monitor.js';
+import type { DaemonStats } from './stats.js';
 import type { SsmApi } from './ssm/types.js';
 import { targetResolverFactory } from './targets/resolve.js';
 
@@ -195,7 +201,33 @@ export const OPTIONS = {
     requiresArg: true,
     description: 'Log format: text (coloured), plain (journald), json; auto picks plain under systemd',
   },
+  'control-socket': {
+    alias: 'S',
+    type: 'string',
+    requiresArg: true,
+    description:
+      'Control socket for `status` (default $XDG_RUNTIME_DIR/pf-daemon/control.sock); sets controlSocket',
+  },
+  metrics: {
+    alias: 'M',
+    type: 'string',
+    requiresArg: true,
+    description: 'Serve /metrics, /healthz, /readyz on host:port, e.g. 127.0.0.1:9464; sets metrics.listen',
+  },
 } as const satisfies Record<string, Options>;
+
+/** Options of `pf-daemon status` only. */
+export const STATUS_OPTIONS = {
+  json: { type: 'boolean', description: 'Print the stats tree as JSON (schema: docs/status.md)' },
+  watch: {
+    alias: 'w',
+    type: 'boolean',
+    description: 'Refresh every second with rates (MB/s, connections/s) until Ctrl-C',
+  },
+} as const satisfies Record<string, Options>;
+
+/** Interval of `status --watch`, ms. */
+export const STATUS_WATCH_INTERVAL_MS = 1_000;
 
 /** The parts of a process `main` touches, injectable so tests run it in-process. */
 export interface MainIo {
@@ -217,11 +249,12 @@ export interface MainIo {
   columns?: number;
 }
 
-/** The daemon surface the CLI drives. */
-export type DaemonControl = Pick<Daemon, 'start' | 'stop' | 'reload'>;
+/** The daemon surface the CLI drives; with `stats` and `readiness` it also gets the monitor. */
+export type DaemonControl = Pick<Daemon, 'start' | 'stop' | 'reload'> &
+  Partial<Pick<Daemon, 'stats' | 'readiness'>>;
 
 /** The signals the CLI handles. */
-export type HandledSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP';
+export type HandledSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGUSR1';
 
 /** A process-like signal emitter. */
 export interface SignalSource {
@@ -254,6 +287,10 @@ interface Args {
   halfCloseLingerMs?: number | null;
   logLevel?: string;
   logFormat?: string;
+  controlSocket?: string;
+  metrics?: string;
+  json?: boolean;
+  watch?: boolean;
 }
 
 /** Our own version, from package.json; `unknown` if it cannot be read. */
@@ -329,6 +366,11 @@ function buildParser(columns: number | undefined): Argv {
           c.positional('file', { type: 'string', description: 'Config file (default: the discovered one)' }),
         ),
     )
+    .command(
+      'status',
+      'Show forwards, sessions, bytes and reconnects of the running daemon; exit 1 if none runs',
+      (c) => c.options(STATUS_OPTIONS),
+    )
     .example(
       '$0 --target i-0123456789abcdef0 --port 5432',
       'localhost:5432 on the instance at 127.0.0.1:5432',
@@ -342,6 +384,7 @@ function buildParser(columns: number | undefined): Argv {
     .example('$0 --config /etc/pf-daemon/alice.yaml', 'run every forward in a config file')
     .example('$0 check-config ~/.config/pf-daemon/config.yaml', 'validate a config file')
     .example('$0 check-config --target i-0123456789abcdef0 --port 5432', 'validate flags alone')
+    .example('$0 status --watch', 'what the running daemon is doing, refreshed every second')
     .epilog(
       [
         `Config file discovery: --config, then $${CONFIG_ENV}, then $XDG_CONFIG_HOME/pf-daemon/config.yaml (default ~/.config/pf-daemon/config.yaml) if it exists. Flags override the file: --target, --region, --profile, --endpoint, --bind, --reason, --eager, --keep-alive, --idle-stop-ms and --half-close-linger-ms set defaults:, --port and --forward replace forwards:. See config.example.yaml for every key.`,
@@ -411,6 +454,8 @@ function flagValues(argv: Args): FlagValues {
     halfCloseLingerMs: number(argv.halfCloseLingerMs),
     logLevel: argv.logLevel,
     logFormat: argv.logFormat,
+    controlSocket: argv.controlSocket,
+    metrics: argv.metrics,
   };
 }
 
@@ -479,15 +524,25 @@ async function runDaemon(
     io.logger ?? createLogger({ level: config.log.level, format: config.log.format, env: io.env });
   const log = logger.child('cli');
   const notify = io.notifier ?? createSdNotify({ env: io.env, logger });
-  const userAgent = `${PROGRAM}/${packageVersion()}`;
+  const version = packageVersion();
+  const userAgent = `${PROGRAM}/${version}`;
+  const metricsListen = config.metrics?.listen;
+  // prom-client costs ~13 MB of RSS when loaded: only load it when metrics are asked for.
+  const metrics =
+    metricsListen === undefined
+      ? undefined
+      : (await import('./metrics/registry.js')).createDaemonMetrics(version);
   const deps: DaemonDeps = {
     logger,
     ssmFor: ssmFactory(logger, userAgent),
     targetsFor: targetResolverFactory({ logger, userAgent }),
     userAgent,
     ledgerDir: defaultLedgerDir(io.env),
+    version,
+    ...(configPath === undefined ? {} : { configFile: configPath }),
+    ...(metrics ? { onReconnected: metrics.observeReconnect } : {}),
   };
-  const daemon = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);
+  const daemon: DaemonControl = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);
   const signals: SignalSource = io.signals ?? process;
 
   try {
@@ -497,6 +552,26 @@ async function runDaemon(
     await daemon.stop().catch(() => undefined);
     io.stderr.write(`${PROGRAM}: error: ${describeError(err)}\n`);
     return EXIT_FAILURE;
+  }
+  let monitor: Monitor | undefined;
+  if (daemon.stats && daemon.readiness) {
+    const observed = { stats: daemon.stats.bind(daemon), readiness: daemon.readiness.bind(daemon) };
+    try {
+      monitor = await Monitor.start({
+        daemon: observed,
+        logger: logger.child('monitor'),
+        controlSocket: config.controlSocket ?? defaultControlSocketPath(io.env),
+        ...(metrics && metricsListen !== undefined
+          ? { metrics: { registry: metrics, listen: metricsListen } }
+          : {}),
+        notifier: notify,
+        signals,
+      });
+    } catch (err) {
+      await daemon.stop().catch(() => undefined);
+      io.stderr.write(`${PROGRAM}: error: ${describeError(err)}\n`);
+      return EXIT_FAILURE;
+    }
   }
   const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
   log.info(`started; ${summary}`);
@@ -523,18 +598,23 @@ async function runDaemon(
       stopping = true;
       log.info('stopping: draining connections');
       void notify.stopping();
-      daemon.stop().then(
-        () => {
-          log.info('stopped');
-          cleanup();
-          resolve(EXIT_OK);
-        },
-        (err: unknown) => {
-          log.error(`stop failed: ${describeError(err)}`);
-          cleanup();
-          resolve(EXIT_FAILURE);
-        },
-      );
+      const monitorStopped = monitor
+        ?.stop()
+        .catch((err: unknown) => log.warn(`monitor stop: ${describeError(err)}`));
+      Promise.resolve(monitorStopped)
+        .then(() => daemon.stop())
+        .then(
+          () => {
+            log.info('stopped');
+            cleanup();
+            resolve(EXIT_OK);
+          },
+          (err: unknown) => {
+            log.error(`stop failed: ${describeError(err)}`);
+            cleanup();
+            resolve(EXIT_FAILURE);
+          },
+        );
     }
     function onReload(): void {
       if (stopping) return;
@@ -547,6 +627,12 @@ async function runDaemon(
         await notify.reloading();
         try {
           const next = await buildConfig(configPath, flags);
+          if (
+            next.controlSocket !== config.controlSocket ||
+            next.metrics?.listen !== config.metrics?.listen
+          ) {
+            log.warn('reload: controlSocket and metrics changes take effect after a restart');
+          }
           const summary = await daemon.reload(next);
           config = next;
           listening = summary.listening;
@@ -558,6 +644,7 @@ async function runDaemon(
           log.error(`reload failed, keeping the running configuration: ${describeError(err)}`);
         }
         await notify.ready(`forwarding ${listening} port(s)`);
+        monitor?.statusOverwritten();
       });
     }
     const onTerm = (): void => onStop('SIGTERM');
@@ -567,6 +654,64 @@ async function runDaemon(
     signals.on('SIGHUP', onReload);
     // READY only once the handlers are in place, so "ready" also means "stoppable and reloadable".
     void notify.ready(summary);
+  });
+}
+
+/** The control socket paths `status` tries: the flag, else the config file's `controlSocket`, else defaults. */
+async function statusPaths(io: MainIo, args: Args, configPath: string | undefined): Promise<string[]> {
+  if (args.controlSocket !== undefined) return [args.controlSocket];
+  if (configPath !== undefined) {
+    // Only for its controlSocket: a config that does not verify must not stop status from working.
+    const configured = await buildConfig(configPath, {}).then(
+      (c) => c.controlSocket,
+      () => undefined,
+    );
+    if (configured !== undefined) return [configured];
+  }
+  return clientControlSocketPaths(io.env);
+}
+
+/** `pf-daemon status [--json] [--watch]`; exit 0, or 1 when no daemon answers. */
+async function statusCommand(io: MainIo, args: Args, configPath: string | undefined): Promise<number> {
+  const paths = await statusPaths(io, args, configPath);
+  const show = (stats: DaemonStats, before: DaemonStats | undefined): string =>
+    args.json ? `${JSON.stringify(stats, null, args.watch ? undefined : 2)}\n` : renderStatus(stats, before);
+  const first = await requestStatusAny(paths);
+  if (!args.watch) {
+    io.stdout.write(show(first, undefined));
+    return EXIT_OK;
+  }
+  const signals: SignalSource = io.signals ?? process;
+  // A terminal gets a redrawn screen; a pipe gets one snapshot after another (NDJSON with --json).
+  const clear = !args.json && (io.stdout as { isTTY?: boolean }).isTTY === true ? '\x1b[H\x1b[2J' : '';
+  io.stdout.write(clear + show(first, undefined));
+  return new Promise<number>((resolve) => {
+    let previous = first;
+    let busy = false;
+    const finish = (code: number): void => {
+      clearInterval(timer);
+      signals.off('SIGINT', stop);
+      signals.off('SIGTERM', stop);
+      resolve(code);
+    };
+    const stop = (): void => finish(EXIT_OK);
+    const timer = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      requestStatusAny(paths).then(
+        (stats) => {
+          busy = false;
+          io.stdout.write(clear + show(stats, previous));
+          previous = stats;
+        },
+        (err: unknown) => {
+          io.stderr.write(`${PROGRAM}: error: ${describeError(err)}\n`);
+          finish(EXIT_FAILURE);
+        },
+      );
+    }, STATUS_WATCH_INTERVAL_MS);
+    signals.on('SIGINT', stop);
+    signals.on('SIGTERM', stop);
   });
 }
 
@@ -637,6 +782,7 @@ export async function main(argv: readonly string[], io?: MainIo): Promise<number
       })?.path;
     if (command === 'check-config')
       return await checkConfig(ioReal, discover(args.file ?? args.config), flags);
+    if (command === 'status') return await statusCommand(ioReal, args, discover(args.config));
     return await runDaemon(ioReal, discover(args.config), flags, fail);
   } catch (err) {
     return fail(err);

@@ -22,6 +22,8 @@ import { SessionLedger } from './forward/ledger.js';
 import type { LedgerEntry } from './forward/ledger.js';
 import type { TunnelSession } from './forward/session.js';
 import type { ForwardTargets } from './targets/resolve.js';
+import { STATS_SCHEMA, failedForwardStats } from './stats.js';
+import type { DaemonStats, Readiness } from './stats.js';
 
 /** Where an SSM API lives: a forward's region/profile/endpoint overrides. */
 export type SsmLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint'>;
@@ -97,6 +99,12 @@ export interface DaemonDeps {
    * killed daemon are terminated on the next start. Unset = no ledger.
    */
   ledgerDir?: string;
+  /** Version reported in `stats()` (package.json). Default `unknown`. */
+  version?: string;
+  /** Config file reported in `stats()`; unset when running from flags only. */
+  configFile?: string;
+  /** Told about every successful reconnect (metrics' reconnect histogram); ms taken. */
+  onReconnected?: (forward: string, ms: number) => void;
 }
 
 /** Runs forwards until stopped. */
@@ -105,6 +113,10 @@ export class Daemon {
   private readonly forwards = new Map<string, Forward>();
   /** Every forward created and not yet stopped: starting, listening or draining (see the module comment). */
   private readonly owned = new Set<Forward>();
+  /** Configured forwards whose listener could not be opened on the last reload, with the reason. */
+  private readonly notListening = new Map<string, string>();
+  /** Wall-clock construction time, ms since the epoch (status uptime). */
+  private readonly createdAt = Date.now();
   private config: DaemonConfig;
   private stateValue: DaemonState = DaemonState.New;
   private readonly ledger: SessionLedger | undefined;
@@ -155,8 +167,42 @@ export class Daemon {
     });
     // As soon as StartSession returns (issue 10 item 5): a dial that hangs must not leave it unrecorded.
     forward.on('sessionGranted', (session: TunnelSession) => this.record(session, forwardConfig));
+    const observe = this.deps.onReconnected;
+    if (observe) {
+      forward.on('session', (session: TunnelSession) =>
+        session.on('reconnected', (ms: number) => observe(forwardConfig.name, ms)),
+      );
+    }
     this.owned.add(forward);
     return forward;
+  }
+
+  /** The stats tree (`src/stats.ts`): every configured forward in config order, with its sessions. */
+  stats(): DaemonStats {
+    return {
+      schema: STATS_SCHEMA,
+      version: this.deps.version ?? 'unknown',
+      pid: process.pid,
+      startedAt: new Date(this.createdAt).toISOString(),
+      uptimeMs: Date.now() - this.createdAt,
+      configFile: this.deps.configFile ?? null,
+      forwards: this.config.forwards.map((f) => {
+        const running = this.forwards.get(f.name);
+        if (running) return running.stats;
+        return failedForwardStats(f, this.notListening.get(f.name) ?? 'not started');
+      }),
+    };
+  }
+
+  /** Ready when every configured forward listens; otherwise one reason per forward that does not. */
+  readiness(): Readiness {
+    const reasons: string[] = [];
+    for (const f of this.config.forwards) {
+      const running = this.forwards.get(f.name);
+      if (running?.address) continue;
+      reasons.push(`forward ${f.name} is not listening: ${this.notListening.get(f.name) ?? 'not started'}`);
+    }
+    return { ready: reasons.length === 0, reasons };
   }
 
   /** Keep an open session in the ledger until it closes. */
@@ -366,6 +412,7 @@ export class Daemon {
       }
       this.config = config;
       this.spill.limitBytes = config.tuning.spillLimitBytes;
+      this.notListening.clear();
       // Listeners whose address the new configuration keeps are handed over; the others are closed first,
       // so a new forward may bind a port a removed one held.
       const byAddress = new Map<string, Forward>();
@@ -394,6 +441,7 @@ export class Daemon {
         } catch (err) {
           this.owned.delete(forward);
           summary.failed.push(forwardConfig.name);
+          this.notListening.set(forwardConfig.name, describeError(err));
           this.deps.logger.error(`reload: forward ${forwardConfig.name} not started: ${describeError(err)}`);
         }
       }

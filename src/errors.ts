@@ -11,6 +11,7 @@
  * - config: the user's flags or YAML are wrong. The CLI prints the message and exits 2.
  * - aws: an SSM API call failed; the message names the fix.
  * - tunnel: a forward or session failed at run time.
+ * - control: the control socket or the metrics endpoint (observability, never the data path).
  */
 
 /** Every stable error code, with the domain it belongs to and a one-line description for the README. */
@@ -89,6 +90,16 @@ export const ERROR_CODES = {
     domain: 'tunnel',
     text: 'a connection was reset: its reader left too much waiting',
   },
+  // control: the control socket and metrics endpoint (src/control/, src/metrics/)
+  PF_ERR_CONTROL_SOCKET: {
+    domain: 'control',
+    text: 'the control socket cannot be opened, or no daemon answers on it',
+  },
+  PF_ERR_CONTROL_REQUEST: {
+    domain: 'control',
+    text: 'a control-socket request was malformed, too long or not a status request',
+  },
+  PF_ERR_METRICS_LISTEN: { domain: 'control', text: 'the metrics HTTP server could not listen' },
 } as const;
 
 /** A stable error code. */
@@ -152,6 +163,14 @@ export class AwsSessionError extends PfError {
 export class TunnelError extends PfError {
   declare readonly code: CodeOf<'tunnel'>;
   constructor(code: CodeOf<'tunnel'>, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+
+/** The control socket or metrics endpoint failed, or a control request was refused. */
+export class ControlError extends PfError {
+  declare readonly code: CodeOf<'control'>;
+  constructor(code: CodeOf<'control'>, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
   }
 }

@@ -230,7 +230,7 @@ const CLI_CASES: {
     argv: ['--target', 'i-123', '--port', '5'],
     exit: 2,
     stderr:
-      /error: invalid configuration: defaults\.target: \"i-123\" looks like a managed node id[^;]*from --target \[PF_ERR_CONFIG\]\n$/,
+      /error: invalid configuration: defaults\.target: "i-123" looks like a managed node id[^;]*from --target \[PF_ERR_CONFIG\]\n$/,
   },
   {
     what: 'check-config works with flags and no file',

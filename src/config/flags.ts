@@ -7,7 +7,8 @@
  *   `--parameter key=value` adds to `defaults.parameters`;
  * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
  *   file's `forwards:` list;
- * - `--log-level`, `--log-format` set `log.*`.
+ * - `--log-level`, `--log-format` set `log.*`;
+ * - `--control-socket` sets `controlSocket`, `--metrics` sets `metrics.listen`.
  * Problems in flag-provided values are reported `from --flag` instead of with a file position.
  */
 import { ConfigError } from '../errors.js';
@@ -43,6 +44,10 @@ export interface FlagValues {
   halfCloseLingerMs?: number | undefined;
   logLevel?: string | undefined;
   logFormat?: string | undefined;
+  /** `--control-socket PATH`: sets `controlSocket`. */
+  controlSocket?: string | undefined;
+  /** `--metrics ADDR`: sets `metrics.listen`. */
+  metrics?: string | undefined;
 }
 
 /** Example used in `--forward` messages and help. */
@@ -218,6 +223,15 @@ export function overlayFlags(
   }
   if (flags.logLevel !== undefined || flags.logFormat !== undefined) raw['log'] = log;
 
+  if (flags.controlSocket !== undefined) {
+    raw['controlSocket'] = flags.controlSocket;
+    fromFlag.set('controlSocket', '--control-socket');
+  }
+  if (flags.metrics !== undefined) {
+    raw['metrics'] = { ...(isMapping(base['metrics']) ? base['metrics'] : {}), listen: flags.metrics };
+    fromFlag.set('metrics.listen', '--metrics');
+  }
+
   const forwards: Record<string, unknown>[] = [];
   const forwardOrigins: string[] = [];
   if (flags.port !== undefined) {
@@ -236,6 +250,9 @@ export function overlayFlags(
   const source: ConfigSource = {
     locate(path: ConfigPath, what: 'value' | 'key'): string | undefined {
       const [first, second] = path;
+      if (typeof first === 'string' && second === undefined && fromFlag.has(first)) {
+        return `from ${fromFlag.get(first)}`;
+      }
       if (typeof first === 'string' && typeof second === 'string') {
         const flag = fromFlag.get(`${first}.${second}`);
         if (flag) return `from ${flag}`;

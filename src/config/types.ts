@@ -140,11 +140,27 @@ export interface LogConfig {
   format: LogFormat;
 }
 
+/** Prometheus metrics endpoint (`src/metrics/`); off unless `listen` is set. */
+export interface MetricsConfig {
+  /**
+   * `host:port` (`[v6]:port`) of the HTTP server for `/metrics`, `/healthz` and `/readyz`, e.g.
+   * `127.0.0.1:9464`. Unset = no metrics server (the default). A non-loopback host gets a warning line.
+   */
+  listen?: string;
+}
+
 /** The whole resolved configuration. */
 export interface DaemonConfig {
   forwards: ForwardConfig[];
   log: LogConfig;
   tuning: TuningConfig;
+  /**
+   * Path of the control socket `pf-daemon status` talks to. Unset = the default chosen at run time by
+   * `src/control/paths.ts` (`$XDG_RUNTIME_DIR/pf-daemon/control.sock`, see there for the fallbacks).
+   */
+  controlSocket?: string;
+  /** Metrics endpoint; unset or without `listen` = off. */
+  metrics?: MetricsConfig;
 }
 
 /** Documented defaults of every tuning knob. */

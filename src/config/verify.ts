@@ -10,6 +10,8 @@
  * log: { level, format }
  * tuning: { <every TuningConfig key> }
  * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, reason, eager, idleStopMs, keepAlive, halfCloseLingerMs } ]
+ * controlSocket: /absolute/path.sock
+ * metrics: { listen: "127.0.0.1:9464" }
  * ```
  */
 import { isIP } from 'node:net';
@@ -18,7 +20,14 @@ import type { LogFormat, LogLevel } from '../log.js';
 import { isLoopbackHost } from '../targets/destination.js';
 import { INSTANCE_ID_PATTERN, TARGET_FORMS, parseTarget } from '../targets/spec.js';
 import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST, defaultForward, defaultLog, defaultTuning } from './types.js';
-import type { DaemonConfig, ForwardConfig, LogConfig, TargetPick, TuningConfig } from './types.js';
+import type {
+  DaemonConfig,
+  ForwardConfig,
+  LogConfig,
+  MetricsConfig,
+  TargetPick,
+  TuningConfig,
+} from './types.js';
 
 /** A path into the raw configuration, e.g. `['forwards', 1, 'remotePort']`. */
 export type ConfigPath = readonly (string | number)[];
@@ -281,7 +290,47 @@ const LOG_CHECKS = {
     LOG_FORMATS.includes(v as LogFormat) ? undefined : `must be one of ${LOG_FORMATS.join(', ')}`,
 } satisfies Record<keyof LogConfig, Check>;
 
-const TOP_KEYS = ['defaults', 'log', 'tuning', 'forwards'] as const;
+/**
+ * Longest control-socket path, bytes: `sun_path` holds 108 bytes on Linux and 104 on macOS/BSD, each
+ * with a terminating NUL (protocol limit of AF_UNIX).
+ */
+export const CONTROL_SOCKET_MAX_BYTES = 103;
+
+const checkControlSocket: Check = (v) => {
+  if (typeof v !== 'string' || !v.startsWith('/')) {
+    return 'must be an absolute path such as /run/user/1000/pf-daemon/control.sock';
+  }
+  if (Buffer.byteLength(v) > CONTROL_SOCKET_MAX_BYTES) {
+    return `must be at most ${CONTROL_SOCKET_MAX_BYTES} bytes long (a unix socket path limit); pick a shorter path`;
+  }
+  return undefined;
+};
+
+/** A listen address `host:port` split, host without IPv6 brackets. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** Parse `127.0.0.1:9464`, `[::1]:9464` or `localhost:9464`; undefined when it is not one. */
+export function parseHostPort(text: string): HostPort | undefined {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
+  if (!match) return undefined;
+  const host = match[1] ?? match[2] ?? '';
+  const port = Number(match[3]);
+  if (port > 65535) return undefined;
+  if (match[1] !== undefined ? isIP(host) !== 6 : isIP(host) !== 4 && host !== 'localhost') return undefined;
+  return { host, port };
+}
+
+const METRICS_CHECKS = {
+  listen: (v: unknown) =>
+    typeof v === 'string' && parseHostPort(v)
+      ? undefined
+      : 'must be host:port with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464',
+} satisfies Record<keyof MetricsConfig, Check>;
+
+const TOP_KEYS = ['defaults', 'log', 'tuning', 'forwards', 'controlSocket', 'metrics'] as const;
 
 function isMapping(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -469,6 +518,17 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
     );
   }
   const log: LogConfig = { ...defaultLog, ...(logRaw as Partial<LogConfig>) };
+  const metricsRaw = section(
+    problems,
+    ['metrics'],
+    problems.mapping(['metrics'], top['metrics']),
+    METRICS_CHECKS,
+  );
+  const controlSocket = top['controlSocket'];
+  const controlSocketOk =
+    controlSocket !== undefined &&
+    controlSocket !== null &&
+    problems.check(['controlSocket'], controlSocket, checkControlSocket);
 
   const resolved: { forward: ForwardConfig; index: number; named: boolean }[] = [];
   const rawForwards = top['forwards'];
@@ -593,5 +653,8 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
   }
 
   if (problems.list.length > 0) throw new ConfigProblemsError(problems.list);
-  return deepFreeze({ forwards: resolved.map((r) => r.forward), log, tuning });
+  const config: DaemonConfig = { forwards: resolved.map((r) => r.forward), log, tuning };
+  if (controlSocketOk) config.controlSocket = controlSocket as string;
+  if (typeof metricsRaw.listen === 'string') config.metrics = { listen: metricsRaw.listen };
+  return deepFreeze(config);
 }

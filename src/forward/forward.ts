@@ -9,6 +9,7 @@ import os from 'node:os';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
+import { documentFor } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
 import { RepeatFilter, withLateField } from '../log.js';
 import type { Logger } from '../log.js';
@@ -19,6 +20,8 @@ import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import type { BackoffPolicy } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
+import { formatDuration, hostPort } from '../stats.js';
+import type { ForwardStats } from '../stats.js';
 
 /**
  * A session that ends (other than by us) sooner than this after opening counts as a failed start for the
@@ -57,21 +60,26 @@ interface ConnectionRecord {
   peer: string;
   /** performance.now() at accept, ms. */
   openedAt: number;
-  bytesUp: number;
-  bytesDown: number;
   /** Why it failed (set at most once); undefined = it ended normally. */
   failure?: string;
 }
 
-/** Counters of one forward. */
-export interface ForwardStats {
+/** Plain counters of one forward, incremented where the event already happens (never per chunk). */
+interface ForwardCounters {
   connectionsAccepted: number;
   connectionsActive: number;
+  connectionsOk: number;
   connectionsFailed: number;
   sessionsStarted: number;
   sessionsEnded: number;
-  bytesUp: number;
-  bytesDown: number;
+  /** Reconnects of sessions that have ended (live ones are added from their own counter). */
+  endedReconnects: number;
+  /** Resends of sessions that have ended. */
+  endedResentMessages: number;
+  /** `bytesRead` of local sockets that have closed, bytes. */
+  closedBytesUp: number;
+  /** `bytesWritten` of local sockets that have closed, bytes. */
+  closedBytesDown: number;
 }
 
 /**
@@ -102,14 +110,20 @@ export class Forward extends EventEmitter {
   private readonly stopSignal = new AbortController();
   private boundPort = 0;
   private readonly spill: SpillStore;
-  readonly stats: ForwardStats = {
+  private listening = false;
+  /** Local sockets already counted in `connectionsFailed` (so their close is not counted as ok). */
+  private readonly failedSockets = new WeakSet<Socket>();
+  private readonly counters: ForwardCounters = {
     connectionsAccepted: 0,
     connectionsActive: 0,
+    connectionsOk: 0,
     connectionsFailed: 0,
     sessionsStarted: 0,
     sessionsEnded: 0,
-    bytesUp: 0,
-    bytesDown: 0,
+    endedReconnects: 0,
+    endedResentMessages: 0,
+    closedBytesUp: 0,
+    closedBytesDown: 0,
   };
 
   constructor(
@@ -136,6 +150,54 @@ export class Forward extends EventEmitter {
   /** The current session, if any. */
   get currentSession(): TunnelSession | undefined {
     return this.session;
+  }
+
+  /**
+   * The forward's branch of the stats tree (`src/stats.ts`), a fresh snapshot per read. Bytes are the
+   * sockets' own `bytesRead`/`bytesWritten` (closed sockets summed at close, open ones read now), so the
+   * data path carries no counting code of its own.
+   */
+  get stats(): ForwardStats {
+    const c = this.counters;
+    let bytesUp = c.closedBytesUp;
+    let bytesDown = c.closedBytesDown;
+    for (const socket of this.sockets) {
+      bytesUp += socket.bytesRead;
+      bytesDown += socket.bytesWritten;
+    }
+    const session = this.session;
+    const sessions = session ? [session.stats] : [];
+    const address = this.address;
+    return {
+      name: this.config.name,
+      bind: this.config.bind,
+      localPort: address?.port ?? this.config.localPort,
+      listen: address ? hostPort(address.address, address.port) : null,
+      target: this.config.target,
+      host: this.config.host ?? 'localhost',
+      remotePort: this.config.remotePort,
+      document: documentFor(this.config),
+      state: this.listening ? 'listening' : this.stopping ? 'stopped' : 'starting',
+      error: null,
+      connectionsAccepted: c.connectionsAccepted,
+      connectionsActive: c.connectionsActive,
+      connectionsOk: c.connectionsOk,
+      connectionsFailed: c.connectionsFailed,
+      sessionsStarted: c.sessionsStarted,
+      sessionsEnded: c.sessionsEnded,
+      reconnects: c.endedReconnects + (session?.reconnects ?? 0),
+      resentMessages: c.endedResentMessages + (sessions[0]?.resentMessages ?? 0),
+      bytesUp,
+      bytesDown,
+      sessions,
+    };
+  }
+
+  /** Count a local connection as failed, once. */
+  private connectionFailed(socket: Socket): void {
+    if (this.failedSockets.has(socket)) return;
+    this.failedSockets.add(socket);
+    this.counters.connectionsFailed++;
   }
 
   /**
@@ -168,6 +230,7 @@ export class Forward extends EventEmitter {
     server.on('error', this.serverErrorListener);
     const address = this.address as AddressInfo;
     this.boundPort = address.port;
+    this.listening = true;
     this.log.info(
       `listening on ${address.address}:${address.port} → ${this.config.host ?? 'localhost'}:${this.config.remotePort} via ${this.config.target}${adopt ? ' (listener taken over from the previous configuration)' : ''}`,
     );
@@ -233,8 +296,8 @@ export class Forward extends EventEmitter {
       socket.destroy();
       return;
     }
-    this.stats.connectionsAccepted++;
-    this.stats.connectionsActive++;
+    this.counters.connectionsAccepted++;
+    this.counters.connectionsActive++;
     this.sockets.add(socket);
     clearTimeout(this.idleTimer);
     if (this.config.eager && !this.eagerActive) {
@@ -244,8 +307,6 @@ export class Forward extends EventEmitter {
     const conn: ConnectionRecord = {
       peer: `${socket.remoteAddress}:${socket.remotePort}`,
       openedAt: performance.now(),
-      bytesUp: 0,
-      bytesDown: 0,
     };
     socket.setNoDelay(true);
     socket.on('error', (err) => {
@@ -253,14 +314,17 @@ export class Forward extends EventEmitter {
     });
     socket.once('close', () => {
       this.sockets.delete(socket);
-      this.stats.connectionsActive--;
-      this.logClose(conn);
+      this.counters.connectionsActive--;
+      this.counters.closedBytesUp += socket.bytesRead;
+      this.counters.closedBytesDown += socket.bytesWritten;
+      if (!this.failedSockets.has(socket)) this.counters.connectionsOk++;
+      this.logClose(conn, socket);
       this.scheduleIdleStop();
     });
     this.ensureSession().then(
       (session) => this.attach(socket, session, conn),
       (err: unknown) => {
-        this.stats.connectionsFailed++;
+        this.connectionFailed(socket);
         conn.failure ??= describeError(err);
         socket.destroy();
       },
@@ -268,9 +332,9 @@ export class Forward extends EventEmitter {
   }
 
   /** The one line a local connection leaves: debug when it ended normally, warn when it failed. */
-  private logClose(conn: ConnectionRecord): void {
+  private logClose(conn: ConnectionRecord, socket: Socket): void {
     const ms = Math.round(performance.now() - conn.openedAt);
-    const what = `connection from ${conn.peer} closed after ${ms} ms, ${conn.bytesUp} bytes up, ${conn.bytesDown} bytes down`;
+    const what = `connection from ${conn.peer} closed after ${ms} ms, ${socket.bytesRead} bytes up, ${socket.bytesWritten} bytes down`;
     if (conn.failure === undefined) this.log.debug(what);
     else this.report('warn', `${what}: ${conn.failure}`, conn.failure);
   }
@@ -278,6 +342,7 @@ export class Forward extends EventEmitter {
   private attach(socket: Socket, session: TunnelSession, conn: ConnectionRecord): void {
     if (socket.destroyed) return;
     if (session.mode === 'basic') {
+      this.log.debug(`connection from ${conn.peer} queued on session ${session.sessionId} (basic mode)`);
       session.basicRelay?.attach(socket);
       return;
     }
@@ -285,20 +350,13 @@ export class Forward extends EventEmitter {
     try {
       stream = session.openStream();
     } catch (err) {
-      this.stats.connectionsFailed++;
+      this.connectionFailed(socket);
       conn.failure ??= describeError(err);
       socket.destroy();
       return;
     }
     const id = (stream as Duplex & { id?: number }).id;
-    socket.on('data', (chunk: Buffer) => {
-      conn.bytesUp += chunk.length;
-      this.stats.bytesUp += chunk.length;
-    });
-    stream.on('data', (chunk: Buffer) => {
-      conn.bytesDown += chunk.length;
-      this.stats.bytesDown += chunk.length;
-    });
+    if (this.log.debugEnabled) this.log.debug(`connection from ${conn.peer} on stream ${id}`);
     // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the
     // socket. The local EOF is not passed on at once: see halfClose().
     socket.pipe(stream, { end: false });
@@ -306,9 +364,9 @@ export class Forward extends EventEmitter {
     socket.once('end', () => this.halfClose(stream));
     stream.once('end', () => {
       // ConnectToPortError does not name its stream (spec §9.4): pair it with the next FIN of a stream
-      // that never received data.
-      if (conn.bytesDown === 0 && session.takeDestinationRefusal()) {
-        this.stats.connectionsFailed++;
+      // that never received data (pipe() has written everything the stream delivered to the socket).
+      if (socket.bytesWritten === 0 && session.takeDestinationRefusal()) {
+        this.connectionFailed(socket);
         conn.failure ??= `the agent could not reach ${this.config.host ?? 'localhost'}:${this.config.remotePort}`;
       }
       closeAfterFlush(socket, stream);
@@ -394,7 +452,7 @@ export class Forward extends EventEmitter {
     session.once('closed', (reason: SessionEndReason, err?: Error) =>
       this.onSessionClosed(session, reason, err),
     );
-    this.stats.sessionsStarted++;
+    this.counters.sessionsStarted++;
     this.startingSession = session;
     try {
       await session.start();
@@ -431,15 +489,23 @@ export class Forward extends EventEmitter {
    * so the service's idle timeout is not defeated by reopening at once, forever.
    */
   private onSessionClosed(session: TunnelSession, reason: SessionEndReason, err?: Error): void {
-    this.stats.sessionsEnded++;
+    this.counters.sessionsEnded++;
+    this.counters.endedReconnects += session.reconnects;
+    this.counters.endedResentMessages += session.stats.resentMessages;
     if (this.session === session) this.session = undefined;
+    // The one info line of a session's end (issue 13: one line per session event), with the error that ended
+    // it. A session that never opened is reported by whoever waited for its start, with the error.
+    const livedMs = Date.now() - session.createdAt;
+    const why = `${reason}${err ? `: ${describeError(err)}` : ''}`;
+    const ended = `session ${session.sessionId ?? '(not started)'} ended (${why}) after ${formatDuration(livedMs)}, ${session.reconnects} reconnect(s)`;
+    if (session.openedAt >= 0) this.log.info(ended);
+    else this.log.debug(ended);
     if (reason !== 'idle' && reason !== 'user' && session.openedAt >= 0) {
       if (performance.now() - session.openedAt < SESSION_HEALTHY_AFTER_MS) this.noteFailure();
       else this.consecutiveFailures = 0;
     }
     // A session that never opened is reported by whoever waited for its start, with the error.
     if (this.stopping || reason === 'idle' || reason === 'user' || session.openedAt < 0) return;
-    const why = `${reason}${err ? `: ${describeError(err)}` : ''}`;
     if (
       this.config.eager &&
       !this.config.keepAlive &&
@@ -452,9 +518,7 @@ export class Forward extends EventEmitter {
       );
       return;
     }
-    this.log.info(
-      `session ${session.sessionId} ended (${why}); ${this.eagerActive ? 'starting a new one' : 'the next connection starts a new one'}`,
-    );
+    this.log.debug(this.eagerActive ? 'starting a new session' : 'the next connection starts a new session');
     this.startEager();
   }
 
@@ -464,7 +528,7 @@ export class Forward extends EventEmitter {
     this.idleTimer = setTimeout(() => {
       const session = this.session;
       if (!session || this.sockets.size > 0) return;
-      this.log.info(
+      this.log.debug(
         `no connections for ${this.config.idleStopMs} ms; terminating session ${session.sessionId}`,
       );
       this.session = undefined;
@@ -523,6 +587,7 @@ export class Forward extends EventEmitter {
 
   private async stopOnce(graceMs: number): Promise<void> {
     this.stopping = true;
+    this.listening = false;
     this.stopSignal.abort();
     // Nothing flows through a session that is not open yet: abort its start (StartSession retries, a hung
     // dial or handshake) rather than wait for it; close() terminates a session already granted.

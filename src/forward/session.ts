@@ -43,6 +43,7 @@ import {
 import { BasicRelay } from './basic.js';
 import { InputGuard, warnOncePerText } from './input-guard.js';
 import { describeConnectToPortError } from '../targets/destination.js';
+import type { SessionStats } from '../stats.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -128,6 +129,14 @@ export class TunnelSession extends EventEmitter {
   lastReconnectMs = -1;
   /** Monotonic time (performance.now) the session opened, ms; -1 until open. */
   openedAt = -1;
+  /** Wall-clock time the session was created, ms since the epoch (for status output). */
+  readonly createdAt = Date.now();
+  /** Wall-clock time the latest reconnect completed, ms since the epoch; -1 before the first. */
+  lastReconnectAt = -1;
+  /** The latest error (link loss, failed resume attempt, failure) and its wall-clock time, for status. */
+  private lastError: { message: string; at: number } | undefined;
+  /** Why {@link close} was called, while it runs. */
+  private closingReason: SessionEndReason | undefined;
   /** A reconnect loop is running (one at a time). */
   private reconnecting = false;
   /** 'settled' was emitted. */
@@ -224,15 +233,35 @@ export class TunnelSession extends EventEmitter {
     return this.decision.mux ? 'mux' : 'basic';
   }
 
-  /** Counters of the layers, for logs and tests. */
-  get stats(): Record<string, unknown> {
+  /** The session's branch of the stats tree (`src/stats.ts`): a fresh snapshot per read. */
+  get stats(): SessionStats {
+    const mux = this.smux ? this.smux.stats : null;
     return {
-      channel: { ...this.channel.stats },
-      mux: this.smux ? { ...this.smux.stats } : undefined,
+      id: this.sessionId ?? null,
+      mode: this.mode ?? null,
+      state: this.stateValue,
+      startedAt: new Date(this.createdAt).toISOString(),
+      ageMs: Date.now() - this.createdAt,
       reconnects: this.reconnects,
-      lastReconnectMs: this.lastReconnectMs,
+      lastReconnectAt: this.lastReconnectAt < 0 ? null : new Date(this.lastReconnectAt).toISOString(),
+      lastReconnectMs: this.lastReconnectMs < 0 ? null : this.lastReconnectMs,
+      resentMessages: this.channel.stats.resends,
+      unackedMessages: this.channel.unacked,
+      bufferedUpBytes: mux?.outgoingBufferedBytes ?? 0,
+      bufferedDownBytes: mux?.receiveBufferedBytes ?? 0,
+      reorderBufferedMessages: this.channel.reorderBuffered,
+      lastError: this.lastError
+        ? { message: this.lastError.message, at: new Date(this.lastError.at).toISOString() }
+        : null,
+      channel: { ...this.channel.stats },
+      mux,
       input: { ...this.input.stats },
     };
+  }
+
+  /** Remember the latest error for status output (one line; logs stay where they are). */
+  private noteError(message: string): void {
+    this.lastError = { message, at: Date.now() };
   }
 
   /** Resolves once the session is closed. */
@@ -264,7 +293,7 @@ export class TunnelSession extends EventEmitter {
       await this.terminateViaApi(this.grant.sessionId);
       throw new TunnelError('PF_ERR_SESSION_CLOSED', `session closed while starting (${this.endReason})`);
     }
-    this.log.info(
+    this.log.debug(
       `session ${this.grant.sessionId} started for ${this.resolvedTargetValue ?? this.forward.target}:${this.forward.remotePort}`,
     );
     const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
@@ -539,7 +568,10 @@ export class TunnelSession extends EventEmitter {
     else this.setUpBasic();
     this.setState(SessionState.Open);
     this.openedAt = performance.now();
-    this.log.info(`session ${this.sessionId} open (${this.mode} mode)`);
+    // The one info line of a session's start (issue 13: one line per session event).
+    this.log.info(
+      `session ${this.sessionId} open (${this.mode} mode) to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort} via ${this.forward.target} after ${Date.now() - this.createdAt} ms`,
+    );
     this.openWaiter?.resolve();
     this.openWaiter = undefined;
   }
@@ -662,6 +694,7 @@ export class TunnelSession extends EventEmitter {
       case SessionState.Open:
       case SessionState.Reconnecting:
         this.log.warn(`data channel down (${detail}); resuming session`);
+        this.noteError(`data channel down: ${detail}`);
         if (!this.reconnecting) this.reconnect().catch((err: unknown) => this.internalError('resume', err));
         return;
       case SessionState.Closing:
@@ -754,6 +787,7 @@ export class TunnelSession extends EventEmitter {
         this.reconnects++;
         const took = Math.round(this.linkProvenAt - startedAt);
         this.lastReconnectMs = took;
+        this.lastReconnectAt = Date.now();
         this.setState(SessionState.Open);
         this.log.info(
           `session ${sessionId} resumed after ${took} ms (attempt ${attempt + 1} since the link became unstable)`,
@@ -773,6 +807,7 @@ export class TunnelSession extends EventEmitter {
         if (this.endReason !== undefined) return;
         episode.streak++;
         this.log.warn(`resume attempt ${attempt + 1} failed: ${describeError(err)}`);
+        this.noteError(`resume attempt ${attempt + 1} failed: ${describeError(err)}`);
       }
     }
     if (this.endReason === undefined) {
@@ -839,8 +874,9 @@ export class TunnelSession extends EventEmitter {
       this.log.debug(`session ${this.sessionId} closed as asked${detail}`);
     else this.log.info(`session ${this.sessionId} closed by the service${detail}`);
     this.emit('channelClosed', closed);
+    // channel_closed answering our own TerminateSession flag ends the session for our reason, not the service's.
     this.finish(
-      'channel-closed',
+      this.closingReason ?? 'channel-closed',
       new TunnelError('PF_ERR_SESSION_CLOSED', closed.output || 'channel closed by the service'),
     );
     this.settle(true);
@@ -850,6 +886,7 @@ export class TunnelSession extends EventEmitter {
   private async fail(reason: SessionEndReason, err: Error): Promise<void> {
     if (this.endReason !== undefined) return;
     this.log.error(`session ${this.sessionId ?? '(not started)'} failed: ${describeError(err)}`);
+    this.noteError(describeError(err));
     this.openWaiter?.reject(err);
     this.openWaiter = undefined;
     const sessionId = this.sessionId;
@@ -866,6 +903,7 @@ export class TunnelSession extends EventEmitter {
   async close(reason: SessionEndReason = 'user'): Promise<void> {
     if (this.endReason !== undefined) return this.closedPromise;
     const sessionId = this.sessionId;
+    this.closingReason = reason;
     this.setState(SessionState.Closing);
     let confirmed = false;
     if (this.decision?.terminateFlag && this.connection?.isOpen) {

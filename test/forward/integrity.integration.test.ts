@@ -19,8 +19,8 @@ test('corrupted agent payloads are dropped unacked and recovered by the agent re
     const result = await echoExchange(port, 32 * 1024, 30_000);
     t.is(result.receivedSha256, result.sentSha256);
     t.is(emulator.faults.corruptDigest.length, 0, 'both corruptions were applied');
-    const stats = forward.currentSession?.stats['channel'] as Record<string, number>;
-    t.true(stats['protocolErrors']! >= 2, `digest mismatches dropped: ${stats['protocolErrors']}`);
+    const protocolErrors = forward.currentSession?.stats.channel.protocolErrors ?? 0;
+    t.true(protocolErrors >= 2, `digest mismatches dropped: ${protocolErrors}`);
     const agent = [...emulator.sessions.values()][0]?.agent;
     t.true((agent?.stats.resends ?? 0) >= 2, 'the agent resent what we refused to ack');
   } finally {
