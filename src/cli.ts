@@ -61,7 +61,7 @@ const HELP_DEFAULT_COLUMNS = 100;
 /** Widest help, columns (long lines are hard to read even on wide terminals). */
 const HELP_MAX_COLUMNS = 120;
 /** The commands, for "unknown command" messages. */
-const COMMANDS = ['check-config', 'emulator'] as const;
+const COMMANDS = ['check-config', 'emulator', 'status'] as const;
 
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 const LOG_FORMATS = ['auto', 'text', 'plain', 'json'] as const;
@@ -369,7 +369,13 @@ function buildParser(columns: number | undefined): Argv {
     .command(
       'status',
       'Show forwards, sessions, bytes and reconnects of the running daemon; exit 1 if none runs',
-      (c) => c.options(STATUS_OPTIONS),
+      // The socket to ask, given directly or through the config file's controlSocket.
+      (c) =>
+        c.options({
+          ...STATUS_OPTIONS,
+          config: OPTIONS.config,
+          'control-socket': OPTIONS['control-socket'],
+        }),
     )
     .example(
       '$0 --target i-0123456789abcdef0 --port 5432',

@@ -269,12 +269,12 @@ test.serial('read-only home and no state directory: one ledger warning, with the
     for (let i = 1; i <= 2; i++) {
       const e = new StreamingEcho(Number(port), { totalBytes: 4 * 1024, windowBytes: 4 * 1024 });
       await withTimeout(e.done, 15_000, `echo ${i}`);
-      await daemon.waitLine(/no connections for 100 ms; terminating session/, 15_000, i);
+      await daemon.waitLine(/ ended \(idle\) after /, 15_000, i);
       if (i === 1) await daemon.waitLine(/cannot write session ledger/, 15_000);
     }
     daemon.child.kill('SIGTERM');
     t.is(await withTimeout(daemon.exit, 20_000, 'exit'), 0);
-    t.is(daemon.log.filter((l) => /terminating session/.test(l)).length, 2, 'two sessions');
+    t.is(daemon.log.filter((l) => / ended \(idle\) after /.test(l)).length, 2, 'two sessions');
     const warnings = daemon.log.filter((l) => /cannot write session ledger/.test(l));
     t.is(warnings.length, 1, warnings.join('\n'));
     t.regex(warnings[0] ?? '', canUnshare ? /: EROFS \(mkdir / : /: ENOTDIR /);

@@ -496,7 +496,8 @@ export class Forward extends EventEmitter {
     // The one info line of a session's end (issue 13: one line per session event), with the error that ended
     // it. A session that never opened is reported by whoever waited for its start, with the error.
     const livedMs = Date.now() - session.createdAt;
-    const why = `${reason}${err ? `: ${describeError(err)}` : ''}`;
+    // Our own stops (user, idle) need no error text: the reason says it all.
+    const why = err && reason !== 'user' && reason !== 'idle' ? `${reason}: ${describeError(err)}` : reason;
     const ended = `session ${session.sessionId ?? '(not started)'} ended (${why}) after ${formatDuration(livedMs)}, ${session.reconnects} reconnect(s)`;
     if (session.openedAt >= 0) this.log.info(ended);
     else this.log.debug(ended);

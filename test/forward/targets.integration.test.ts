@@ -127,7 +127,7 @@ test('--target web-1: the session goes to the instance with that Name tag, bytes
     t.true(
       r.lines.some((l) => l.level === 'info' && l.message === `target web-1 → ${instanceId(1)} (name:web-1)`),
     );
-    t.true(r.lines.some((l) => l.level === 'info' && l.message.includes(`started for ${instanceId(1)}:`)));
+    t.true(r.lines.some((l) => l.message.includes(`started for ${instanceId(1)}:`)));
   } finally {
     await teardown(r);
   }
