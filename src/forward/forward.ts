@@ -12,6 +12,7 @@ import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
+import { corkPerTick } from './local-socket.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
 
@@ -173,7 +174,10 @@ export class Forward extends EventEmitter {
     socket.on('data', (chunk: Buffer) => {
       this.stats.bytesUp += chunk.length;
     });
+    // Registered before pipe(): the cork is in place before pipe writes the chunk.
+    const holdWrites = corkPerTick(socket);
     stream.on('data', (chunk: Buffer) => {
+      holdWrites();
       received += chunk.length;
       this.stats.bytesDown += chunk.length;
     });
