@@ -31,6 +31,7 @@ import { createSdNotify } from './sd-notify.js';
 import type { SdNotifier } from './sd-notify.js';
 import { createSsmApi } from './ssm/client.js';
 import type { SsmApi } from './ssm/types.js';
+import { targetResolverFactory } from './targets/resolve.js';
 
 /** Program name in help and error lines. */
 export const PROGRAM = 'pf-daemon';
@@ -61,7 +62,32 @@ export const OPTIONS = {
     alias: 't',
     type: 'string',
     requiresArg: true,
-    description: 'Managed node id (i-… or mi-…) to forward through; sets defaults.target',
+    description:
+      'Target: i-…/mi-…, name:web-1 (or web-1), tag:Key=Value, ecs:cluster/service[/container], ecs:cluster/taskId[/container]; sets defaults.target',
+  },
+  'pick-any': {
+    type: 'boolean',
+    description:
+      'When a name/tag/ECS target matches several, pick one online match at random; sets defaults.pick',
+  },
+  'document-name': {
+    type: 'string',
+    requiresArg: true,
+    description:
+      "Custom port-forwarding session document (your organisation's copy); sets defaults.documentName",
+  },
+  parameter: {
+    type: 'string',
+    array: true,
+    requiresArg: true,
+    description:
+      'Extra parameter key=value of a custom --document-name (repeatable); sets defaults.parameters',
+  },
+  'ecs-endpoint': {
+    type: 'string',
+    requiresArg: true,
+    description:
+      'ECS API endpoint URL for ecs: targets (AWS_ENDPOINT_URL_ECS also works); sets defaults.ecsEndpoint',
   },
   port: {
     alias: ['p', 'remote-port'],
@@ -195,6 +221,10 @@ interface Args {
   region?: string;
   profile?: string;
   endpoint?: string;
+  ecsEndpoint?: string;
+  documentName?: string;
+  parameter?: string[];
+  pickAny?: boolean;
   reason?: string;
   forward?: string[];
   eager?: boolean;
@@ -328,6 +358,10 @@ function flagValues(argv: Args): FlagValues {
     region: argv.region,
     profile: argv.profile,
     endpoint: argv.endpoint,
+    ecsEndpoint: argv.ecsEndpoint,
+    documentName: argv.documentName,
+    parameter: argv.parameter,
+    pickAny: argv.pickAny,
     reason: argv.reason,
     forward: argv.forward,
     eager: argv.eager,
@@ -405,6 +439,7 @@ async function runDaemon(
   const deps: DaemonDeps = {
     logger,
     ssmFor: ssmFactory(logger, `${PROGRAM}/${packageVersion()}`),
+    targetsFor: targetResolverFactory({ logger, userAgent: `${PROGRAM}/${packageVersion()}` }),
     ledgerDir: defaultLedgerDir(io.env),
   };
   const daemon = io.createDaemon ? io.createDaemon(config, deps) : new Daemon(config, deps);

@@ -3,15 +3,18 @@
  * configuration (added forwards start, removed ones drain, unchanged ones keep their connections), and
  * stops gracefully. Signals are wired by the CLI; this class only exposes start/stop/reload.
  */
+import os from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
 import type { DaemonConfig, ForwardConfig } from './config/types.js';
 import { describeError } from './errors.js';
 import { Forward } from './forward/forward.js';
 import type { Logger } from './log.js';
 import type { SsmApi } from './ssm/types.js';
+import { SpillStore } from './mux/spill.js';
 import { SessionLedger } from './forward/ledger.js';
 import type { LedgerEntry } from './forward/ledger.js';
 import type { TunnelSession } from './forward/session.js';
+import type { ForwardTargets } from './targets/resolve.js';
 
 /** Where an SSM API lives: a forward's region/profile/endpoint overrides. */
 export type SsmLocation = Pick<ForwardConfig, 'region' | 'profile' | 'endpoint'>;
@@ -24,6 +27,8 @@ export interface DaemonDeps {
   logger: Logger;
   /** Builds the SSM client for a forward (region/profile/endpoint come from the forward). */
   ssmFor: (where: SsmLocation) => SsmApi;
+  /** Builds what resolves a forward's target at each session start (`src/targets/resolve.ts`). */
+  targetsFor?: (forward: ForwardConfig) => ForwardTargets;
   /** HTTP User-Agent for data-channel upgrades. Default `pf-daemon`. */
   userAgent?: string;
   /**
@@ -38,6 +43,8 @@ export class Daemon {
   private readonly forwards = new Map<string, Forward>();
   private config: DaemonConfig;
   private readonly ledger: SessionLedger | undefined;
+  /** One spill budget for every forward, so `tuning.spillLimitBytes` is daemon-wide. */
+  private readonly spill: SpillStore;
   /** Settles when sessions left by a crashed daemon have been terminated (started by start()). */
   orphanSweep: Promise<void> = Promise.resolve();
 
@@ -46,6 +53,7 @@ export class Daemon {
     private readonly deps: DaemonDeps,
   ) {
     this.config = config;
+    this.spill = new SpillStore({ directory: os.tmpdir(), limitBytes: config.tuning.spillLimitBytes });
     this.ledger = deps.ledgerDir ? new SessionLedger(deps.ledgerDir, deps.logger.child('ledger')) : undefined;
   }
 
@@ -59,6 +67,8 @@ export class Daemon {
       ssm: this.deps.ssmFor(forwardConfig),
       logger: this.deps.logger.child(`forward:${forwardConfig.name}`),
       userAgent: this.deps.userAgent ?? 'pf-daemon',
+      ...(this.deps.targetsFor ? { targets: this.deps.targetsFor(forwardConfig) } : {}),
+      spill: this.spill,
     });
     forward.on('session', (session: TunnelSession) => this.record(session, forwardConfig));
     return forward;
@@ -154,6 +164,7 @@ export class Daemon {
       }
     }
     this.config = config;
+    this.spill.limitBytes = config.tuning.spillLimitBytes;
     await Promise.all(toStop.map((f) => f.stop(config.tuning.drainGraceMs)));
     let started = 0;
     for (const forwardConfig of config.forwards) {

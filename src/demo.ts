@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { startEmulator } from './emulator/index.js';
 
 const TARGET = 'i-0123456789abcdef0';
+/** The Name tag of {@link TARGET} in the emulator's inventory: the daemon finds the instance by it. */
+const TARGET_NAME = 'web-1';
 const STEP_TIMEOUT_MS = 30_000;
 
 function say(line: string): void {
@@ -59,13 +61,15 @@ function request(port: number, method: string, body?: Buffer): Promise<{ status:
 async function main(): Promise<number> {
   const service = await startService();
   const servicePort = (service.address() as AddressInfo).port;
-  const emulator = await startEmulator({});
+  const emulator = await startEmulator({
+    inventory: { instances: [{ instanceId: TARGET, tags: { Name: TARGET_NAME } }] },
+  });
   say(
-    `1. SSM emulator at ${emulator.endpoint}; HTTP service on 127.0.0.1:${servicePort} (the "remote" port)`,
+    `1. SSM emulator at ${emulator.endpoint} with instance ${TARGET} (Name=${TARGET_NAME}); HTTP service on 127.0.0.1:${servicePort} (the "remote" port)`,
   );
 
   const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
-  const args = [cli, '--target', TARGET, '--port', String(servicePort), '--local-port', '0'];
+  const args = [cli, '--target', TARGET_NAME, '--port', String(servicePort), '--local-port', '0'];
   args.push('--endpoint', emulator.endpoint, '--region', 'us-east-1', '--log-format', 'plain', '--eager');
   say(`2. starting the daemon: pf-daemon ${args.slice(1).join(' ')}`);
   const daemon = spawn(process.execPath, args, {

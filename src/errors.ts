@@ -40,7 +40,11 @@ export const ERROR_CODES = {
   },
   // protocol: session-level violations
   PF_ERR_HANDSHAKE: { domain: 'protocol', text: 'the handshake failed or asked for something unsupported' },
-  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress for the give-up period' },
+  PF_ERR_WINDOW_STALLED: { domain: 'protocol', text: 'no ack progress (or a pause) for the give-up period' },
+  PF_ERR_RECEIVE_WEDGED: {
+    domain: 'protocol',
+    text: 'the next agent message stayed missing for the give-up period',
+  },
   // config
   PF_ERR_CONFIG: { domain: 'config', text: 'a flag or configuration value is invalid' },
   PF_ERR_CONFIG_FILE: { domain: 'config', text: 'the configuration file cannot be read or parsed' },
@@ -54,6 +58,13 @@ export const ERROR_CODES = {
   PF_ERR_CREDENTIALS: { domain: 'aws', text: 'no valid AWS credentials' },
   PF_ERR_SESSION_GONE: { domain: 'aws', text: 'the session no longer exists and cannot be resumed' },
   PF_ERR_AWS: { domain: 'aws', text: 'another SSM API error' },
+  // aws: target resolution (src/targets/)
+  PF_ERR_TARGET_NOT_FOUND: {
+    domain: 'aws',
+    text: 'no online instance or running ECS task matches the target',
+  },
+  PF_ERR_TARGET_AMBIGUOUS: { domain: 'aws', text: 'several instances or tasks match and pick is not any' },
+  PF_ERR_ECS_EXEC_DISABLED: { domain: 'aws', text: 'the ECS container has no running ExecuteCommandAgent' },
   // tunnel
   PF_ERR_CONNECT: { domain: 'tunnel', text: 'the data-channel WebSocket could not be opened' },
   PF_ERR_SESSION_CLOSED: {
@@ -69,6 +80,10 @@ export const ERROR_CODES = {
   PF_ERR_SESSION_INTERNAL: {
     domain: 'tunnel',
     text: 'an unexpected error inside one session; that session failed, the daemon went on',
+  },
+  PF_ERR_STREAM_BACKLOG: {
+    domain: 'tunnel',
+    text: 'a connection was reset: its reader left too much waiting',
   },
 } as const;
 

@@ -156,7 +156,10 @@ test('flag combination and value errors are one line, exit 2', async (t) => {
     [['--port', 'abc', '--target', T], /--port must be a number/],
     [['--log-level', 'loud', '--target', T, '--port', '1'], /Invalid values/],
     [['--target'], /--target needs a value/],
-    [['--target', 'bad', '--port', '1'], /defaults\.target: must be a managed node id .* from --target/],
+    [
+      ['--target', 'i-bad', '--port', '1'],
+      /defaults\.target: "i-bad" looks like a managed node id .* from --target/,
+    ],
     [['--forward', 'nonsense'], /--forward "nonsense": .*expected/],
   ] as const) {
     const h = harness();
@@ -383,4 +386,56 @@ test('a repeated SIGTERM is ignored while draining; a second SIGINT forces exit 
   emit(h2, 'SIGINT');
   t.is(await exit2, 1);
   t.is(h2.signals.listenerCount('SIGINT'), 0);
+});
+
+test('--target web-1 --pick-any --document-name --parameter reach the config', async (t) => {
+  const h = harness();
+  const exit = main(
+    [
+      '--target',
+      'web-1',
+      '--port',
+      '5432',
+      '--pick-any',
+      '--document-name',
+      'Acme-PF',
+      '--parameter',
+      'team=payments',
+      '--parameter',
+      'ticket=OPS-1',
+      '--ecs-endpoint',
+      'http://127.0.0.1:4566',
+    ],
+    h.io,
+  );
+  const config = await h.started;
+  const [f] = config.forwards;
+  t.is(f?.target, 'web-1');
+  t.is(f?.pick, 'any');
+  t.is(f?.documentName, 'Acme-PF');
+  t.deepEqual(f?.parameters, { team: 'payments', ticket: 'OPS-1' });
+  t.is(f?.ecsEndpoint, 'http://127.0.0.1:4566');
+  emit(h, 'SIGTERM');
+  t.is(await exit, 0);
+});
+
+test('a bad target form or --parameter is one line, exit 2', async (t) => {
+  for (const [args, pattern] of [
+    [
+      ['--target', 'i-123', '--port', '1'],
+      /defaults\.target: "i-123" looks like a managed node id .* from --target/,
+    ],
+    [['--target', 'tag:Role', '--port', '1'], /tag targets are tag:<Key>=<Value>, e\.g\. tag:Role=db/],
+    [['--target', 'web-1', '--port', '1', '--parameter', 'team'], /--parameter "team": expected key=value/],
+    [['--target', 'web-1', '--port', '1', '--parameter', 'team=x'], /parameters need a custom documentName/],
+    [
+      ['--target', 'web-1', '--port', '1', '--document-name', 'x'],
+      /must be an SSM document name .* from --document-name/,
+    ],
+  ] as const) {
+    const h = harness();
+    t.is(await main([...args], h.io), 2, args.join(' '));
+    oneErrorLine(t, h.err());
+    t.regex(h.err(), pattern);
+  }
 });

@@ -1,8 +1,10 @@
 /**
  * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (house style
  * §6: the CLI owns no defaults). Flags overlay the config file:
- * - `--target --region --profile --endpoint --bind --reason --eager --keep-alive --idle-stop-ms` set the
- *   matching `defaults.*` key, so they apply to every forward that does not set its own value;
+ * - `--target --region --profile --endpoint --ecs-endpoint --document-name --bind --reason --eager
+ *   --keep-alive --idle-stop-ms` set the matching `defaults.*` key, so they apply to every forward that does
+ *   not set its own value; `--pick-any` sets `defaults.pick: any` and each `--parameter key=value` adds to
+ *   `defaults.parameters`;
  * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
  *   file's `forwards:` list;
  * - `--log-level`, `--log-format` set `log.*`.
@@ -23,6 +25,14 @@ export interface FlagValues {
   region?: string | undefined;
   profile?: string | undefined;
   endpoint?: string | undefined;
+  /** `--ecs-endpoint`: ECS API endpoint for `ecs:` targets. */
+  ecsEndpoint?: string | undefined;
+  /** `--document-name`: custom session document. */
+  documentName?: string | undefined;
+  /** `--parameter key=value` entries, in order. */
+  parameter?: readonly string[] | undefined;
+  /** `--pick-any`: several matching targets ⇒ pick one at random instead of failing. */
+  pickAny?: boolean | undefined;
   reason?: string | undefined;
   /** `--forward` specs, in order. */
   forward?: readonly string[] | undefined;
@@ -77,7 +87,8 @@ export function parseForwardSpec(spec: string): Record<string, unknown> {
       'PF_ERR_CONFIG',
       `--forward ${JSON.stringify(spec)}: ${why}; expected ${FORWARD_SPEC_SYNTAX}, e.g. ${FORWARD_SPEC_EXAMPLE}`,
     );
-  const at = spec.lastIndexOf('@');
+  // The first `@`: the listener part never holds one, a target may (`tag:Owner=ops@example.com`).
+  const at = spec.indexOf('@');
   const left = at < 0 ? spec : spec.slice(0, at);
   const target = at < 0 ? undefined : spec.slice(at + 1);
   if (target !== undefined && target === '') throw fail('empty target after @');
@@ -112,12 +123,44 @@ const DEFAULT_FLAGS = [
   ['region', 'region'],
   ['profile', 'profile'],
   ['endpoint', 'endpoint'],
+  ['ecsEndpoint', 'ecs-endpoint'],
+  ['documentName', 'document-name'],
   ['bind', 'bind'],
   ['reason', 'reason'],
   ['eager', 'eager'],
   ['keepAlive', 'keep-alive'],
   ['idleStopMs', 'idle-stop-ms'],
 ] as const satisfies readonly (readonly [keyof FlagValues, string])[];
+
+/** Example used in `--parameter` messages and help. */
+export const PARAMETER_FLAG_EXAMPLE = '--parameter team=payments';
+
+/**
+ * Parse repeated `--parameter key=value` flags into a mapping (names and values are checked by
+ * {@link verifyConfig}).
+ * @throws ConfigError `PF_ERR_CONFIG` for an entry without `=` or a name given twice
+ */
+export function parseParameterFlags(entries: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const entry of entries) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--parameter ${JSON.stringify(entry)}: expected key=value, e.g. ${PARAMETER_FLAG_EXAMPLE}`,
+      );
+    }
+    const key = entry.slice(0, eq);
+    if (Object.hasOwn(out, key)) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--parameter ${key} given twice: pass each document parameter once`,
+      );
+    }
+    out[key] = entry.slice(eq + 1);
+  }
+  return out;
+}
 
 function isMapping(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -147,6 +190,16 @@ export function overlayFlags(
     if (value === undefined) continue;
     defaults[key] = value;
     fromFlag.set(`defaults.${key}`, `--${flag}`);
+    touchedDefaults = true;
+  }
+  if (flags.pickAny !== undefined) {
+    defaults['pick'] = flags.pickAny ? 'any' : 'one';
+    fromFlag.set('defaults.pick', '--pick-any');
+    touchedDefaults = true;
+  }
+  if (flags.parameter !== undefined && flags.parameter.length > 0) {
+    defaults['parameters'] = parseParameterFlags(flags.parameter);
+    fromFlag.set('defaults.parameters', '--parameter');
     touchedDefaults = true;
   }
   if (touchedDefaults) raw['defaults'] = defaults;

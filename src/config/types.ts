@@ -4,6 +4,7 @@
  * the frozen, resolved result and apply no defaults of their own.
  */
 import type { LogFormat, LogLevel } from '../log.js';
+import { isLoopbackHost } from '../targets/destination.js';
 
 /** SSM document for `localhost:<port>` on the instance (spec §2.1). */
 export const DOCUMENT_LOCAL = 'AWS-StartPortForwardingSession';
@@ -14,8 +15,14 @@ export const DOCUMENT_REMOTE_HOST = 'AWS-StartPortForwardingSessionToRemoteHost'
 export interface ForwardConfig {
   /** Unique name used in logs and for reload matching. Default: `<localPort>:<host|localhost>:<remotePort>@<target>`. */
   name: string;
-  /** Managed node id (`i-…` or `mi-…`). */
+  /**
+   * Where the session goes, in one of the forms of `src/targets/spec.ts`: a managed node id (`i-…`, `mi-…`),
+   * `name:<Name tag>` or a bare word (`web-1`), `tag:<Key>=<Value>`, `ecs:<cluster>/<service|taskId>[/<container>]`
+   * or `ecs:<cluster>_<taskId>_<runtimeId>`. Non-id forms are resolved at each session start (cached ≤ 60 s).
+   */
   target: string;
+  /** Several targets match: `one` (default) fails listing them, `any` picks one online match at random. */
+  pick?: TargetPick;
   /** Remote port (`portNumber`), 1–65535. */
   remotePort: number;
   /** Remote host as seen from the instance; set ⇒ `AWS-StartPortForwardingSessionToRemoteHost`. */
@@ -30,6 +37,16 @@ export interface ForwardConfig {
   profile?: string;
   /** SSM API endpoint override (e.g. the emulator); `AWS_ENDPOINT_URL_SSM` also works through the SDK. */
   endpoint?: string;
+  /** ECS API endpoint override for `ecs:` targets; `AWS_ENDPOINT_URL_ECS` also works through the SDK. */
+  ecsEndpoint?: string;
+  /**
+   * Session document, for organisations that publish their own port-forwarding documents. Default:
+   * `AWS-StartPortForwardingSessionToRemoteHost` when `host` is set and not loopback, else
+   * `AWS-StartPortForwardingSession` (see {@link documentFor}).
+   */
+  documentName?: string;
+  /** Extra StartSession parameters of a custom `documentName` (each sent as a one-element list). */
+  parameters?: Readonly<Record<string, string>>;
   /** StartSession `Reason`, 1–256 chars, shown in session history. */
   reason?: string;
   /** Start the session at startup instead of on the first connection. Default false. */
@@ -39,6 +56,9 @@ export interface ForwardConfig {
   /** Send smux NOPs every 60 s to defeat the service idle timeout (spec §10.2). Default false. */
   keepAlive: boolean;
 }
+
+/** How a target form that matches several instances or tasks is settled. */
+export type TargetPick = 'one' | 'any';
 
 /** Knobs of the protocol engine. All have defaults in {@link defaultTuning}. */
 export interface TuningConfig {
@@ -58,10 +78,26 @@ export interface TuningConfig {
   sendWindowMessages: number;
   /** Max out-of-order incoming messages buffered (spec §7.2). Default 10000. */
   reorderLimitMessages: number;
-  /** Bytes buffered per smux stream towards a slow local reader before acks stop (spec §9.6). Default 4 MiB. */
+  /** Bytes kept in memory per smux stream for a slow local reader before spilling (spec §9.6). Default 4 MiB. */
   streamReceiveBufferBytes: number;
-  /** Bytes buffered per session towards slow local readers before acks stop (spec §9.6). Default 64 MiB. */
+  /** Bytes kept in memory per session for slow local readers before spilling (spec §9.6). Default 64 MiB. */
   sessionReceiveBufferBytes: number;
+  /**
+   * Bytes that may wait for one connection's local reader (memory + spill file) before that connection is
+   * reset (spec §9.6). Default 512 MiB.
+   *
+   * Why 512 MiB: the agent sends at most ~1 MiB/s per session (1 KiB messages, 1 ms apart, spec §9.2), so a
+   * reader that stops behind a full-speed download (a paused pager, a Ctrl-Z'd psql) can stay stopped for
+   * 8 minutes or more and still get every byte; a reader gone that long is more likely abandoned than
+   * paused, and keeping a growing file for it helps nobody. It is twice the 256 MiB floor asked for in
+   * issue 10 and, with the 2 GiB daemon-wide `spillLimitBytes`, lets four such connections stall at once.
+   */
+  streamBacklogLimitBytes: number;
+  /**
+   * Bytes all spill files of the daemon may hold together (disk in `$TMPDIR`), across every forward and
+   * session; 0 = never spill (a connection is reset once its memory is full). Default 2 GiB.
+   */
+  spillLimitBytes: number;
   /** WebSocket ping interval, ms (spec §3.4). Default 30000. */
   pingIntervalMs: number;
   /** No frame or pong for this long ⇒ link dead, ms (spec §3.4). Default 60000. */
@@ -102,6 +138,8 @@ export const defaultTuning: Readonly<Required<TuningConfig>> = Object.freeze({
   reorderLimitMessages: 10000,
   streamReceiveBufferBytes: 4 * 1024 * 1024,
   sessionReceiveBufferBytes: 64 * 1024 * 1024,
+  streamBacklogLimitBytes: 512 * 1024 * 1024,
+  spillLimitBytes: 2 * 1024 * 1024 * 1024,
   pingIntervalMs: 30_000,
   livenessTimeoutMs: 60_000,
   connectTimeoutMs: 15_000,
@@ -123,20 +161,34 @@ export const defaultForward = Object.freeze({
 /** Documented logging defaults. */
 export const defaultLog: Readonly<LogConfig> = Object.freeze({ level: 'info', format: 'auto' });
 
-/** The SSM document a forward uses. */
-export function documentFor(forward: Pick<ForwardConfig, 'host'>): string {
-  return forward.host ? DOCUMENT_REMOTE_HOST : DOCUMENT_LOCAL;
+/**
+ * Whether a forward sends `host` in StartSession. A loopback `host` (`localhost`, `127.0.0.0/8` in any form,
+ * `::1`) goes through the local document instead: SSM Agent 3.3.4851.0 and later refuse loopback through
+ * ToRemoteHost, and the local document reaches the same port on the instance (`src/targets/destination.ts`).
+ * An explicit `documentName` other than the local document gets `host` as written.
+ */
+function sendsHost(forward: Pick<ForwardConfig, 'host' | 'documentName'>): boolean {
+  if (forward.host === undefined || forward.host === '') return false;
+  if (forward.documentName === DOCUMENT_LOCAL) return false;
+  return forward.documentName !== undefined || !isLoopbackHost(forward.host);
+}
+
+/** The SSM document a forward uses: its `documentName`, else the default mapping of {@link sendsHost}. */
+export function documentFor(forward: Pick<ForwardConfig, 'host' | 'documentName'>): string {
+  if (forward.documentName !== undefined) return forward.documentName;
+  return sendsHost(forward) ? DOCUMENT_REMOTE_HOST : DOCUMENT_LOCAL;
 }
 
 /** StartSession `Parameters` for a forward (every value a one-element list, spec §2.1). */
 export function parametersFor(
-  forward: Pick<ForwardConfig, 'host' | 'remotePort'>,
+  forward: Pick<ForwardConfig, 'host' | 'remotePort' | 'documentName' | 'parameters'>,
   boundLocalPort: number,
 ): Record<string, string[]> {
   const params: Record<string, string[]> = {
     portNumber: [String(forward.remotePort)],
     localPortNumber: [String(boundLocalPort)],
   };
-  if (forward.host) params['host'] = [forward.host];
+  if (sendsHost(forward) && forward.host !== undefined) params['host'] = [forward.host];
+  for (const [key, value] of Object.entries(forward.parameters ?? {})) params[key] = [value];
   return params;
 }

@@ -6,17 +6,19 @@
  *
  * Raw shape (see `config.example.yaml`):
  * ```yaml
- * defaults: { target, region, profile, endpoint, bind, reason, eager, idleStopMs, keepAlive }
+ * defaults: { target, pick, region, profile, endpoint, ecsEndpoint, documentName, parameters, bind, reason, eager, idleStopMs, keepAlive }
  * log: { level, format }
  * tuning: { <every TuningConfig key> }
- * forwards: [ { name, target, remotePort, host, localPort, bind, region, profile, endpoint, reason, eager, idleStopMs, keepAlive } ]
+ * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, documentName, parameters, reason, eager, idleStopMs, keepAlive } ]
  * ```
  */
 import { isIP } from 'node:net';
 import { ConfigError } from '../errors.js';
 import type { LogFormat, LogLevel } from '../log.js';
-import { defaultForward, defaultLog, defaultTuning } from './types.js';
-import type { DaemonConfig, ForwardConfig, LogConfig, TuningConfig } from './types.js';
+import { isLoopbackHost } from '../targets/destination.js';
+import { INSTANCE_ID_PATTERN, TARGET_FORMS, parseTarget } from '../targets/spec.js';
+import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST, defaultForward, defaultLog, defaultTuning } from './types.js';
+import type { DaemonConfig, ForwardConfig, LogConfig, TargetPick, TuningConfig } from './types.js';
 
 /** A path into the raw configuration, e.g. `['forwards', 1, 'remotePort']`. */
 export type ConfigPath = readonly (string | number)[];
@@ -48,7 +50,23 @@ export class ConfigProblemsError extends ConfigError {
 /** Largest delay Node timers accept, ms (2^31 − 1; larger values fire immediately). */
 export const MAX_TIMER_MS = 2_147_483_647;
 /** Managed node ids: EC2 instances (`i-`) and hybrid managed nodes (`mi-`). */
-export const TARGET_PATTERN = /^(i|mi)-[0-9a-f]{8,17}$/;
+export const TARGET_PATTERN = INSTANCE_ID_PATTERN;
+/**
+ * SSM document names: 3–128 letters, digits and `_ - .`, or a document ARN (SSM API reference,
+ * `StartSession.DocumentName`: `^([\w\.\-:\/]{3,128})$`).
+ */
+export const DOCUMENT_NAME_PATTERN = /^[A-Za-z0-9_.:/-]{3,128}$/;
+/** Names of document parameters (SSM document schema 1.0: letters, digits, `_ - .`), 1–128 characters. */
+export const PARAMETER_NAME_PATTERN = /^[A-Za-z0-9_.-]{1,128}$/;
+/** Longest value of a custom document parameter, characters (our own bound). */
+export const PARAMETER_VALUE_MAX_CHARS = 4096;
+/** Parameters the forward itself sets; `parameters:` may not override them. */
+const RESERVED_PARAMETERS: Readonly<Record<string, string>> = {
+  portNumber: 'remotePort',
+  localPortNumber: 'localPort',
+  host: 'host',
+};
+const PICKS: readonly TargetPick[] = ['one', 'any'];
 /** Bounds of StartSession `Reason`, characters (SSM API reference). */
 export const REASON_MAX_CHARS = 256;
 /** Upper bound of a forward name, characters (our own limit: it goes into every log line). */
@@ -98,6 +116,11 @@ const KNOWN_MISSPELLINGS: Record<string, string> = {
   address: 'bind',
   listen: 'bind',
   remotehost: 'host',
+  document: 'documentName',
+  doc: 'documentName',
+  params: 'parameters',
+  parameter: 'parameters',
+  ecs: 'ecsEndpoint',
 };
 
 /** The closest known key to `key`, if close enough to be a likely typo. */
@@ -139,10 +162,37 @@ function text(min: number, max: number, pattern?: RegExp, hint = ''): Check {
   };
 }
 
-const checkTarget: Check = (v) =>
-  typeof v === 'string' && TARGET_PATTERN.test(v)
+const checkTarget: Check = (v) => {
+  if (typeof v !== 'string') return `must be a target: ${TARGET_FORMS}`;
+  const parsed = parseTarget(v);
+  return typeof parsed === 'string' ? parsed : undefined;
+};
+
+const checkPick: Check = (v) =>
+  PICKS.includes(v as TargetPick)
     ? undefined
-    : 'must be a managed node id like i-0123456789abcdef0 or mi-0123456789abcdef0';
+    : 'must be one (several matches are an error) or any (pick one online match at random)';
+
+const checkDocumentName: Check = (v) =>
+  typeof v === 'string' && DOCUMENT_NAME_PATTERN.test(v)
+    ? undefined
+    : 'must be an SSM document name (3-128 letters, digits, _ - .) or ARN, e.g. Acme-PortForwardingToRemoteHost';
+
+const checkParameters: Check = (v) => {
+  if (!isMapping(v)) return 'must be a mapping of parameter name: string value, e.g. { team: payments }';
+  for (const [key, value] of Object.entries(v)) {
+    const reserved = RESERVED_PARAMETERS[key];
+    if (reserved !== undefined)
+      return `${key} is set from the forward's ${reserved}; set ${reserved} instead`;
+    if (!PARAMETER_NAME_PATTERN.test(key))
+      return `parameter name ${JSON.stringify(key)} is not valid (1-128 letters, digits, _ - .)`;
+    if (typeof value !== 'string')
+      return `parameter ${key} must be a string (quote it in YAML, e.g. ${key}: "${String(value)}")`;
+    if (value.length > PARAMETER_VALUE_MAX_CHARS)
+      return `parameter ${key} is longer than ${PARAMETER_VALUE_MAX_CHARS} characters`;
+  }
+  return undefined;
+};
 
 const checkBind: Check = (v) =>
   typeof v === 'string' && (isIP(v) !== 0 || v === 'localhost')
@@ -165,6 +215,7 @@ const checkEndpoint: Check = (v) => {
 const FORWARD_CHECKS = {
   name: text(1, NAME_MAX_CHARS, /^[A-Za-z0-9][A-Za-z0-9._:@/-]*$/, ' (letters, digits and . _ : @ / -)'),
   target: checkTarget,
+  pick: checkPick,
   remotePort: integer(1, 65535),
   host: text(1, 253, /^[A-Za-z0-9._:%[\]-]+$/, ' (a DNS name or IP address)'),
   localPort: integer(0, 65535, ' (0 = any free port)'),
@@ -172,6 +223,9 @@ const FORWARD_CHECKS = {
   region: text(1, 32, /^[a-z0-9]+(-[a-z0-9]+)*$/, ', a region name such as eu-west-1'),
   profile: text(1, 128, /^\S+$/, ' without spaces'),
   endpoint: checkEndpoint,
+  ecsEndpoint: checkEndpoint,
+  documentName: checkDocumentName,
+  parameters: checkParameters,
   reason: text(1, REASON_MAX_CHARS),
   eager: boolean,
   idleStopMs: integer(0, MAX_TIMER_MS, ' ms (0 = never)'),
@@ -183,9 +237,13 @@ const FORWARD_KEYS = Object.keys(FORWARD_CHECKS) as ForwardKey[];
 /** Keys `defaults` may carry: every forward field that makes sense shared. */
 const DEFAULT_KEYS: readonly ForwardKey[] = [
   'target',
+  'pick',
   'region',
   'profile',
   'endpoint',
+  'ecsEndpoint',
+  'documentName',
+  'parameters',
   'bind',
   'reason',
   'eager',
@@ -200,6 +258,8 @@ const TUNING_CHECKS = {
   reorderLimitMessages: integer(1, 100_000),
   streamReceiveBufferBytes: integer(64 * 1024, 1024 ** 3, ' bytes'),
   sessionReceiveBufferBytes: integer(64 * 1024, 16 * 1024 ** 3, ' bytes'),
+  streamBacklogLimitBytes: integer(64 * 1024, 1024 ** 4, ' bytes'),
+  spillLimitBytes: integer(0, 1024 ** 4, ' bytes'),
   pingIntervalMs: integer(1, MAX_TIMER_MS, ' ms'),
   livenessTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
   connectTimeoutMs: integer(1, MAX_TIMER_MS, ' ms'),
@@ -301,6 +361,44 @@ function bindsCollide(a: string, b: string): boolean {
   return (wildcard(a) || wildcard(b)) && family(a) === family(b);
 }
 
+/**
+ * Cross-field rules of `documentName`, `parameters` and `host`; records problems and returns false when
+ * the forward breaks one. The two AWS documents take no parameters but their own (SSM rejects others).
+ */
+function documentFits(
+  problems: Problems,
+  path: ConfigPath,
+  forward: ForwardConfig,
+  own: Partial<Record<ForwardKey, unknown>>,
+): boolean {
+  // Point at the forward's own key, else at the `defaults` key the value came from.
+  const at = (key: ForwardKey): ConfigPath => (own[key] !== undefined ? [...path, key] : ['defaults', key]);
+  const docKey = own.documentName !== undefined || own.host === undefined ? 'documentName' : 'host';
+  const before = problems.list.length;
+  const doc = forward.documentName;
+  const custom = doc !== undefined && doc !== DOCUMENT_LOCAL && doc !== DOCUMENT_REMOTE_HOST;
+  if (forward.parameters !== undefined && Object.keys(forward.parameters).length > 0 && !custom) {
+    problems.add(
+      at('parameters'),
+      `parameters need a custom documentName: ${doc ?? 'the AWS port-forwarding documents'} take only remotePort, localPort and host`,
+    );
+  }
+  const remoteHost = forward.host !== undefined && !isLoopbackHost(forward.host);
+  if (doc === DOCUMENT_LOCAL && remoteHost) {
+    problems.add(
+      at(docKey),
+      `${DOCUMENT_LOCAL} reaches only the instance's own ports; drop documentName (host ${forward.host} then uses ${DOCUMENT_REMOTE_HOST}) or drop host`,
+    );
+  }
+  if (doc === DOCUMENT_REMOTE_HOST && forward.host === undefined) {
+    problems.add(
+      at('documentName'),
+      `${DOCUMENT_REMOTE_HOST} needs host: set host (e.g. host: db.internal) or drop documentName`,
+    );
+  }
+  return problems.list.length === before;
+}
+
 /** Name used when a forward has none: `<localPort>:<host|localhost>:<remotePort>@<target>`. */
 export function defaultForwardName(
   f: Pick<ForwardConfig, 'localPort' | 'host' | 'remotePort' | 'target'>,
@@ -347,6 +445,17 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
           : 'streamReceiveBufferBytes',
       ],
       `sessionReceiveBufferBytes (${tuning.sessionReceiveBufferBytes}) must be at least streamReceiveBufferBytes (${tuning.streamReceiveBufferBytes})`,
+    );
+  }
+  if (tuning.streamBacklogLimitBytes < tuning.streamReceiveBufferBytes) {
+    problems.add(
+      [
+        'tuning',
+        tuningRaw.streamBacklogLimitBytes !== undefined
+          ? 'streamBacklogLimitBytes'
+          : 'streamReceiveBufferBytes',
+      ],
+      `streamBacklogLimitBytes (${tuning.streamBacklogLimitBytes}) must be at least streamReceiveBufferBytes (${tuning.streamReceiveBufferBytes})`,
     );
   }
   const log: LogConfig = { ...defaultLog, ...(logRaw as Partial<LogConfig>) };
@@ -408,11 +517,16 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
         keepAlive: (merged.keepAlive as boolean | undefined) ?? defaultForward.keepAlive,
       };
       // The local document already dials localhost on the instance and needs fewer IAM permissions.
-      if (merged.host !== undefined && merged.host !== 'localhost') forward.host = merged.host as string;
-      for (const key of ['region', 'profile', 'endpoint', 'reason'] as const) {
+      if (merged.host !== undefined && (merged.host !== 'localhost' || merged.documentName !== undefined))
+        forward.host = merged.host as string;
+      for (const key of ['region', 'profile', 'endpoint', 'ecsEndpoint', 'documentName', 'reason'] as const) {
         const value = merged[key];
         if (typeof value === 'string') forward[key] = value;
       }
+      if (merged.pick !== undefined) forward.pick = merged.pick as TargetPick;
+      if (merged.parameters !== undefined)
+        forward.parameters = { ...(merged.parameters as Record<string, string>) };
+      if (!documentFits(problems, path, forward, own)) return;
       forward.name = (merged.name as string | undefined) ?? defaultForwardName(forward);
       resolved.push({ forward, index, named: own.name !== undefined });
     });

@@ -33,7 +33,11 @@ export interface ReliableChannelOptions {
   sendWindowMessages: number;
   /** Max out-of-order incoming messages buffered (spec §7.2). */
   reorderLimitMessages: number;
-  /** No ack progress while attached and not paused for this long ⇒ 'stalled' (spec §7.3). */
+  /**
+   * Give-up period, ms (spec §7.3, §8): no ack progress while attached for this long (paused time counts),
+   * or one pause that lasts this long ⇒ 'stalled'; the next expected incoming message missing this long while
+   * later ones wait in the reorder buffer ⇒ 'wedged'.
+   */
   giveUpMs: number;
 }
 
@@ -91,8 +95,17 @@ export interface ReliableChannelEvents {
   channelClosed: [closed: ChannelClosed];
   /** A frame or payload was malformed and dropped without ack. */
   protocolError: [error: ProtocolError];
-  /** No ack progress for `giveUpMs` while attached and not paused (spec §7.3). Emitted once per stall. */
+  /**
+   * No ack progress for `giveUpMs` while attached, or a pause that lasted `giveUpMs` (spec §7.3, §8: a pause
+   * counts toward the give-up). Emitted once per stall.
+   */
   stalled: [];
+  /**
+   * The next expected incoming message has been missing for `giveUpMs` while `buffered` later ones wait in the
+   * reorder buffer: the agent resends only its head, so a message it no longer holds never comes and the
+   * session is dead although the link is up (issue 10). Emitted once per gap.
+   */
+  wedged: [expected: number, buffered: number, sinceMs: number];
   /** A message type the client does not handle arrived; it was ignored and not acked (spec §4.2). */
   unknownMessage: [messageType: string];
   /** The peer acknowledged our sequence number `seq`. */
@@ -177,6 +190,11 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Start of the current "no ack progress" period (only time attached and unpaused counts). */
   private progressAt = 0;
   private stallReported = false;
+  /** `expected` when the current receive gap was first seen; -1 while there is no gap. */
+  private gapExpected = -1;
+  /** When the current receive gap was first seen (injected clock), ms. */
+  private gapSince = 0;
+  private wedgeReported = false;
 
   constructor(options: ReliableChannelOptions, deps: ReliableChannelDeps) {
     super();
@@ -243,6 +261,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.sendFrame = sendFrame;
     const now = this.deps.now();
     this.progressAt = now;
+    // A new link gets the full give-up to fill an old gap: the agent resends its head on it.
+    this.gapExpected = -1;
     const wasPaused = this.isPaused;
     this.isPaused = false;
     this.resendAll(now);
@@ -357,23 +377,54 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     }
   }
 
-  /** Resend scan + give-up check; call every 50 ms. */
+  /** Resend scan, give-up and wedge checks; call every 50 ms. Detached time counts for none of them. */
   tick(): void {
     if (this.sendFrame === undefined) return;
     const now = this.deps.now();
-    if (this.isPaused) {
-      this.probeWhilePaused(now);
-      return;
-    }
-    if (now >= this.nextResendAt) this.resendExpired(now);
-    if (!this.stallReported && this.outgoing.size > 0 && now - this.progressAt >= this.options.giveUpMs) {
+    this.checkWedged(now);
+    if (this.isPaused) this.probeWhilePaused(now);
+    else if (now >= this.nextResendAt) this.resendExpired(now);
+    if (this.stallReported) return;
+    // Spec §8: a pause counts toward the give-up, whether or not anything is waiting for an ack.
+    const pausedMs = this.isPaused ? now - this.pausedAt : 0;
+    const stalledMs = this.outgoing.size > 0 ? now - this.progressAt : 0;
+    if (pausedMs >= this.options.giveUpMs || stalledMs >= this.options.giveUpMs) {
       this.stallReported = true;
-      this.log.warn('no ack progress; giving up', {
-        unacked: this.outgoing.size,
-        sinceMs: now - this.progressAt,
-      });
+      this.log.warn(
+        pausedMs >= this.options.giveUpMs ? 'paused too long; giving up' : 'no ack progress; giving up',
+        {
+          unacked: this.outgoing.size,
+          sinceMs: Math.max(pausedMs, stalledMs),
+        },
+      );
       this.emit('stalled');
     }
+  }
+
+  /**
+   * Receive-side wedge detection: the next expected message missing while later ones wait (a held, refused
+   * head is not a gap). Times the gap per value of `expected`, so any delivery restarts it.
+   */
+  private checkWedged(now: number): void {
+    if (this.reorder.size === 0 || this.reorder.has(this.expected)) {
+      this.gapExpected = -1;
+      return;
+    }
+    if (this.gapExpected !== this.expected) {
+      this.gapExpected = this.expected;
+      this.gapSince = now;
+      this.wedgeReported = false;
+      return;
+    }
+    const sinceMs = now - this.gapSince;
+    if (this.wedgeReported || sinceMs < this.options.giveUpMs) return;
+    this.wedgeReported = true;
+    this.log.warn('next agent message missing for the give-up period; the session is wedged', {
+      expected: this.expected,
+      buffered: this.reorder.size,
+      sinceMs,
+    });
+    this.emit('wedged', this.expected, this.reorder.size, sinceMs);
   }
 
   /** Re-offer refused in-order messages (head of reorder buffer) to deliver(). */
@@ -511,7 +562,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     }
   }
 
-  /** `pause_publication`: hold new data and resends, keep acking (spec §8). */
+  /** `pause_publication`: hold new data and resends, keep acking (spec §8); the give-up clock keeps running. */
   private onPause(): void {
     if (this.isPaused) return;
     this.isPaused = true;
@@ -522,15 +573,18 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     this.emit('pause');
   }
 
-  /** End a pause: resend every un-acked message at once, then queued data (spec §8). */
+  /**
+   * End a pause: resend the un-acked messages whose RTO expired meanwhile (after a real outage that is all of
+   * them, spec §8), then queued data. Only the expired ones: a pause that flaps must not resend the whole
+   * window on every transition (issue 10). Neither the give-up clock nor its report is reset: only an ack is
+   * progress.
+   */
   private clearPause(): void {
     if (!this.isPaused) return;
     this.isPaused = false;
     const now = this.deps.now();
-    this.progressAt = now;
-    this.stallReported = false;
     this.log.info('peer back: publication resumed', { pausedMs: now - this.pausedAt });
-    this.resendAll(now);
+    if (now >= this.nextResendAt) this.resendExpired(now);
     this.pump(now);
     // Emitted last: a listener that sends at once must queue behind the resends (spec §7.4).
     this.emit('resume');

@@ -32,6 +32,7 @@ import { agentModeFor, clientModeFor } from '../datachannel/version.js';
 import { AGENT_RELIABILITY, AgentReliability } from './agent-reliability.js';
 import type { DeliveryResult } from './agent-reliability.js';
 import { BasicPort } from './agent-basic.js';
+import { destinationRefusal } from './denylist.js';
 import { DestinationDialer, OutboundPump, PORT_PLUGIN, resolveDestination } from './port.js';
 import { SMUX_SERVER, SmuxServer } from './smux-server.js';
 import type { InjectedMessage } from './faults.js';
@@ -590,6 +591,9 @@ export class EmulatedAgent extends EventEmitter {
       return;
     }
     const logger = this.logger.child('port');
+    const refusal = await destinationRefusal(this.options.properties['host'], this.options.agentVersion);
+    if (this.stateValue !== AgentState.NotReady) return;
+    if (refusal !== undefined) logger.info('destination refused by the denylist', { refusal });
     const dialer = new DestinationDialer(
       destination,
       {
@@ -598,6 +602,7 @@ export class EmulatedAgent extends EventEmitter {
         dialDelayMs: this.options.dialDelayMs,
       },
       logger,
+      refusal,
     );
     this.dialer = dialer;
     this.pump = new OutboundPump(

@@ -1,66 +1,59 @@
 /**
  * The emulator's SSM JSON API (spec §2): AWS JSON 1.1 exactly as `@aws-sdk/client-ssm` sends it — `POST /`,
  * `Content-Type: application/x-amz-json-1.1`, `X-Amz-Target: AmazonSSM.<Operation>` — for StartSession,
- * ResumeSession and TerminateSession. Signatures are not checked (spec §12.1).
+ * ResumeSession, TerminateSession and DescribeInstanceInformation, and the ECS operations ListTasks and
+ * DescribeTasks on the same endpoint (`X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>`, as
+ * `@aws-sdk/client-ecs` sends them) answered from the inventory (`inventory.ts`). Signatures are not
+ * checked (spec §12.1).
  *
  * Validation is pure ({@link validateStartSession}); session bookkeeping is delegated to an {@link ApiBackend}.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST } from '../config/types.js';
 import type { Logger } from '../log.js';
-import type { ApiErrorCode, ApiOperation, Faults } from './faults.js';
+import { ApiError } from './api-error.js';
+import type { ApiOperation, Faults } from './faults.js';
+import type { Inventory } from './inventory.js';
 
 /** Content type of AWS JSON 1.1 requests and responses (protocol). */
 export const AMZ_JSON_CONTENT_TYPE = 'application/x-amz-json-1.1';
 /** Prefix of the `X-Amz-Target` header for SSM (protocol). */
 export const TARGET_PREFIX = 'AmazonSSM.';
+/** Prefix of the `X-Amz-Target` header for ECS (protocol, as `@aws-sdk/client-ecs` sends it). */
+export const ECS_TARGET_PREFIX = 'AmazonEC2ContainerServiceV20141113.';
+/** The AWS document for the instance's own ports (SSM documents). */
+export const SERVICE_DOCUMENT_LOCAL = 'AWS-StartPortForwardingSession';
+/** The AWS document for a host reachable from the instance (SSM documents). */
+export const SERVICE_DOCUMENT_REMOTE_HOST = 'AWS-StartPortForwardingSessionToRemoteHost';
+
+/**
+ * A port-forwarding document an organisation published: it behaves like one of the AWS documents (`base`)
+ * and takes these further parameters (each a one-element list of strings).
+ */
+export interface CustomDocument {
+  /** `local`: like AWS-StartPortForwardingSession; `remoteHost`: like …ToRemoteHost. */
+  base: 'local' | 'remoteHost';
+  /** Names of the further parameters it accepts. */
+  parameters: readonly string[];
+}
 /** Largest accepted request body, bytes (our own limit; real requests are < 2 KiB). */
 export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
 /** Longest StartSession `Reason`, characters (SSM API reference). */
 export const MAX_REASON_CHARS = 256;
 
-/** HTTP status per error code (spec §2.4), plus codes the emulator itself uses for malformed requests. */
-export const API_ERROR_STATUS: Readonly<Record<ApiErrorCode | EmulatorOnlyErrorCode, number>> = {
-  TargetNotConnected: 400,
-  InvalidDocument: 400,
-  InvalidParameters: 400,
-  DoesNotExistException: 400,
-  AccessDeniedException: 400,
-  ThrottlingException: 400,
-  ValidationException: 400,
-  InternalServerError: 500,
-  UnknownOperationException: 400,
-  SerializationException: 400,
-};
-
-/** Error codes only produced for malformed requests (not in spec §2.4). */
-export type EmulatorOnlyErrorCode = 'UnknownOperationException' | 'SerializationException';
-
-/** An API error: `__type` code and message. */
-export class ApiError extends Error {
-  constructor(
-    /** The `__type` / `x-amzn-ErrorType` code. */
-    readonly code: ApiErrorCode | EmulatorOnlyErrorCode,
-    message: string,
-  ) {
-    super(message);
-  }
-
-  /** HTTP status of this code (spec §2.4). */
-  get status(): number {
-    return API_ERROR_STATUS[this.code];
-  }
-}
+export { API_ERROR_STATUS, ApiError } from './api-error.js';
+export type { EmulatorOnlyErrorCode, LookupErrorCode } from './api-error.js';
 
 /** A validated StartSession request. */
 export interface StartSessionInput {
-  /** Managed node id. */
+  /** Managed node id or `ecs:<cluster>_<taskId>_<runtimeId>`. */
   target: string;
-  /** One of the two port-forwarding documents. */
+  /** One of the two port-forwarding documents or a configured custom one. */
   documentName: string;
   /** Parameters reduced to single strings (`localPortNumber` and `host` only when given). */
   parameters: { portNumber: string; localPortNumber?: string; host?: string };
+  /** A custom document's further parameters, reduced to single strings. */
+  extraParameters?: Record<string, string>;
   /** Optional reason text. */
   reason?: string;
 }
@@ -81,6 +74,10 @@ export type ResumeOutcome =
 
 /** Session bookkeeping the API delegates to (the emulator implements it). */
 export interface ApiBackend {
+  /** Instances and ECS tasks for the look-ups. */
+  inventory: Inventory;
+  /** Custom documents StartSession accepts besides the two AWS ones. */
+  documents: Readonly<Record<string, CustomDocument>>;
   /** True when StartSession may open a session to `target`. */
   isTargetConnected(target: string): boolean;
   /** Create a session and return its first grant. */
@@ -107,7 +104,10 @@ function validationError(field: string, value: unknown, constraint: string): Api
   );
 }
 
-const PORT_DOCUMENTS: ReadonlySet<string> = new Set([DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST]);
+const AWS_DOCUMENTS: Readonly<Record<string, CustomDocument>> = {
+  [SERVICE_DOCUMENT_LOCAL]: { base: 'local', parameters: [] },
+  [SERVICE_DOCUMENT_REMOTE_HOST]: { base: 'remoteHost', parameters: [] },
+};
 const PORT_PATTERN = /^\d{1,5}$/;
 
 /** The single value of a list-valued parameter, or an InvalidParameters error. */
@@ -132,7 +132,10 @@ function checkPort(name: string, text: string, min: number): void {
  * Validate a StartSession body the way the service does for the two port documents (spec §2.1, §2.4).
  * @throws ApiError ValidationException, InvalidDocument or InvalidParameters
  */
-export function validateStartSession(body: JsonObject): StartSessionInput {
+export function validateStartSession(
+  body: JsonObject,
+  documents: Readonly<Record<string, CustomDocument>> = {},
+): StartSessionInput {
   const target = body['Target'];
   if (typeof target !== 'string' || target.length < 1 || target.length > 400) {
     throw validationError('target', target, 'Member must not be null and have length between 1 and 400');
@@ -144,7 +147,12 @@ export function validateStartSession(body: JsonObject): StartSessionInput {
     }
   }
   const documentName = body['DocumentName'];
-  if (typeof documentName !== 'string' || !PORT_DOCUMENTS.has(documentName)) {
+  const document =
+    typeof documentName === 'string'
+      ? (AWS_DOCUMENTS[documentName] ??
+        (Object.hasOwn(documents, documentName) ? documents[documentName] : undefined))
+      : undefined;
+  if (typeof documentName !== 'string' || document === undefined) {
     throw new ApiError(
       'InvalidDocument',
       `Document ${String(documentName)} does not exist or is not a port-forwarding document supported by the emulator.`,
@@ -153,8 +161,11 @@ export function validateStartSession(body: JsonObject): StartSessionInput {
   const raw = body['Parameters'] ?? {};
   if (!isObject(raw))
     throw new ApiError('InvalidParameters', 'Parameters must be a map of lists of strings.');
-  const remoteHost = documentName === DOCUMENT_REMOTE_HOST;
-  const allowed = remoteHost ? ['portNumber', 'localPortNumber', 'host'] : ['portNumber', 'localPortNumber'];
+  const remoteHost = document.base === 'remoteHost';
+  const allowed = [
+    ...(remoteHost ? ['portNumber', 'localPortNumber', 'host'] : ['portNumber', 'localPortNumber']),
+    ...document.parameters,
+  ];
   for (const name of Object.keys(raw)) {
     if (!allowed.includes(name)) {
       throw new ApiError(
@@ -186,6 +197,13 @@ export function validateStartSession(body: JsonObject): StartSessionInput {
     parameters.host = host;
   }
   const input: StartSessionInput = { target, documentName, parameters };
+  if (document.parameters.length > 0) {
+    const extra: Record<string, string> = {};
+    for (const name of document.parameters) {
+      if (raw[name] !== undefined) extra[name] = singleValue(name, raw[name]);
+    }
+    input.extraParameters = extra;
+  }
   if (typeof reason === 'string') input.reason = reason;
   return input;
 }
@@ -238,21 +256,32 @@ export function sendApiError(res: ServerResponse, err: ApiError): void {
   send(res, err.status, { __type: err.code, message: err.message }, { 'x-amzn-ErrorType': err.code });
 }
 
-const OPERATIONS: ReadonlySet<string> = new Set<ApiOperation>([
-  'StartSession',
-  'ResumeSession',
-  'TerminateSession',
-]);
+/** Operations per `X-Amz-Target` prefix. */
+const OPERATIONS: Readonly<Record<string, ReadonlySet<string>>> = {
+  [TARGET_PREFIX]: new Set<ApiOperation>([
+    'StartSession',
+    'ResumeSession',
+    'TerminateSession',
+    'DescribeInstanceInformation',
+  ]),
+  [ECS_TARGET_PREFIX]: new Set<ApiOperation>(['ListTasks', 'DescribeTasks']),
+};
 
-function isOperation(op: string): op is ApiOperation {
-  return OPERATIONS.has(op);
+/** The operation an `X-Amz-Target` header names, or '' when it names none the emulator serves. */
+function operationOf(target: string): ApiOperation | '' {
+  for (const [prefix, ops] of Object.entries(OPERATIONS)) {
+    if (!target.startsWith(prefix)) continue;
+    const op = target.slice(prefix.length);
+    return ops.has(op) ? (op as ApiOperation) : '';
+  }
+  return '';
 }
 
 /** Run one operation on a parsed body; returns the response body. */
 function dispatch(op: ApiOperation, body: JsonObject, backend: ApiBackend): unknown {
   switch (op) {
     case 'StartSession': {
-      const input = validateStartSession(body);
+      const input = validateStartSession(body, backend.documents);
       if (!backend.isTargetConnected(input.target)) {
         throw new ApiError('TargetNotConnected', `${input.target} is not connected.`);
       }
@@ -276,6 +305,12 @@ function dispatch(op: ApiOperation, body: JsonObject, backend: ApiBackend): unkn
       backend.terminateSession(id);
       return { SessionId: id };
     }
+    case 'DescribeInstanceInformation':
+      return backend.inventory.describeInstanceInformation(body);
+    case 'ListTasks':
+      return backend.inventory.listTasks(body);
+    case 'DescribeTasks':
+      return backend.inventory.describeTasks(body);
   }
   throw new ApiError('InternalServerError', `operation ${op} not dispatched`);
 }
@@ -296,10 +331,10 @@ export async function handleApiRequest(
       throw new ApiError('UnknownOperationException', `Method ${req.method} not allowed.`);
     const targetHeader = req.headers['x-amz-target'];
     const target = typeof targetHeader === 'string' ? targetHeader : '';
-    const op = target.startsWith(TARGET_PREFIX) ? target.slice(TARGET_PREFIX.length) : '';
+    const op = operationOf(target);
     const raw = await readBody(req);
     backend.onCall(op || target);
-    if (!isOperation(op)) throw new ApiError('UnknownOperationException', `Unknown operation ${target}.`);
+    if (op === '') throw new ApiError('UnknownOperationException', `Unknown operation ${target}.`);
     const fault = faults.takeApiError(op);
     if (fault) {
       logger.debug('injected API error', { op, code: fault.code });

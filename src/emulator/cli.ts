@@ -3,11 +3,15 @@
  * SIGINT/SIGTERM. One yargs options table (house style §6); the flags map onto {@link EmulatorOptions} and the
  * initial {@link FaultConfig}, and the CLI owns no defaults: unset flags leave the emulator's defaults.
  */
+import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { ConfigError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { LogLevel } from '../log.js';
+import type { CustomDocument } from './api.js';
 import type { FaultConfig } from './faults.js';
+import { parseInventory } from './inventory.js';
+import type { InventoryData, InventoryInstance, PingStatus } from './inventory.js';
 import { startEmulator } from './index.js';
 import type { Emulator, EmulatorOptions } from './index.js';
 
@@ -23,6 +27,9 @@ export interface EmulatorArgs {
   'max-duration-ms'?: number;
   'host-map'?: string[];
   'unknown-target'?: string[];
+  inventory?: string;
+  instance?: string[];
+  document?: string[];
   seed?: number;
   'drop-rate'?: number;
   'dup-rate'?: number;
@@ -59,6 +66,23 @@ export const EMULATOR_OPTIONS = {
     description: 'destination host=address for ToRemoteHost, e.g. --host-map db.internal=127.0.0.1',
   },
   'unknown-target': { type: 'string', array: true, description: 'target answered with TargetNotConnected' },
+  inventory: {
+    type: 'string',
+    description:
+      'JSON file of instances (instanceId, tags, pingStatus) and ECS tasks (cluster, service, taskId, containers) for name:/tag:/ecs: targets',
+  },
+  document: {
+    type: 'string',
+    array: true,
+    description:
+      'accept a custom port-forwarding document: NAME=local|remoteHost[:param,param...], e.g. --document Acme-PF=remoteHost:team',
+  },
+  instance: {
+    type: 'string',
+    array: true,
+    description:
+      'add an inventory instance: id[,Key=Value...][,PingStatus=ConnectionLost], e.g. --instance i-0123456789abcdef0,Name=web-1',
+  },
   seed: { type: 'number', description: 'seed of the fault PRNG (reproducible runs)' },
   'drop-rate': {
     type: 'number',
@@ -117,6 +141,78 @@ function parseHostMap(entries: readonly string[]): Record<string, string> {
   return map;
 }
 
+/** Example of `--instance`, for messages. */
+const INSTANCE_FLAG_EXAMPLE = '--instance i-0123456789abcdef0,Name=web-1,Role=db';
+
+function parseInstanceFlag(entry: string): InventoryInstance {
+  const [id = '', ...pairs] = entry.split(',');
+  if (!/^(i|mi)-[0-9a-f]{8,17}$/.test(id)) {
+    throw new ConfigError(
+      'PF_ERR_CONFIG',
+      `--instance ${entry}: ${JSON.stringify(id)} is not an instance id, e.g. ${INSTANCE_FLAG_EXAMPLE}`,
+    );
+  }
+  const instance: InventoryInstance = { instanceId: id, tags: {} };
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0)
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--instance ${entry}: ${JSON.stringify(pair)} is not Key=Value, e.g. ${INSTANCE_FLAG_EXAMPLE}`,
+      );
+    const key = pair.slice(0, eq);
+    const value = pair.slice(eq + 1);
+    if (key === 'PingStatus') {
+      if (value !== 'Online' && value !== 'ConnectionLost' && value !== 'Inactive')
+        throw new ConfigError(
+          'PF_ERR_CONFIG',
+          `--instance ${entry}: PingStatus must be Online, ConnectionLost or Inactive`,
+        );
+      instance.pingStatus = value as PingStatus;
+    } else {
+      instance.tags[key] = value;
+    }
+  }
+  return instance;
+}
+
+/** Example of `--document`, for messages. */
+const DOCUMENT_FLAG_EXAMPLE = '--document Acme-PortForwarding=remoteHost:team,ticket';
+
+function parseDocumentFlags(entries: readonly string[]): Record<string, CustomDocument> {
+  const out: Record<string, CustomDocument> = {};
+  for (const entry of entries) {
+    const match = /^([A-Za-z0-9_.:/-]{3,128})=(local|remoteHost)(?::([A-Za-z0-9_.,-]+))?$/.exec(entry);
+    if (!match) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--document ${entry}: expected NAME=local|remoteHost[:param,...], e.g. ${DOCUMENT_FLAG_EXAMPLE}`,
+      );
+    }
+    const [, name = '', base, params] = match;
+    out[name] = {
+      base: base === 'local' ? 'local' : 'remoteHost',
+      parameters: params ? params.split(',').filter(Boolean) : [],
+    };
+  }
+  return out;
+}
+
+function loadInventory(path: string | undefined, instances: readonly string[]): InventoryData {
+  let data: InventoryData = {};
+  if (path !== undefined) {
+    try {
+      data = parseInventory(JSON.parse(readFileSync(path, 'utf8')));
+    } catch (err) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `--inventory ${path}: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+  }
+  return { ...data, instances: [...(data.instances ?? []), ...instances.map(parseInstanceFlag)] };
+}
+
 function checkRate(flag: string, value: number | undefined): void {
   if (value !== undefined && !(value >= 0 && value <= 1)) {
     throw new ConfigError(
@@ -144,6 +240,9 @@ export function emulatorOptionsFromArgs(args: EmulatorArgs): Partial<EmulatorOpt
   if (args['max-duration-ms'] !== undefined) options.maxDurationMs = args['max-duration-ms'];
   if (args['host-map'] !== undefined) options.hostMap = parseHostMap(args['host-map']);
   if (args['unknown-target'] !== undefined) options.unknownTargets = args['unknown-target'];
+  if (args.document !== undefined) options.documents = parseDocumentFlags(args.document);
+  if (args.inventory !== undefined || args.instance !== undefined)
+    options.inventory = loadInventory(args.inventory, args.instance ?? []);
   if (args['log-level'] !== undefined)
     options.logger = createLogger({ level: args['log-level'] as LogLevel });
 
@@ -225,6 +324,7 @@ export function emulatorCommandBuilder<T>(y: Argv<T>): Argv<T> {
   return y
     .options(EMULATOR_OPTIONS)
     .example('$0 emulator --port 4566 --host-map db.internal=127.0.0.1', 'fixed port, ToRemoteHost mapping')
+    .example('$0 emulator --instance i-0123456789abcdef0,Name=web-1', 'an instance found by --target web-1')
     .example(
       '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
       'lossy, flaky link',

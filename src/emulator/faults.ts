@@ -10,7 +10,13 @@ import { HEADER, MessageType } from '../datachannel/constants.js';
 import { decodeAcknowledge } from '../datachannel/payloads.js';
 
 /** SSM API operations the emulator serves (spec §2). */
-export type ApiOperation = 'StartSession' | 'ResumeSession' | 'TerminateSession';
+export type ApiOperation =
+  | 'StartSession'
+  | 'ResumeSession'
+  | 'TerminateSession'
+  | 'DescribeInstanceInformation'
+  | 'ListTasks'
+  | 'DescribeTasks';
 
 /** Error codes the emulator can answer with (spec §2.4), plus the generic validation error. */
 export type ApiErrorCode =
@@ -161,6 +167,12 @@ export interface FaultConfig {
   corruptDigest: SeqFault[];
   /** Lose the ack of these sequence numbers once each. */
   dropAck: SeqFault[];
+  /**
+   * Lose every copy (first send and every resend) of these sequenced messages, for good: what the client sees
+   * when the real agent's outgoing buffer overflowed and the message is held by neither side (issue 10).
+   * Default direction `toClient`.
+   */
+  loseForever: SeqFault[];
   /** ResumeSession behaviour. */
   resumeBehavior: ResumeBehavior;
   /** Agent knobs for agents created from now on. */
@@ -181,6 +193,7 @@ export function defaultFaultConfig(): FaultConfig {
     terminateAfterMs: 0,
     corruptDigest: [],
     dropAck: [],
+    loseForever: [],
     resumeBehavior: 'normal',
     agent: {},
   };
@@ -218,6 +231,7 @@ export class Faults implements FaultConfig {
   terminateAfterMs = 0;
   corruptDigest: SeqFault[] = [];
   dropAck: SeqFault[] = [];
+  loseForever: SeqFault[] = [];
   resumeBehavior: ResumeBehavior = 'normal';
   agent: AgentFaults = {};
   private prng: Prng;
@@ -361,6 +375,15 @@ export class FaultPipe {
       this.schedule(frame);
       return;
     }
+    if (
+      facts.messageType !== MessageType.Acknowledge &&
+      config.loseForever.some(
+        (f) => (f.direction ?? 'toClient') === this.direction && f.seq === facts.sequenceNumber,
+      )
+    ) {
+      this.onFault('dropped', frame);
+      return;
+    }
     const dropRate = config.dropRate[this.direction];
     if (dropRate > 0 && this.faults.random() < dropRate) {
       this.onFault('dropped', frame);
@@ -408,7 +431,8 @@ export class FaultPipe {
       !(delay.ms > 0) &&
       !(delay.jitterMs > 0) &&
       config.corruptDigest.length === 0 &&
-      config.dropAck.length === 0
+      config.dropAck.length === 0 &&
+      config.loseForever.length === 0
     );
   }
 

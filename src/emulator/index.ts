@@ -19,7 +19,15 @@ import { silentLogger } from '../log.js';
 import type { Logger } from '../log.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from './agent.js';
 import { handleApiRequest } from './api.js';
-import type { ApiBackend, ResumeOutcome, SessionGrantBody, StartSessionInput } from './api.js';
+import type {
+  ApiBackend,
+  CustomDocument,
+  ResumeOutcome,
+  SessionGrantBody,
+  StartSessionInput,
+} from './api.js';
+import { Inventory } from './inventory.js';
+import type { InventoryData } from './inventory.js';
 import { Faults } from './faults.js';
 import type { FaultConfig } from './faults.js';
 import { DataChannelGateway, streamUrlFor } from './service.js';
@@ -35,6 +43,15 @@ export type {
 } from './session.js';
 export { CHANNEL_CLOSED_OUTPUT, SESSION_TERMINATED_TEXT } from './session.js';
 export { Faults, defaultFaultConfig } from './faults.js';
+export { Inventory } from './inventory.js';
+export type {
+  InventoryContainer,
+  InventoryData,
+  InventoryInstance,
+  InventoryTask,
+  PingStatus,
+} from './inventory.js';
+export type { CustomDocument } from './api.js';
 export type {
   AgentFaults,
   ApiErrorCode,
@@ -81,6 +98,14 @@ export interface EmulatorOptions {
   /** Targets answered with TargetNotConnected even when known. Default none. */
   unknownTargets: TargetMatcher;
   /**
+   * Instances (tags, ping status) and ECS tasks for DescribeInstanceInformation, ListTasks and DescribeTasks.
+   * An instance listed here is connected only while `Online`; an `ecs:` target only when it names a running
+   * task's container with a running ExecuteCommandAgent. Default empty.
+   */
+  inventory: InventoryData;
+  /** Custom port-forwarding documents StartSession accepts besides the AWS ones. Default none. */
+  documents: Readonly<Record<string, CustomDocument>>;
+  /**
    * Destination host → address the agent dials (ToRemoteHost without DNS), e.g. `{ 'db.internal': '127.0.0.1' }`.
    * Hosts not listed are dialled as given, except `localhost`, which maps to `127.0.0.1` unless listed, so the
    * local document never depends on how `localhost` resolves. Default `{}`.
@@ -114,6 +139,8 @@ export const defaultEmulatorOptions: Readonly<EmulatorOptions> = Object.freeze({
   maxDurationMs: 0,
   knownTargets: (target: string) => DEFAULT_TARGET_PATTERN.test(target),
   unknownTargets: [],
+  inventory: {},
+  documents: {},
   hostMap: {},
   user: 'emulator',
   openTimeoutMs: 10_000,
@@ -192,6 +219,8 @@ export class Emulator extends EventEmitter {
   readonly port: number;
   /** Live, mutable faults (spec §12.2). */
   readonly faults: Faults;
+  /** Live, mutable inventory of instances and ECS tasks. */
+  readonly inventory: Inventory;
   /** Resolved options. */
   readonly options: Readonly<EmulatorOptions>;
   private readonly all = new Map<string, EmulatedSession>();
@@ -208,6 +237,18 @@ export class Emulator extends EventEmitter {
     super();
     this.options = options;
     this.faults = faults;
+    this.inventory = new Inventory(options.inventory);
+    this.backend = {
+      inventory: this.inventory,
+      documents: options.documents,
+      isTargetConnected: (target) =>
+        !matches(this.options.unknownTargets, target) &&
+        (this.inventory.isConnected(target) ?? matches(this.options.knownTargets, target)),
+      startSession: (input) => this.startSession(input),
+      resumeSession: (id) => this.resumeSession(id),
+      terminateSession: (id) => this.all.get(id)?.terminate('terminated'),
+      onCall: (op) => this.emit('apiCall', op),
+    };
     this.port = (server.address() as AddressInfo).port;
     this.endpoint = `http://127.0.0.1:${this.port}`;
   }
@@ -225,6 +266,11 @@ export class Emulator extends EventEmitter {
   /** Send `pause_publication`, hold the agent's output for `ms`, then `start_publication` (spec §12.2). */
   pauseFor(sessionId: string, ms: number): void {
     this.live(sessionId).pauseFor(ms);
+  }
+
+  /** Send `pause_publication` and hold the agent's output with no `start_publication` after (spec §12.2). */
+  pauseWithoutStart(sessionId: string): void {
+    this.live(sessionId).pause();
   }
 
   /** Close a session's client socket now (`bye` = close frame 1000 "Bye", `abrupt` = no close frame). */
@@ -260,14 +306,7 @@ export class Emulator extends EventEmitter {
   }
 
   /** @internal The API backend. */
-  readonly backend: ApiBackend = {
-    isTargetConnected: (target) =>
-      matches(this.options.knownTargets, target) && !matches(this.options.unknownTargets, target),
-    startSession: (input) => this.startSession(input),
-    resumeSession: (id) => this.resumeSession(id),
-    terminateSession: (id) => this.all.get(id)?.terminate('terminated'),
-    onCall: (op) => this.emit('apiCall', op),
-  };
+  readonly backend: ApiBackend;
 
   /** @internal Look up a session for the gateway. */
   lookup(id: string): EmulatedSession | undefined {

@@ -70,10 +70,15 @@ export class DestinationDialer {
   private readonly failSids: ReadonlySet<number>;
   private closed = false;
 
+  /**
+   * @param refusal - the agent's denylist answer for this destination (`denylist.ts`); set ⇒ every dial
+   *   fails with it, as the agent refuses before connecting
+   */
   constructor(
     private readonly destination: Destination,
     private readonly faults: DialFaults,
     private readonly logger: Logger,
+    private readonly refusal?: string,
   ) {
     this.failuresLeft = faults.dialFailCount;
     this.failSids = new Set(faults.dialFailStreamIds);
@@ -86,6 +91,7 @@ export class DestinationDialer {
   async dial(sid: number | undefined): Promise<net.Socket> {
     if (this.faults.dialDelayMs > 0) await sleep(this.faults.dialDelayMs);
     if (this.closed) throw new Error('port plugin closed');
+    if (this.refusal !== undefined) throw new Error(this.refusal);
     if (sid !== undefined && this.failSids.has(sid)) {
       throw new Error(`dial for stream ${sid} failed (injected)`);
     }

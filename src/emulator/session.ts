@@ -287,6 +287,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
     if (input.parameters.localPortNumber !== undefined)
       parameters['localPortNumber'] = [input.parameters.localPortNumber];
     if (input.parameters.host !== undefined) parameters['host'] = [input.parameters.host];
+    for (const [name, value] of Object.entries(input.extraParameters ?? {})) parameters[name] = [value];
     this.parameters = parameters;
     this.reason = input.reason;
     this.token = newToken();
@@ -384,13 +385,23 @@ export class EmulatedSession implements EmulatedSessionInfo {
    */
   pauseFor(ms: number): void {
     if (this.state === 'terminated') return;
-    this.paused = true;
-    this.sendServiceMessage(MessageType.PausePublication, Buffer.alloc(0));
-    if (this.pauseTimer !== undefined) clearTimeout(this.pauseTimer);
+    this.pause();
     this.pauseTimer = setTimeout(() => {
       this.pauseTimer = undefined;
       this.endPause();
     }, ms);
+  }
+
+  /**
+   * Send `pause_publication` to the client and hold every agent frame, with no `start_publication` to follow
+   * (spec §12.2 "pause without start": the agent side never comes back, issue 10).
+   */
+  pause(): void {
+    if (this.state === 'terminated') return;
+    this.paused = true;
+    this.sendServiceMessage(MessageType.PausePublication, Buffer.alloc(0));
+    if (this.pauseTimer !== undefined) clearTimeout(this.pauseTimer);
+    this.pauseTimer = undefined;
   }
 
   /** Close the client socket now: `abrupt` without a close frame, `bye` with 1000 "Bye" (spec §3.5). */

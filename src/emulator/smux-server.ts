@@ -108,6 +108,8 @@ export class SmuxServer {
   private closed = false;
   private forcedStall = false;
   private reading = true;
+  /** Rotates which stream is resumed first by {@link setReading} (fairness between destinations). */
+  private resumeTurn = 0;
   private frameSeen = false;
   private readonly timers: NodeJS.Timeout[] = [];
 
@@ -165,7 +167,13 @@ export class SmuxServer {
   /** Stop or resume reading every destination socket (outbound backpressure or paused publication). */
   setReading(on: boolean): void {
     this.reading = on;
-    for (const stream of this.streams.values()) {
+    const streams = [...this.streams.values()];
+    // Resume in a rotating order: a resumed socket with buffered bytes emits them first and can push the pump
+    // over its mark, pausing the rest before they emit; a fixed order let one flooding stream starve the
+    // others for ever, whereas the real agent reads each destination in its own goroutine.
+    const first = streams.length > 0 ? this.resumeTurn++ % streams.length : 0;
+    for (let i = 0; i < streams.length; i++) {
+      const stream = streams[(first + i) % streams.length] as ServerStream;
       if (stream.socket === undefined) continue;
       if (on) stream.socket.resume();
       else stream.socket.pause();

@@ -5,12 +5,15 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import os from 'node:os';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SsmApi } from '../ssm/types.js';
+import type { ForwardTargets } from '../targets/resolve.js';
+import { SpillStore } from '../mux/spill.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import { corkPerTick } from './local-socket.js';
 import { TunnelSession } from './session.js';
@@ -27,6 +30,13 @@ export interface ForwardDeps {
   ssm: SsmApi;
   logger: Logger;
   userAgent: string;
+  /** Resolves the forward's target at each session start; absent: the target is used as it is. */
+  targets?: ForwardTargets;
+  /**
+   * Spill store for slow local readers, shared daemon-wide (the daemon passes one to every forward). Unset =
+   * a store of this forward's own under `os.tmpdir()` with `tuning.spillLimitBytes`.
+   */
+  spill?: SpillStore;
 }
 
 /** Counters of one forward. */
@@ -55,6 +65,7 @@ export class Forward extends EventEmitter {
   private stopping = false;
   private readonly stopSignal = new AbortController();
   private boundPort = 0;
+  private readonly spill: SpillStore;
   readonly stats: ForwardStats = {
     connectionsAccepted: 0,
     connectionsActive: 0,
@@ -71,6 +82,7 @@ export class Forward extends EventEmitter {
     private readonly deps: ForwardDeps,
   ) {
     super();
+    this.spill = deps.spill ?? new SpillStore({ directory: os.tmpdir(), limitBytes: tuning.spillLimitBytes });
   }
 
   private get log(): Logger {
@@ -196,7 +208,10 @@ export class Forward extends EventEmitter {
       closeAfterFlush(socket, stream);
     });
     stream.once('error', (err: Error) => {
-      this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
+      // The one warn line of a connection reset for its backlog (past the bound): name it and say why.
+      if (isPfError(err, 'PF_ERR_STREAM_BACKLOG'))
+        this.log.warn(`connection from ${peer} (stream ${id}) reset: ${describeError(err)}`);
+      else this.log.debug(`stream ${id} for ${peer} reset: ${describeError(err)}`);
       // The session is gone: reset the local connection rather than pretend a clean end.
       if (!socket.destroyed) socket.resetAndDestroy();
     });
@@ -233,6 +248,8 @@ export class Forward extends EventEmitter {
       ssm: this.deps.ssm,
       logger: this.log.child('session'),
       userAgent: this.deps.userAgent,
+      ...(this.deps.targets ? { resolveTarget: this.deps.targets.resolve } : {}),
+      spill: this.spill,
     });
     session.once('closed', (reason: SessionEndReason) => this.onSessionClosed(session, reason));
     this.stats.sessionsStarted++;
@@ -240,6 +257,8 @@ export class Forward extends EventEmitter {
       await session.start();
     } catch (err) {
       this.noteFailure();
+      // A resolved instance that was replaced within the cache time: look the target up again next time.
+      if (isPfError(err, 'PF_ERR_TARGET_NOT_CONNECTED')) this.deps.targets?.forget(this.config.target);
       throw err;
     }
     this.session = session;

@@ -29,10 +29,12 @@ import type { ClientModeDecision } from '../datachannel/version.js';
 import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SmuxClientSession } from '../mux/session.js';
+import type { SpillStore } from '../mux/spill.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
 import { API_BACKOFF, RECONNECT_BACKOFF, backoffDelayMs, delay, withDeadline } from './backoff.js';
 import { BasicRelay } from './basic.js';
 import { InputGuard, warnOncePerText } from './input-guard.js';
+import { describeConnectToPortError } from '../targets/destination.js';
 
 /** Session states (spec §10.5). */
 export const SessionState = {
@@ -63,6 +65,13 @@ export interface TunnelSessionDeps {
   logger: Logger;
   /** HTTP User-Agent for the WebSocket upgrade. */
   userAgent: string;
+  /**
+   * Turns the forward's `target` (any form of `src/targets/spec.ts`) into the id StartSession takes; called
+   * at each session start (`src/targets/resolve.ts`). Absent: the target is used as it is.
+   */
+  resolveTarget?: (target: string) => Promise<string>;
+  /** Daemon-wide spill store for slow local readers (mux mode); undefined = memory only. */
+  spill?: SpillStore | undefined;
 }
 
 /** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
@@ -116,6 +125,8 @@ export class TunnelSession extends EventEmitter {
   private settled = false;
   /** Counts and logs (once per kind) agent input that is wrong at the session layer. */
   private readonly input: InputGuard;
+  /** The concrete target of this session once resolved (for logs and `status`). */
+  private resolvedTargetValue: string | undefined;
 
   constructor(
     private readonly forward: ForwardConfig,
@@ -148,7 +159,19 @@ export class TunnelSession extends EventEmitter {
     this.channel.on('stalled', () => {
       this.failSoon(
         'give-up',
-        new ProtocolError('PF_ERR_WINDOW_STALLED', 'no acknowledgement progress; agent stalled'),
+        new ProtocolError(
+          'PF_ERR_WINDOW_STALLED',
+          'no acknowledgement progress, or publication paused, for the give-up period; agent stalled',
+        ),
+      );
+    });
+    this.channel.on('wedged', (expected: number, buffered: number, sinceMs: number) => {
+      void this.fail(
+        'give-up',
+        new ProtocolError(
+          'PF_ERR_RECEIVE_WEDGED',
+          `agent message ${expected} missing for ${Math.round(sinceMs)} ms while ${buffered} later ones wait; the agent no longer resends it`,
+        ),
       );
     });
     this.channel.on('acked', (seq: number) => {
@@ -169,6 +192,11 @@ export class TunnelSession extends EventEmitter {
   /** SessionId once StartSession succeeded. */
   get sessionId(): string | undefined {
     return this.grant?.sessionId;
+  }
+
+  /** The target id StartSession was called with (`i-…`, `ecs:…`), once resolved. */
+  get resolvedTarget(): string | undefined {
+    return this.resolvedTargetValue;
   }
 
   /** `mux` or `basic` once open. */
@@ -211,7 +239,7 @@ export class TunnelSession extends EventEmitter {
       throw err;
     }
     this.log.info(
-      `session ${this.grant.sessionId} started for ${this.forward.target}:${this.forward.remotePort}`,
+      `session ${this.grant.sessionId} started for ${this.resolvedTargetValue ?? this.forward.target}:${this.forward.remotePort}`,
     );
     const opened = new Promise<void>((resolve, reject) => (this.openWaiter = { resolve, reject }));
     // Rejections before the await below (connect failure) must not surface as unhandled.
@@ -245,8 +273,12 @@ export class TunnelSession extends EventEmitter {
   }
 
   private async startSessionWithRetry(): Promise<SessionGrant> {
+    const target = this.deps.resolveTarget
+      ? await this.deps.resolveTarget(this.forward.target)
+      : this.forward.target;
+    this.resolvedTargetValue = target;
     const request = {
-      target: this.forward.target,
+      target,
       documentName: documentFor(this.forward),
       parameters: parametersFor(this.forward, this.boundLocalPort),
       ...(this.forward.reason ? { reason: this.forward.reason } : {}),
@@ -335,9 +367,12 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
+  /**
+   * Mux mode never refuses (spec §9.6): a refusal stops every stream of the session and, against the agent's
+   * head-only resend, wedges it. The smux session keeps a slow reader's bytes in memory, then in the spill store.
+   */
   private deliverOutput(payload: Buffer): boolean {
     if (this.smux) {
-      if (this.smux.receiveBlocked) return false;
       this.smux.receive(payload);
       return true;
     }
@@ -432,7 +467,7 @@ export class TunnelSession extends EventEmitter {
     }
     if (flag === FlagCode.ConnectToPortError) {
       this.log.warn(
-        `the agent could not connect to ${this.forward.host ?? 'localhost'}:${this.forward.remotePort}`,
+        describeConnectToPortError(this.forward.host, this.forward.remotePort, this.forward.documentName),
       );
       this.unpairedRefusals++;
       this.emit('destinationRefused');
@@ -446,14 +481,14 @@ export class TunnelSession extends EventEmitter {
       {
         streamReceiveBufferBytes: this.tuning.streamReceiveBufferBytes,
         sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
+        streamBacklogLimitBytes: this.tuning.streamBacklogLimitBytes,
         streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
         maxFrameDataBytes: SMUX_MAX_FRAME_DATA_BYTES,
       },
-      { logger: this.log.child('mux') },
+      { logger: this.log.child('mux'), spill: this.deps.spill },
     );
     // Reached from local sockets (writes, reads making room): guarded like the network entry points.
     smux.on('outgoing', () => this.guard('send', () => this.pump()));
-    smux.on('receiveUnblocked', () => this.guard('delivery retry', () => this.channel.retryDelivery()));
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = this.decision?.smuxKeepAlive

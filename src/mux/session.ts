@@ -8,9 +8,12 @@
  * - outgoing: at most one in-flight write batch per stream (Node's Writable serialises `_write`/`_writev`, and
  *   the batch came out of a Writable buffer bounded by `streamWriteBufferBytes`), plus one pending SYN and FIN
  *   per stream, one pending NOP, and at most one frame cut across pulls (`outgoingBufferedBytes`).
- * - receive: each stream's Readable buffer, capped by `streamReceiveBufferBytes` per stream and
- *   `sessionReceiveBufferBytes` in total; past either cap {@link SmuxClientSession.receiveBlocked} asks the pump
- *   to stop feeding (`receiveBufferedBytes`). One `receive()` chunk may overshoot a cap; nothing is dropped.
+ * - receive: never refused (spec §9.6: smux v1 has no window, and refusing one stream's bytes would stall every
+ *   stream). Each stream's {@link StreamReceiveQueue} keeps what its reader has not taken: its Readable buffer
+ *   ({@link STREAM_READABLE_HIGH_WATER_BYTES}), then memory up to `streamReceiveBufferBytes` per stream and
+ *   `sessionReceiveBufferBytes` per session (`receiveBufferedBytes`), then the injected daemon-wide spill store
+ *   (`receiveSpilledBytes`, `spillFilesOpen`). Past `streamBacklogLimitBytes` waiting, or when spilling fails,
+ *   that one stream is destroyed with `PF_ERR_STREAM_BACKLOG` (`backlogResets`); the others are untouched.
  * - the frame decoder's reassembly buffer: at most one partial frame (≤ 65,543 bytes) plus the rest of the
  *   last chunk.
  *
@@ -36,6 +39,9 @@ import {
   describeFrame,
   writeFrameHeader,
 } from './frame.js';
+import { StreamReceiveQueue } from './receive-queue.js';
+import type { ReceiveMemory } from './receive-queue.js';
+import type { SpillStore } from './spill.js';
 import { SmuxStream } from './stream.js';
 import type { Logger } from '../log.js';
 import type { SmuxFrame } from './frame.js';
@@ -43,10 +49,15 @@ import type { SmuxStreamHooks, SmuxWriteCallback } from './stream.js';
 
 /** Session buffer bounds; resolved and validated by the caller's config (house style §5). */
 export interface SmuxSessionOptions {
-  /** Bytes buffered for one stream's slow local reader before receive is blocked (spec §9.6, default 4 MiB, passed in). */
+  /** Bytes kept in memory for one stream's slow local reader before spilling (spec §9.6, default 4 MiB, passed in). */
   streamReceiveBufferBytes: number;
-  /** Bytes buffered across all streams before receive is blocked (default 64 MiB, passed in). */
+  /** Bytes kept in memory across all streams before any stream spills (default 64 MiB, passed in). */
   sessionReceiveBufferBytes: number;
+  /**
+   * Bytes that may wait for one stream's reader in total (memory + spill) before that stream is reset
+   * (default 512 MiB, passed in; ≥ `streamReceiveBufferBytes`).
+   */
+  streamBacklogLimitBytes: number;
   /** Writable highWaterMark of each stream, bytes (pass e.g. 64 KiB). */
   streamWriteBufferBytes: number;
   /** Max PSH data bytes per frame when serialising (≤ 65535; pass e.g. 32768). */
@@ -72,8 +83,14 @@ export interface SmuxSessionStats {
    * agent (the client opens every stream in this protocol).
    */
   unknownStreamFrames: number;
-  /** Received bytes held in streams' Readable buffers for local readers, bytes. */
+  /** Received bytes held in memory for local readers (Readable buffers, queues, spill write-behind), bytes. */
   receiveBufferedBytes: number;
+  /** Received bytes held in spill files for local readers, bytes. */
+  receiveSpilledBytes: number;
+  /** Spill files open for this session's streams. */
+  spillFilesOpen: number;
+  /** Streams reset because their reader left more than the bound waiting, or spilling failed. */
+  backlogResets: number;
   /** Bytes queued in the session and not yet pulled: data, control frames and the rest of a split frame. */
   outgoingBufferedBytes: number;
 }
@@ -85,11 +102,6 @@ export interface SmuxSessionEvents {
    * turn; not repeated while `hasOutgoing` stays true, so the puller keeps pulling until it is false.
    */
   outgoing: [];
-  /**
-   * `receiveBlocked` went from true to false (local readers consumed data, or a stream went away); emitted on
-   * a later tick. Also emitted before `'close'` when the session is destroyed while blocked.
-   */
-  receiveUnblocked: [];
   /** The agent broke the smux wire format; the session is destroyed and `'close'` follows. */
   error: [error: Error];
   /** The session was destroyed; emitted once, on the tick after `destroy()`. */
@@ -102,7 +114,15 @@ export interface SmuxSessionEvents {
 export interface SmuxSessionDeps {
   /** Logger scoped to this session, e.g. `mux`. */
   logger: Logger;
+  /** Daemon-wide spill store for slow readers; undefined = memory only (a stream is reset when it is full). */
+  spill?: SpillStore | undefined;
 }
+
+/**
+ * Readable highWaterMark of each stream, bytes (our default): what Node itself buffers before `push()` says
+ * stop; everything beyond waits in the stream's {@link StreamReceiveQueue}.
+ */
+export const STREAM_READABLE_HIGH_WATER_BYTES = 64 * 1024;
 
 /** First client stream id: the counter starts at 1 and is incremented by 2 before use (spec §9.4). */
 const SMUX_FIRST_STREAM_ID = 3;
@@ -142,8 +162,8 @@ interface StreamEntry {
   remoteFin: boolean;
   /** Removed from the session map; frames for it are dropped. */
   forgotten: boolean;
-  /** The stream's `readableLength` when last accounted into the session total, bytes. */
-  accountedBytes: number;
+  /** Bytes received and not yet taken by the local reader. */
+  readonly queue: StreamReceiveQueue;
 }
 
 /** A frame cut across pulls: its serialised bytes and what completes when the last byte leaves. */
@@ -166,10 +186,9 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private readonly streams = new Map<number, StreamEntry>();
   /** Streams with frames to send, in round-robin order (Set keeps insertion order; re-adding moves to the tail). */
   private readonly ready = new Set<StreamEntry>();
-  /** Streams whose Readable buffer exceeds `streamReceiveBufferBytes`. */
-  private readonly fullStreams = new Set<StreamEntry>();
-  /** Streams whose reader asked for more while receive is blocked; re-accounted on the next tick. */
-  private readonly readRecheck = new Set<StreamEntry>();
+  /** Memory queued by every stream's receive queue, against `sessionReceiveBufferBytes`. */
+  private readonly receiveMemory: ReceiveMemory;
+  private readonly spill: SpillStore | undefined;
   private lastStreamId = SMUX_FIRST_STREAM_ID - 2;
   private isDestroyed = false;
   private split: SplitFrame | undefined;
@@ -181,12 +200,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private outgoingBatches = 0;
   /** SYN and FIN frames queued (NOP counted separately). */
   private outgoingControlFrames = 0;
-  /** Sum of entries' `accountedBytes`, bytes. */
-  private receiveBufferedBytes = 0;
-  /** The pump was last told (by `receive()` leaving us blocked) that receive is blocked. */
-  private blockedReported = false;
   private outgoingScheduled = false;
-  private unblockedScheduled = false;
   private dispatching = false;
   private readonly pendingChunks: Buffer[] = [];
   private readonly counters = {
@@ -197,6 +211,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     streamsOpened: 0,
     streamsClosed: 0,
     unknownStreamFrames: 0,
+    backlogResets: 0,
   };
 
   /** @throws ConfigError `PF_ERR_CONFIG` if an option is not a positive integer or the frame size exceeds 65535. */
@@ -205,6 +220,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     for (const key of [
       'streamReceiveBufferBytes',
       'sessionReceiveBufferBytes',
+      'streamBacklogLimitBytes',
       'streamWriteBufferBytes',
       'maxFrameDataBytes',
     ] as const) {
@@ -221,6 +237,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     }
     this.options = Object.freeze({ ...options });
     this.logger = deps.logger;
+    this.spill = deps.spill;
+    this.receiveMemory = { bytes: 0, limitBytes: options.sessionReceiveBufferBytes };
   }
 
   /** True once the session was destroyed (explicitly or by a protocol error). */
@@ -238,20 +256,22 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     return !this.isDestroyed && (this.split !== undefined || this.nopPending || this.ready.size > 0);
   }
 
-  /**
-   * True while a stream's unread bytes exceed `streamReceiveBufferBytes` or the total exceeds
-   * `sessionReceiveBufferBytes`: the caller stops feeding `receive()` (it will refuse/not ack data-channel
-   * messages) until `'receiveUnblocked'`. False once destroyed.
-   */
-  get receiveBlocked(): boolean {
-    return this.computeReceiveBlocked();
-  }
-
-  /** A snapshot of the session's counters. */
+  /** A snapshot of the session's counters (walks the streams for the receive figures). */
   get stats(): SmuxSessionStats {
+    let memory = 0;
+    let spilled = 0;
+    let files = 0;
+    for (const entry of this.streams.values()) {
+      const queue = entry.queue.stats;
+      memory += entry.stream.readableLength + queue.memoryBytes;
+      spilled += queue.spilledBytes;
+      files += queue.spillFilesOpen;
+    }
     return {
       ...this.counters,
-      receiveBufferedBytes: this.receiveBufferedBytes,
+      receiveBufferedBytes: memory,
+      receiveSpilledBytes: spilled,
+      spillFilesOpen: files,
       outgoingBufferedBytes:
         (this.split ? this.split.bytes.length - this.split.offset : 0) +
         this.outgoingDataBytes +
@@ -280,10 +300,24 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     const stream = new SmuxStream(
       id,
       {
-        readableHighWaterMark: this.options.streamReceiveBufferBytes,
+        readableHighWaterMark: STREAM_READABLE_HIGH_WATER_BYTES,
         writableHighWaterMark: this.options.streamWriteBufferBytes,
       },
       hooks,
+    );
+    const queue = new StreamReceiveQueue(
+      {
+        memoryBytes: this.options.streamReceiveBufferBytes,
+        backlogLimitBytes: this.options.streamBacklogLimitBytes,
+      },
+      {
+        memory: this.receiveMemory,
+        spill: this.spill,
+        push: (chunk) => stream.push(chunk),
+        readableBytes: () => stream.readableLength,
+        end: () => stream.handleRemoteFin(),
+        fail: (error) => this.onBacklogFailure(entry, error),
+      },
     );
     const entry: StreamEntry = {
       id,
@@ -298,7 +332,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       finCallback: undefined,
       remoteFin: false,
       forgotten: false,
-      accountedBytes: 0,
+      queue,
     };
     this.streams.set(id, entry);
     this.counters.streamsOpened++;
@@ -394,7 +428,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       this.dispatching = false;
       this.pendingChunks.length = 0;
     }
-    if (!this.isDestroyed && this.computeReceiveBlocked()) this.blockedReported = true;
   }
 
   /**
@@ -409,8 +442,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private shutdown(streamError: Error, sessionError: Error | undefined): void {
     if (this.isDestroyed) return;
     this.isDestroyed = true;
-    const wasBlocked = this.blockedReported;
-    this.blockedReported = false;
     this.ready.clear();
     this.split = undefined;
     this.nopPending = false;
@@ -424,7 +455,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     }
     this.logger.debug('smux session destroyed', { reason: streamError.message });
     process.nextTick(() => {
-      if (wasBlocked) this.emit('receiveUnblocked');
       if (sessionError && this.listenerCount('error') > 0) this.emit('error', sessionError);
       this.emit('close');
     });
@@ -473,13 +503,10 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
         }
         if (frame.data.length === 0) return;
         try {
-          entry.stream.push(frame.data);
+          entry.queue.append(frame.data);
         } catch (err) {
           this.listenerThrew(entry, err);
         }
-        if (entry.forgotten) return;
-        this.account(entry);
-        if (entry.accountedBytes > this.options.streamReceiveBufferBytes) this.fullStreams.add(entry);
         return;
       }
       case SmuxCommand.FIN: {
@@ -512,65 +539,33 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
    */
   private onRemoteFin(entry: StreamEntry): void {
     entry.remoteFin = true;
-    // The reader cannot receive more, so its buffer no longer needs a per-stream stop; it still counts in total.
-    this.fullStreams.delete(entry);
     const callbacks = this.dropPending(entry);
     if (this.logger.debugEnabled) this.logger.debug('stream FIN from agent', { sid: entry.id });
     try {
-      entry.stream.handleRemoteFin();
+      // Ends the reader after every byte queued before the FIN (memory and spill) has been handed over.
+      entry.queue.end();
     } catch (err) {
       this.listenerThrew(entry, err);
     }
     this.runCallbacks(callbacks);
-    this.checkUnblocked();
   }
 
-  /** Bring the session total up to date with one stream's Readable buffer. */
-  private account(entry: StreamEntry): void {
-    const length = entry.stream.readableLength;
-    this.receiveBufferedBytes += length - entry.accountedBytes;
-    entry.accountedBytes = length;
-  }
-
-  /** `_read()`: the local reader made room. */
+  /** `_read()`: the local reader made room; hand it what its queue holds. */
   private onStreamRead(entry: StreamEntry): void {
     if (entry.forgotten) return;
-    this.account(entry);
-    if (!this.fullStreams.has(entry) && !this.blockedReported) return;
-    // Readable.read() calls _read() before it takes the bytes out: look again once it has.
-    this.readRecheck.add(entry);
-    if (this.readRecheck.size > 1) return;
-    process.nextTick(() => {
-      for (const dirty of this.readRecheck) {
-        if (dirty.forgotten) continue;
-        this.account(dirty);
-        if (dirty.accountedBytes <= this.options.streamReceiveBufferBytes) this.fullStreams.delete(dirty);
-      }
-      this.readRecheck.clear();
-      this.checkUnblocked();
-    });
+    entry.queue.resume();
   }
 
-  private computeReceiveBlocked(): boolean {
-    if (this.isDestroyed) return false;
-    if (this.fullStreams.size > 0) return true;
-    if (this.receiveBufferedBytes > this.options.sessionReceiveBufferBytes) {
-      // Readers may consume without _read() being called (buffer still above its mark, or ended): recount.
-      for (const entry of this.streams.values()) this.account(entry);
-    }
-    return this.receiveBufferedBytes > this.options.sessionReceiveBufferBytes;
-  }
-
-  private checkUnblocked(): void {
-    if (!this.blockedReported || this.computeReceiveBlocked()) return;
-    this.blockedReported = false;
-    if (this.unblockedScheduled) return;
-    this.unblockedScheduled = true;
-    // Deferred so a listener that feeds receive() never runs inside a stream's read() or push().
-    process.nextTick(() => {
-      this.unblockedScheduled = false;
-      if (!this.isDestroyed && !this.computeReceiveBlocked()) this.emit('receiveUnblocked');
-    });
+  /**
+   * A stream's queue cannot keep its bytes (bound passed, spill limit spent or a spill file failed): reset that
+   * stream alone; its FIN tells the agent to close the destination. The forward logs the warn line, since it
+   * knows which local connection this is.
+   */
+  private onBacklogFailure(entry: StreamEntry, error: TunnelError): void {
+    if (entry.forgotten) return;
+    this.counters.backlogResets++;
+    this.logger.debug('stream reset: receive backlog', { sid: entry.id, reason: error.message });
+    entry.stream.destroy(error);
   }
 
   // ---- send path ----
@@ -624,6 +619,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       this.markReady(entry);
     }
     this.forget(entry);
+    entry.queue.destroy();
     if (callbacks.length > 0) {
       // Node fails the writes still buffered behind this one with the same error; the data never left.
       const reason =
@@ -633,7 +629,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
         for (const callback of callbacks) callback(reason);
       });
     }
-    this.checkUnblocked();
   }
 
   /**
@@ -685,9 +680,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     if (entry.forgotten) return;
     entry.forgotten = true;
     this.streams.delete(entry.id);
-    this.fullStreams.delete(entry);
-    this.receiveBufferedBytes -= entry.accountedBytes;
-    entry.accountedBytes = 0;
+    entry.queue.destroy();
     this.counters.streamsClosed++;
     if (this.logger.debugEnabled) this.logger.debug('stream forgotten', { sid: entry.id });
     this.emit('streamClosed', entry.id);

@@ -3,8 +3,9 @@
  * Writable side hands each chunk to the session through injected {@link SmuxStreamHooks} and the session
  * calls the write callback only once the chunk's bytes have been pulled onto the wire, so the Writable's own
  * buffer (`writableHighWaterMark`) is the honest, bounded send queue (ssh2 `Channel.js`). The Readable side is
- * fed by the session with `push()`; `readableHighWaterMark` is the per-stream receive cap, and `_read()` tells
- * the session that the local reader has made room (house style §9, §11; yamux `stream.ts`).
+ * fed by the session's per-stream receive queue (`receive-queue.ts`) with `push()`, which stops pushing when
+ * `push()` returns false; `_read()` tells the session that the local reader has made room, and the queue
+ * pushes what it kept meanwhile (house style §9, §11; yamux `stream.ts`).
  *
  * Lifecycle: the stream is forgotten by its session when it is destroyed, which Node does on its own
  * (`autoDestroy`) once both `'end'` and `'finish'` have been emitted, or which happens when:
@@ -43,7 +44,7 @@ export interface SmuxStreamHooks {
 
 /** Buffer bounds of one stream, resolved by the session from its options. */
 export interface SmuxStreamOptions {
-  /** Bytes the Readable side may hold for a slow local reader before `push()` reports it full. */
+  /** Bytes the Readable side holds before `push()` reports it full (the session's queue keeps the rest). */
   readableHighWaterMark: number;
   /** Bytes the Writable side buffers before `write()` returns false (includes the chunk on the wire). */
   writableHighWaterMark: number;
@@ -69,14 +70,15 @@ export class SmuxStream extends Duplex {
     this.hooks = hooks;
   }
 
-  /** True once the agent has sent FIN for this stream. */
+  /** True once the agent's FIN has been handed to the reader (after every byte that came before it). */
   get remoteEnded(): boolean {
     return this.remoteFinished;
   }
 
   /**
-   * @internal Called by the session on FIN from the agent: ends the Readable side after the data already
-   * pushed, and destroys the stream once the local reader has consumed it (no half-close in v1).
+   * @internal Called by the session's receive queue once the agent's FIN is next in line: ends the Readable side
+   * after the data already pushed, and destroys the stream once the local reader has consumed it (no half-close
+   * in v1).
    */
   handleRemoteFin(): void {
     if (this.remoteFinished) return;

@@ -10,8 +10,27 @@ import { AwsSessionError } from '../errors.js';
 import type { CodeOf } from '../errors.js';
 import { redactText } from '../log.js';
 
-/** The SSM operations pf-daemon calls (spec §2.1–§2.3). */
-export type SsmOperation = 'StartSession' | 'ResumeSession' | 'TerminateSession';
+/** The SSM operations pf-daemon calls (spec §2.1–§2.3), and the look-ups that resolve targets. */
+export type SsmOperation =
+  | 'StartSession'
+  | 'ResumeSession'
+  | 'TerminateSession'
+  | 'DescribeInstanceInformation'
+  | 'ListTasks'
+  | 'DescribeTasks';
+
+/**
+ * IAM action and what it is needed for, per target look-up operation: an AccessDenied on one of these names
+ * the missing permission (the session permissions are a different fix).
+ */
+export const LOOKUP_PERMISSIONS: Readonly<Record<string, { action: string; purpose: string }>> = {
+  DescribeInstanceInformation: {
+    action: 'ssm:DescribeInstanceInformation',
+    purpose: 'name: and tag: targets (resource "*")',
+  },
+  ListTasks: { action: 'ecs:ListTasks', purpose: 'ecs:<cluster>/<service> targets (on the cluster)' },
+  DescribeTasks: { action: 'ecs:DescribeTasks', purpose: "ecs: targets (on the cluster's tasks)" },
+};
 
 /** What the call was about; every field is optional and only sharpens the message. */
 export interface SsmErrorContext {
@@ -180,6 +199,10 @@ export function mapSsmError(
   const make = (code: CodeOf<'aws'>, message: string, retryable = false): AwsSessionError =>
     new AwsSessionError(code, clean(message), { cause: err, retryable });
   const lowerMessage = shape.message.toLowerCase();
+  // ECS look-ups share this mapping; name their service and endpoint flag.
+  const ecs = op === 'ListTasks' || op === 'DescribeTasks';
+  const service = ecs ? 'ECS' : 'SSM';
+  const endpointFlag = ecs ? '--ecs-endpoint' : '--endpoint';
 
   if (shape.name === 'TargetNotConnected') {
     return make(
@@ -212,6 +235,13 @@ export function mapSsmError(
       `session${context.sessionId ? ` ${context.sessionId}` : ''} no longer exists (${op}): a new session will be started`,
     );
   }
+  const lookup = LOOKUP_PERMISSIONS[op];
+  if (lookup !== undefined && (shape.name === 'AccessDeniedException' || shape.name === 'AccessDenied')) {
+    return make(
+      'PF_ERR_ACCESS_DENIED',
+      `IAM denied ${lookup.action}${forProfile}${inRegion}${awsText ? ` (${awsText})` : ''}: allow ${lookup.action} to resolve ${lookup.purpose}, or name the target by id`,
+    );
+  }
   if (shape.name === 'AccessDeniedException' || shape.name === 'AccessDenied') {
     return make(
       'PF_ERR_ACCESS_DENIED',
@@ -219,7 +249,7 @@ export function mapSsmError(
     );
   }
   if (THROTTLING_NAMES.has(shape.name) || shape.status === 429) {
-    return make('PF_ERR_THROTTLED', `SSM throttled ${op}${inRegion}: will retry with backoff`, true);
+    return make('PF_ERR_THROTTLED', `${service} throttled ${op}${inRegion}: will retry with backoff`, true);
   }
   if (shape.name === 'CredentialsProviderError' || shape.name === 'TokenProviderError') {
     if (/expired|refresh/.test(lowerMessage)) {
@@ -266,7 +296,7 @@ export function mapSsmError(
   if (INTERNAL_NAMES.has(shape.name) || (shape.status !== undefined && shape.status >= 500)) {
     return make(
       'PF_ERR_AWS_INTERNAL',
-      `SSM internal error on ${op}${inRegion} (HTTP ${shape.status ?? 500}): will retry with backoff`,
+      `${service} internal error on ${op}${inRegion} (HTTP ${shape.status ?? 500}): will retry with backoff`,
       true,
     );
   }
@@ -274,16 +304,24 @@ export function mapSsmError(
     const what = shape.code ?? shape.name;
     const hint =
       shape.code === 'ENOTFOUND' || shape.code === 'EAI_AGAIN'
-        ? 'check DNS, the --region name and --endpoint'
-        : 'check the network, proxy settings (HTTPS_PROXY) and --endpoint';
-    return make('PF_ERR_AWS', `cannot reach the SSM endpoint for ${op}${inRegion} (${what}): ${hint}`, true);
+        ? `check DNS, the --region name and ${endpointFlag}`
+        : `check the network, proxy settings (HTTPS_PROXY) and ${endpointFlag}`;
+    return make(
+      'PF_ERR_AWS',
+      `cannot reach the ${service} endpoint for ${op}${inRegion} (${what}): ${hint}`,
+      true,
+    );
   }
   if (shape.fault === 'server') {
-    return make('PF_ERR_AWS_INTERNAL', `SSM failed on ${op}${inRegion} (${shape.name}): will retry`, true);
+    return make(
+      'PF_ERR_AWS_INTERNAL',
+      `${service} failed on ${op}${inRegion} (${shape.name}): will retry`,
+      true,
+    );
   }
   const status = shape.status !== undefined ? `HTTP ${shape.status} ` : '';
   return make(
     'PF_ERR_AWS',
-    `SSM ${op} failed${inRegion}: ${status}${shape.name}${awsText ? `: ${awsText}` : ''}`,
+    `${service} ${op} failed${inRegion}: ${status}${shape.name}${awsText ? `: ${awsText}` : ''}`,
   );
 }

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { isPfError } from '../../src/errors.js';
-import { overlayFlags, parseForwardSpec } from '../../src/config/flags.js';
+import { overlayFlags, parseForwardSpec, parseParameterFlags } from '../../src/config/flags.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { verifyConfig } from '../../src/config/verify.js';
 
@@ -101,4 +101,64 @@ test('flags alone, without a file', (t) => {
   const { raw, source } = overlayFlags(undefined, { target: T, port: 22, host: 'bastion' });
   const config = verifyConfig(raw, source);
   t.like(config.forwards[0], { target: T, host: 'bastion', remotePort: 22, localPort: 22 });
+});
+
+test('--document-name, --parameter, --pick-any and --ecs-endpoint set defaults for every forward', (t) => {
+  const { raw, source } = overlayFlags(undefined, {
+    target: 'web-1',
+    port: 5432,
+    documentName: 'Acme-PF',
+    parameter: ['team=payments', 'ticket=OPS-1=2'],
+    pickAny: true,
+    ecsEndpoint: 'http://127.0.0.1:4566',
+  });
+  const config = verifyConfig(raw, source);
+  const [f] = config.forwards;
+  t.is(f?.target, 'web-1');
+  t.is(f?.documentName, 'Acme-PF');
+  t.deepEqual(f?.parameters, { team: 'payments', ticket: 'OPS-1=2' });
+  t.is(f?.pick, 'any');
+  t.is(f?.ecsEndpoint, 'http://127.0.0.1:4566');
+  const off = overlayFlags(undefined, { target: 'web-1', port: 1, pickAny: false });
+  t.is(verifyConfig(off.raw, off.source).forwards[0]?.pick, 'one');
+});
+
+test('bad --parameter, --document-name and --pick-any combinations name the flag', (t) => {
+  for (const [entries, pattern] of [
+    [['team'], /--parameter "team": expected key=value, e\.g\. --parameter team=payments/],
+    [['=x'], /--parameter "=x": expected key=value/],
+    [['a=1', 'a=2'], /--parameter a given twice/],
+  ] as const) {
+    const err = t.throws(() => parseParameterFlags(entries));
+    t.true(isPfError(err, 'PF_ERR_CONFIG'));
+    t.regex(err?.message ?? '', pattern);
+  }
+  const noDoc = overlayFlags(undefined, { target: 'i-0123456789abcdef0', port: 1, parameter: ['team=x'] });
+  const err = t.throws(() => verifyConfig(noDoc.raw, noDoc.source));
+  t.regex(
+    err?.message ?? '',
+    /defaults\.parameters: parameters need a custom documentName.* from --parameter/,
+  );
+  const badDoc = overlayFlags(undefined, { target: 'i-0123456789abcdef0', port: 1, documentName: 'x' });
+  t.regex(t.throws(() => verifyConfig(badDoc.raw, badDoc.source))?.message ?? '', /from --document-name/);
+  const badTarget = overlayFlags(undefined, { target: 'tag:Role', port: 1 });
+  t.regex(
+    t.throws(() => verifyConfig(badTarget.raw, badTarget.source))?.message ?? '',
+    /defaults\.target: tag targets are tag:<Key>=<Value>.* from --target/,
+  );
+});
+
+test('-L takes every target form after the first @, including tags holding @', (t) => {
+  t.deepEqual(parseForwardSpec('15432:db:5432@tag:Owner=ops@example.com'), {
+    localPort: 15432,
+    host: 'db',
+    remotePort: 5432,
+    target: 'tag:Owner=ops@example.com',
+  });
+  t.deepEqual(parseForwardSpec('8080:80@web-1'), { localPort: 8080, remotePort: 80, target: 'web-1' });
+  t.deepEqual(parseForwardSpec('8080:80@ecs:prod/api/app'), {
+    localPort: 8080,
+    remotePort: 80,
+    target: 'ecs:prod/api/app',
+  });
 });

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { isPfError } from '../../src/errors.js';
-import { defaultTuning } from '../../src/config/types.js';
+import { defaultTuning, documentFor, parametersFor } from '../../src/config/types.js';
 import { ConfigProblemsError, didYouMean, formatPath, verifyConfig } from '../../src/config/verify.js';
 
 const T = 'i-0abc12345678';
@@ -109,7 +109,9 @@ test('every problem is listed with its path in one PF_ERR_CONFIG error', (t) => 
   t.true(problems.includes('forwards[0].remotePort: must be an integer 1-65535 (got "abc")'));
   t.true(
     problems.some(
-      (p) => p.startsWith('forwards[0].target: must be a managed node id') && p.endsWith('(got "i-xyz")'),
+      (p) =>
+        p.startsWith('forwards[0].target: "i-xyz" looks like a managed node id') &&
+        p.endsWith('(got "i-xyz")'),
     ),
   );
   t.true(problems.includes('forwards[1].remotePort: must be an integer 1-65535 (got 70000)'));
@@ -217,9 +219,152 @@ test('target pattern: i- and mi- with 8-17 hex digits', (t) => {
   for (const ok of ['i-0abc1234', 'i-0123456789abcdef0', 'mi-0123456789abcdef0']) {
     t.deepEqual(problemsOf({ forwards: [{ target: ok, remotePort: 1 }] }), [], ok);
   }
-  for (const bad of ['i-0ABC12345', 'i-1234567', 'i-0123456789abcdef01', 'x-0abc12345', 'db', 5]) {
+  // A bare word that is not an id is a Name tag (`db`, `x-0abc12345`); an almost-id is a typo.
+  for (const bad of ['i-0ABC12345', 'i-1234567', 'i-0123456789abcdef01', 5]) {
     t.is(problemsOf({ forwards: [{ target: bad, remotePort: 1 }] }).length, 1, String(bad));
   }
+});
+
+test('target forms: names, tags and ECS targets validate their syntax, each with a reason', (t) => {
+  const task = '0123456789abcdef0123456789abcdef';
+  for (const ok of [
+    'db',
+    'web-1',
+    'name:web server',
+    'tag:Role=db',
+    'ecs:prod/api',
+    'ecs:prod/api/app',
+    `ecs:prod/${task}`,
+    `ecs:prod_${task}_${task}-123`,
+  ]) {
+    t.deepEqual(problemsOf({ forwards: [{ target: ok, remotePort: 1 }] }), [], ok);
+  }
+  const cases: [string, RegExp][] = [
+    ['i-123', /forwards\[0\]\.target: "i-123" looks like a managed node id/],
+    ['tag:Role', /forwards\[0\]\.target: tag targets are tag:<Key>=<Value>, e\.g\. tag:Role=db/],
+    ['ecs:prod', /forwards\[0\]\.target: ecs targets are ecs:<cluster>\/<service>/],
+    ['web 1', /forwards\[0\]\.target: "web 1" is not a target; use one of i-0123456789abcdef0/],
+  ];
+  for (const [target, pattern] of cases) {
+    const problems = problemsOf({ forwards: [{ target, remotePort: 1 }] });
+    t.is(problems.length, 1, target);
+    t.regex(problems[0] ?? '', pattern);
+  }
+});
+
+test('pick, ecsEndpoint, documentName and parameters: valid values resolve, defaults apply them', (t) => {
+  const config = verifyConfig({
+    defaults: {
+      pick: 'any',
+      ecsEndpoint: 'http://127.0.0.1:4566',
+      documentName: 'Acme-PF',
+      parameters: { team: 'ops' },
+    },
+    forwards: [
+      { target: 'web-1', remotePort: 80 },
+      {
+        target: T,
+        remotePort: 81,
+        pick: 'one',
+        documentName: 'Acme-PF2',
+        parameters: { team: 'db', 'cost.centre': '42' },
+      },
+    ],
+  });
+  const [first, second] = config.forwards;
+  t.is(first?.pick, 'any');
+  t.is(first?.ecsEndpoint, 'http://127.0.0.1:4566');
+  t.is(first?.documentName, 'Acme-PF');
+  t.deepEqual(first?.parameters, { team: 'ops' });
+  t.is(second?.pick, 'one');
+  t.is(second?.documentName, 'Acme-PF2');
+  t.deepEqual(second?.parameters, { team: 'db', 'cost.centre': '42' });
+  t.true(Object.isFrozen(second?.parameters));
+  const plain = verifyConfig({ forwards: [{ target: T, remotePort: 80 }] }).forwards[0];
+  t.false(plain !== undefined && ('pick' in plain || 'documentName' in plain || 'parameters' in plain));
+});
+
+test('pick, ecsEndpoint, documentName and parameters: every bad value is a problem naming the fix', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ pick: 'first' }, /forwards\[0\]\.pick: must be one \(several matches are an error\) or any/],
+    [{ ecsEndpoint: 'ecs.local' }, /forwards\[0\]\.ecsEndpoint: must be an http\(s\) URL/],
+    [{ documentName: 'AB' }, /forwards\[0\]\.documentName: must be an SSM document name/],
+    [{ documentName: 'Acme PF' }, /documentName: must be an SSM document name/],
+    [
+      { documentName: 'Acme-PF', parameters: ['team=ops'] },
+      /parameters: must be a mapping of parameter name: string value/,
+    ],
+    [
+      { documentName: 'Acme-PF', parameters: { team: 42 } },
+      /parameters: parameter team must be a string \(quote it in YAML, e\.g\. team: "42"\)/,
+    ],
+    [{ documentName: 'Acme-PF', parameters: { 'bad name': 'x' } }, /parameter name "bad name" is not valid/],
+    [
+      { documentName: 'Acme-PF', parameters: { portNumber: '1' } },
+      /portNumber is set from the forward's remotePort; set remotePort instead/,
+    ],
+    [{ documentName: 'Acme-PF', parameters: { host: 'x' } }, /host is set from the forward's host/],
+    [{ documentName: 'Acme-PF', parameters: { team: 'x'.repeat(4097) } }, /longer than 4096 characters/],
+    [
+      { parameters: { team: 'ops' } },
+      /forwards\[0\]\.parameters: parameters need a custom documentName: the AWS port-forwarding documents/,
+    ],
+    [
+      { documentName: 'AWS-StartPortForwardingSession', parameters: { team: 'ops' } },
+      /parameters need a custom documentName: AWS-StartPortForwardingSession take only/,
+    ],
+    [
+      { documentName: 'AWS-StartPortForwardingSession', host: 'db.internal' },
+      /forwards\[0\]\.documentName: AWS-StartPortForwardingSession reaches only the instance's own ports/,
+    ],
+    [
+      { documentName: 'AWS-StartPortForwardingSessionToRemoteHost' },
+      /forwards\[0\]\.documentName: AWS-StartPortForwardingSessionToRemoteHost needs host/,
+    ],
+  ];
+  for (const [fields, pattern] of cases) {
+    const problems = problemsOf({ forwards: [{ target: T, remotePort: 1, ...fields }] });
+    t.is(problems.length, 1, JSON.stringify(fields));
+    t.regex(problems[0] ?? '', pattern, JSON.stringify(fields));
+  }
+  const unknown = problemsOf({ defaults: { document: 'x' }, forwards: [{ target: T, remotePort: 1 }] });
+  t.regex(unknown[0] ?? '', /defaults\.document: unknown key; did you mean "documentName"\?/);
+});
+
+test('documentFor and parametersFor: loopback hosts use the local document with the same port', (t) => {
+  for (const host of ['localhost', '127.0.0.1', '127.1', '::1', '::ffff:127.0.0.1']) {
+    const f = verifyConfig({ forwards: [{ target: T, remotePort: 5432, host }] }).forwards[0];
+    if (f === undefined) throw new Error('no forward');
+    t.is(documentFor(f), 'AWS-StartPortForwardingSession', host);
+    t.deepEqual(parametersFor(f, 15432), { portNumber: ['5432'], localPortNumber: ['15432'] }, host);
+  }
+  const remote = verifyConfig({ forwards: [{ target: T, remotePort: 5432, host: 'db.internal' }] })
+    .forwards[0];
+  if (remote === undefined) throw new Error('no forward');
+  t.is(documentFor(remote), 'AWS-StartPortForwardingSessionToRemoteHost');
+  t.deepEqual(parametersFor(remote, 1), {
+    portNumber: ['5432'],
+    localPortNumber: ['1'],
+    host: ['db.internal'],
+  });
+  const custom = verifyConfig({
+    forwards: [
+      {
+        target: T,
+        remotePort: 5432,
+        host: 'localhost',
+        documentName: 'Acme-PF',
+        parameters: { team: 'ops' },
+      },
+    ],
+  }).forwards[0];
+  if (custom === undefined) throw new Error('no forward');
+  t.is(documentFor(custom), 'Acme-PF');
+  t.deepEqual(
+    parametersFor(custom, 1),
+    { portNumber: ['5432'], localPortNumber: ['1'], host: ['localhost'], team: ['ops'] },
+    'a custom document gets host as written',
+  );
 });
 
 test('reason is 1-256 characters', (t) => {

@@ -472,6 +472,7 @@ test("data sent from a 'resume' listener goes out after the resends, once", (t) 
   h.ch.send(PayloadType.Output, Buffer.from('a'));
   h.take();
   h.ch.receive(serviceMessage('pause_publication'));
+  h.run(1_000);
   h.ch.on('resume', () => h.ch.send(PayloadType.Output, Buffer.from('b')));
   h.ch.receive(serviceMessage('start_publication'));
   t.deepEqual(dataSeqs(h.take()), [0, 1]);
@@ -484,6 +485,7 @@ test('pause is cleared by incoming output_stream_data, after its ack', (t) => {
   h.ch.send(PayloadType.Output, Buffer.from('a'));
   h.take();
   h.ch.receive(serviceMessage('pause_publication'));
+  h.run(1_000);
   h.ch.receive(agentData(0, 'z'));
   t.false(h.ch.paused);
   t.deepEqual(
@@ -501,6 +503,7 @@ test('pause is cleared by an incoming acknowledge', (t) => {
   h.ch.send(PayloadType.Output, Buffer.from('b'));
   h.take();
   h.ch.receive(serviceMessage('pause_publication'));
+  h.run(1_000);
   h.ch.send(PayloadType.Output, Buffer.from('c'));
   h.ch.receive(agentAck(0));
   t.false(h.ch.paused);
@@ -570,27 +573,27 @@ test('attach clears a pause left over from the previous link', (t) => {
 // ---------------------------------------------------------------------------------------------
 // Give-up (spec 7.3)
 
-test("'stalled' after giveUpMs without ack progress, once, not while paused or detached", (t) => {
+test("'stalled' after giveUpMs without ack progress, once; paused time counts, detached time does not", (t) => {
   const h = harness({ giveUpMs: 2_000 });
   let stalls = 0;
   h.ch.on('stalled', () => stalls++);
   h.run(10_000);
   t.is(stalls, 0, 'nothing un-acked: no stall');
   h.ch.send(PayloadType.Output, Buffer.from('a'));
-  h.run(1_900);
-  h.ch.receive(serviceMessage('pause_publication'));
-  h.run(10_000);
-  t.is(stalls, 0, 'paused time does not count');
-  h.ch.receive(serviceMessage('start_publication'));
-  h.run(1_900);
+  h.run(1_000);
   h.ch.detach();
   h.run(10_000);
   t.is(stalls, 0, 'detached time does not count');
   h.ch.attach(recorder(h));
-  h.run(1_950);
+  h.run(1_000);
+  // Spec §8: a pause counts toward the give-up (c359da3 stopped the clock while paused).
+  h.ch.receive(serviceMessage('pause_publication'));
+  h.run(950);
   t.is(stalls, 0);
+  // A start_publication is not progress: it neither restarts nor re-arms the clock.
+  h.ch.receive(serviceMessage('start_publication'));
   h.run(50);
-  t.is(stalls, 1);
+  t.is(stalls, 1, 'paused time counted');
   h.run(10_000);
   t.is(stalls, 1, 'emitted once');
   // Progress re-arms it.
@@ -598,6 +601,87 @@ test("'stalled' after giveUpMs without ack progress, once, not while paused or d
   h.ch.receive(agentAck(0));
   h.run(2_000);
   t.is(stalls, 2);
+});
+
+test("a pause that is never lifted ends in 'stalled' after giveUpMs, even with nothing un-acked", (t) => {
+  const h = harness({ giveUpMs: 3_000 });
+  let stalls = 0;
+  h.ch.on('stalled', () => stalls++);
+  h.ch.receive(serviceMessage('pause_publication'));
+  h.run(2_950);
+  t.is(stalls, 0);
+  t.true(h.ch.paused);
+  h.run(50);
+  t.is(stalls, 1, 'the pause alone gives up');
+  h.run(10_000);
+  t.is(stalls, 1);
+});
+
+test('a flapping pause resends only what expired, never the whole window per transition', (t) => {
+  const h = harness({ sendWindowMessages: 64, giveUpMs: 1_000_000 });
+  for (let i = 0; i < 64; i++) h.ch.send(PayloadType.Output, Buffer.from(`m${i}`));
+  t.is(dataSeqs(h.take()).length, 64);
+  // 200 pause/start transitions 10 ms apart (2 s): the agent side flaps, nothing is acked.
+  let starts = 0;
+  for (let i = 0; i < 100; i++) {
+    h.ch.receive(serviceMessage('pause_publication'));
+    h.clock.now += 10;
+    h.ch.receive(serviceMessage('start_publication'));
+    starts++;
+    h.clock.now += 10;
+    if (i % 5 === 4) h.ch.tick();
+  }
+  const resends = h.ch.stats.resends;
+  // Base RTO 200 ms doubling to 1 s: each message expires at 0.2, 0.6, 1.4 s within the 2 s, so ≤ 3 resends
+  // each; c359da3 resent all 64 on each of the 100 starts (6400).
+  t.true(resends <= 3 * 64, `${resends} resends over ${starts} starts`);
+  t.true(resends >= 64, 'expired messages are resent');
+  const seqs = dataSeqs(h.take());
+  for (let seq = 0; seq < 64; seq++) {
+    const copies = seqs.filter((s) => s === seq).length;
+    t.true(copies >= 1 && copies <= 3, `seq ${seq} sent ${copies} times`);
+  }
+});
+
+test("'wedged' when the next expected message stays missing for giveUpMs while later ones wait, once per gap", (t) => {
+  const h = harness({ giveUpMs: 2_000, reorderLimitMessages: 100 });
+  const wedges: number[][] = [];
+  h.ch.on('wedged', (expected, buffered, sinceMs) => wedges.push([expected, buffered, sinceMs]));
+  h.ch.receive(agentData(0, 'a'));
+  // Message 1 never comes; 2… keep arriving and wait in the reorder buffer.
+  for (let seq = 2; seq < 6; seq++) h.ch.receive(agentData(seq, `x${seq}`));
+  h.run(1_900);
+  for (let seq = 6; seq < 10; seq++) h.ch.receive(agentData(seq, `x${seq}`));
+  t.deepEqual(wedges, [], 'later arrivals are not progress');
+  h.run(200);
+  t.is(wedges.length, 1);
+  t.like(wedges[0], [1, 8]);
+  t.true((wedges[0]?.[2] as number) >= 2_000);
+  h.run(10_000);
+  t.is(wedges.length, 1, 'once per gap');
+  // The gap filled: delivered in order, no new report.
+  h.ch.receive(agentData(1, 'b'));
+  t.is(h.ch.expectedReceiveSequence, 10);
+  h.run(10_000);
+  t.is(wedges.length, 1);
+});
+
+test("no 'wedged' for a gap that fills within giveUpMs, nor for a refused head held in the buffer", (t) => {
+  const h = harness({ giveUpMs: 2_000, reorderLimitMessages: 100 });
+  let wedges = 0;
+  h.ch.on('wedged', () => wedges++);
+  for (let round = 0; round < 5; round++) {
+    const base = round * 2;
+    h.ch.receive(agentData(base + 1, 'later'));
+    h.run(1_500);
+    h.ch.receive(agentData(base, 'head'));
+  }
+  t.is(h.ch.expectedReceiveSequence, 10);
+  h.accept = () => false;
+  h.ch.receive(agentData(10, 'refused'));
+  h.ch.receive(agentData(11, 'behind'));
+  h.run(10_000);
+  t.is(wedges, 0, 'each gap lasted 1.5 s; a refused head is not missing');
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import type { Emulator } from '../../src/emulator/index.js';
 import { Forward } from '../../src/forward/forward.js';
 import type { Logger } from '../../src/log.js';
 import { silentLogger } from '../../src/log.js';
+import type { SpillStore } from '../../src/mux/spill.js';
 import { createSsmApi } from '../../src/ssm/client.js';
 import type { SsmApi } from '../../src/ssm/types.js';
 import { withTimeout } from '../helpers/net.js';
@@ -70,12 +71,13 @@ export async function startForward(
   emulator: Emulator,
   overrides: Partial<ForwardConfig>,
   tune: TuningConfig = tuningWith(),
-  options: { ssm?: SsmApi; logger?: Logger } = {},
+  options: { ssm?: SsmApi; logger?: Logger; spill?: SpillStore } = {},
 ): Promise<{ forward: Forward; port: number }> {
   const forward = new Forward(forwardConfig(overrides), tune, {
     ssm: options.ssm ?? emulatorSsm(emulator),
     logger: options.logger ?? silentLogger,
     userAgent: 'pf-daemon-test',
+    ...(options.spill ? { spill: options.spill } : {}),
   });
   const address = await forward.start();
   return { forward, port: address.port };

@@ -1,9 +1,12 @@
 /**
- * Memory soak (issue 6, spec §9.6): pipe N bytes (default 2 GiB) through one forwarded connection whose
- * local reader stalls and resumes, and whose remote side stalls and resumes, and record the daemon's peak RSS.
+ * Memory soak (issue 6, issue 10, spec §9.6): pipe N bytes (default 2 GiB) through one forwarded connection
+ * whose local reader stalls and resumes, and whose remote side stalls and resumes, while a second connection
+ * on the same forward asks for a flood of `--flood-bytes` (default 256 MiB) and does not read it for
+ * `--stall-seconds` (default 60); record the daemon's peak RSS. The stalled connection's bytes go to the
+ * daemon's spill file, so RSS must stay flat; afterwards it reads every byte and checks SHA-256.
  * Not an ava test (no `.test.` in the name): run it by hand after `npx tsc -p .`:
  *
- *     node dist/test/forward/memory-soak.js --bytes 2GiB
+ *     node dist/test/forward/memory-soak.js --bytes 2GiB --flood-bytes 256MiB --stall-seconds 60
  *
  * The parent process runs the emulator (agent, unpaced) and an echo destination; the daemon side (a Forward)
  * runs in a forked child so its RSS is measured alone. The local client is an echo client with an 8 MiB
@@ -14,12 +17,15 @@
  */
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { startEmulator } from '../../src/emulator/index.js';
 import { Forward } from '../../src/forward/forward.js';
 import { silentLogger } from '../../src/log.js';
+import { SpillStore } from '../../src/mux/spill.js';
 import { createSsmApi } from '../../src/ssm/client.js';
-import { StreamingEcho, credentials, forwardConfig, startPausableEcho, tuningWith } from './fixtures.js';
+import { StreamingEcho, credentials, forwardConfig, tuningWith } from './fixtures.js';
+import { StalledReader, startFloodOrEcho } from './stall.helpers.js';
 
 /** Parse `2GiB`, `256MiB`, `1048576`. */
 function parseBytes(text: string): number {
@@ -42,6 +48,9 @@ interface ChildStats {
   refusedDeliveries: number;
   unacked: number;
   receiveBufferedBytes: number;
+  receiveSpilledBytes: number;
+  peakSpilledBytes: number;
+  spillFilesOpen: number;
   reorderBuffered: number;
   sessionId: string | undefined;
 }
@@ -50,7 +59,9 @@ const tuning = tuningWith();
 
 /** The daemon side: a Forward in this (child) process, answering stats requests over IPC. */
 async function child(): Promise<void> {
+  const spill = new SpillStore({ directory: os.tmpdir(), limitBytes: tuning.spillLimitBytes });
   const forward = new Forward(forwardConfig({ remotePort: Number(arg('--remote-port', '0')) }), tuning, {
+    spill,
     ssm: createSsmApi({
       endpoint: arg('--endpoint', ''),
       region: 'us-east-1',
@@ -70,7 +81,7 @@ async function child(): Promise<void> {
     const s = session?.stats as
       | {
           channel: { refusedDeliveries: number };
-          mux?: { receiveBufferedBytes: number };
+          mux?: { receiveBufferedBytes: number; receiveSpilledBytes: number };
         }
       | undefined;
     const internals = session as unknown as
@@ -84,6 +95,9 @@ async function child(): Promise<void> {
       refusedDeliveries: s?.channel.refusedDeliveries ?? 0,
       unacked: internals?.channel?.unacked ?? 0,
       receiveBufferedBytes: s?.mux?.receiveBufferedBytes ?? 0,
+      receiveSpilledBytes: s?.mux?.receiveSpilledBytes ?? 0,
+      peakSpilledBytes: spill.stats.peakSpilledBytes,
+      spillFilesOpen: spill.stats.filesOpen,
       reorderBuffered: internals?.channel?.reorderBuffered ?? 0,
       sessionId: session?.sessionId,
     };
@@ -131,7 +145,10 @@ async function untilChild(
 async function parent(): Promise<void> {
   const totalBytes = parseBytes(arg('--bytes', '2GiB'));
   const windowBytes = Number(arg('--window-mib', '12')) * 2 ** 20;
-  const echo = await startPausableEcho();
+  const floodBytes = parseBytes(arg('--flood-bytes', '256MiB'));
+  const stallMs = Number(arg('--stall-seconds', '60')) * 1000;
+  // Plain echo for the echo client (its first byte is never `F`), a flood for the connection that stalls.
+  const echo = await startFloodOrEcho(floodBytes);
   const emulator = await startEmulator({ agentPacingMs: 0 });
   const worker = fork(fileURLToPath(import.meta.url), [
     '--child',
@@ -145,6 +162,22 @@ async function parent(): Promise<void> {
   );
   const startedAt = performance.now();
   const client = new StreamingEcho(port, { totalBytes, windowBytes, chunkBytes: 64 * 1024 });
+  const floodStarted = echo.nextFlood();
+  const stalled = new StalledReader(port);
+  const flood = await floodStarted;
+  let maxSpilled = 0;
+  const stalledRead = new Promise<void>((resolve) =>
+    setTimeout(() => {
+      void request(worker, 'stats').then((s) => {
+        maxSpilled = Math.max(maxSpilled, s.receiveSpilledBytes);
+        process.stderr.write(
+          `soak: ${stallMs / 1000} s stall over, ${flood.written} flood bytes written, ${s.receiveSpilledBytes} spilled; reading\n`,
+        );
+        stalled.read();
+        resolve();
+      });
+    }, stallMs),
+  );
   const stalls = 16;
   let localStalls = 0;
   let blockedStalls = 0;
@@ -187,6 +220,10 @@ async function parent(): Promise<void> {
   }
   const result = await client.done;
   const seconds = (performance.now() - startedAt) / 1000;
+  await stalledRead;
+  const written = await flood.done;
+  const floodResult = await stalled.done;
+  const floodVerified = floodResult.bytes === written.bytes && floodResult.sha256 === written.sha256;
   const final = await request(worker, 'stop');
   await emulator.close();
   await echo.close();
@@ -195,6 +232,14 @@ async function parent(): Promise<void> {
     `${JSON.stringify({
       bytesEachWay: totalBytes,
       verified: result.receivedSha256 === result.sentSha256,
+      stalledConnection: {
+        stallSeconds: stallMs / 1000,
+        floodBytes: written.bytes,
+        verified: floodVerified,
+        spilledAtEndOfStallMiB: mib(maxSpilled),
+        daemonPeakSpilledMiB: mib(final.peakSpilledBytes),
+        spillFilesOpenAtEnd: final.spillFilesOpen,
+      },
       seconds: Math.round(seconds),
       mibPerSecondEachWay: mib(totalBytes / seconds),
       localStalls,
@@ -211,7 +256,7 @@ async function parent(): Promise<void> {
       emulatorProcessPeakRssMiB: mib(process.resourceUsage().maxRSS * 1024),
     })}\n`,
   );
-  process.exitCode = result.receivedSha256 === result.sentSha256 ? 0 : 1;
+  process.exitCode = result.receivedSha256 === result.sentSha256 && floodVerified ? 0 : 1;
 }
 
 if (process.argv.includes('--child')) await child();

@@ -13,6 +13,7 @@ export const TIMEOUT_MS = 2000;
 export const defaults: SmuxSessionOptions = {
   streamReceiveBufferBytes: 4 * KiB * KiB,
   sessionReceiveBufferBytes: 64 * KiB * KiB,
+  streamBacklogLimitBytes: 512 * KiB * KiB,
   streamWriteBufferBytes: 64 * KiB,
   maxFrameDataBytes: 32 * KiB,
 };

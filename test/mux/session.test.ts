@@ -301,50 +301,68 @@ test('backpressure: write() returns false at the high-water mark; callbacks and 
   t.is(session.stats.outgoingBufferedBytes, 0);
 });
 
-test('receiveBlocked: a paused reader over the per-stream cap blocks; reading unblocks with an event', async (t) => {
-  const session = newSession({ streamReceiveBufferBytes: 4096 });
-  const s = session.openStream();
+test('receive never blocks: a paused reader past the memory cap without spill is reset alone, the other stream flows', async (t) => {
+  const session = newSession({ streamReceiveBufferBytes: 16 * KiB, streamBacklogLimitBytes: 96 * KiB });
+  const stalled = session.openStream();
+  const flowing = session.openStream();
   drain(session);
-  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(3000, 1)));
-  t.false(session.receiveBlocked);
-  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(2000, 2)));
-  t.true(session.receiveBlocked);
-  t.is(session.stats.receiveBufferedBytes, 5000);
-  const unblocked = once(session, 'receiveUnblocked');
-  t.is((s.read(3000) as Buffer).length, 3000);
-  await eventually(unblocked, 'receiveUnblocked');
-  t.false(session.receiveBlocked);
-  t.is(session.stats.receiveBufferedBytes, 2000);
+  const got: Buffer[] = [];
+  flowing.on('data', (chunk: Buffer) => got.push(chunk));
+  const failed = next(stalled, 'error');
+  // Memory without a spill store: the unread stream takes its Readable buffer (64 KiB) and 16 KiB, then is
+  // reset; the other one keeps getting everything.
+  for (let i = 0; i < 40; i++) {
+    session.receive(encodeFrame(SmuxCommand.PSH, stalled.id, Buffer.alloc(4000, i)));
+    session.receive(encodeFrame(SmuxCommand.PSH, flowing.id, Buffer.alloc(1000, i)));
+  }
+  const [error] = await eventually(failed, 'the stalled stream reset');
+  t.true(isPfError(error, 'PF_ERR_STREAM_BACKLOG'));
+  t.regex((error as Error).message, /spilling is off/);
+  await turn();
+  t.is(Buffer.concat(got).length, 40 * 1000, 'the other stream got every byte at once');
+  t.is(session.stats.backlogResets, 1);
+  t.false(session.destroyed);
+  t.deepEqual(drain(session).frames.map(describe), [`FIN:${stalled.id}`], 'the agent is told to close it');
 });
 
-test('receiveBlocked: the session-wide cap blocks when streams together exceed it', async (t) => {
-  const session = newSession({ streamReceiveBufferBytes: 4096, sessionReceiveBufferBytes: 6000 });
+test('receive: the session-wide memory cap applies across streams', async (t) => {
+  const session = newSession({
+    streamReceiveBufferBytes: 64 * KiB,
+    sessionReceiveBufferBytes: 64 * KiB,
+    streamBacklogLimitBytes: 256 * KiB,
+  });
   const a = session.openStream();
   const b = session.openStream();
-  session.receive(encodeFrame(SmuxCommand.PSH, a.id, Buffer.alloc(3500)));
-  t.false(session.receiveBlocked);
-  session.receive(encodeFrame(SmuxCommand.PSH, b.id, Buffer.alloc(3500)));
-  t.true(session.receiveBlocked);
-  const unblocked = once(session, 'receiveUnblocked');
-  a.read();
-  await eventually(unblocked, 'receiveUnblocked');
-  t.false(session.receiveBlocked);
-  t.is(session.stats.receiveBufferedBytes, 3500);
-  // Destroying the other stream releases its bytes too.
-  b.destroy();
+  a.pause();
+  b.pause();
+  const failedB = next(b, 'error');
+  // 64 KiB fills each Readable buffer; a then takes the whole session memory, so b has nowhere to go.
+  for (let i = 0; i < 4; i++) session.receive(encodeFrame(SmuxCommand.PSH, a.id, Buffer.alloc(32 * KiB, 1)));
+  for (let i = 0; i < 3; i++) session.receive(encodeFrame(SmuxCommand.PSH, b.id, Buffer.alloc(32 * KiB, 2)));
+  await eventually(failedB, 'b reset');
+  t.is(session.stats.receiveBufferedBytes, 128 * KiB, 'a kept its bytes: Readable buffer and queue');
+  // Reading a gives the memory back.
+  let read = 0;
+  a.on('data', (chunk: Buffer) => (read += chunk.length));
+  a.resume();
+  await turn();
+  t.is(read, 128 * KiB);
   t.is(session.stats.receiveBufferedBytes, 0);
 });
 
-test('receiveBlocked: destroying the full stream unblocks', async (t) => {
-  const session = newSession({ streamReceiveBufferBytes: 100 });
+test('receive: the agent FIN ends the reader only after every queued byte', async (t) => {
+  const session = newSession({ streamReceiveBufferBytes: 256 * KiB });
   const s = session.openStream();
-  session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(200)));
-  t.true(session.receiveBlocked);
-  const unblocked = once(session, 'receiveUnblocked');
-  s.destroy();
-  await eventually(unblocked, 'receiveUnblocked');
-  t.false(session.receiveBlocked);
-  t.is(session.streamCount, 0);
+  s.pause();
+  for (let i = 0; i < 6; i++) session.receive(encodeFrame(SmuxCommand.PSH, s.id, Buffer.alloc(32 * KiB, i)));
+  session.receive(encodeFrame(SmuxCommand.FIN, s.id));
+  t.false(s.remoteEnded, 'FIN waits behind the queued bytes');
+  const body = readAll(s);
+  s.resume();
+  const bytes = await eventually(body, 'all bytes then end');
+  t.is(bytes.length, 6 * 32 * KiB);
+  for (let i = 0; i < 6; i++) t.is(bytes[i * 32 * KiB], i);
+  t.true(s.remoteEnded);
 });
 
 test('FIN both ways, local end first: FIN sent after data, agent FIN ends the stream, no leak', async (t) => {
@@ -605,7 +623,7 @@ test('1000 streams opened, echoed and closed leave streamCount 0 and no listener
   t.is(server.open.size, 0);
   server.detach();
   session.removeAllListeners('streamClosed');
-  for (const event of ['outgoing', 'receiveUnblocked', 'error', 'close', 'streamClosed'] as const) {
+  for (const event of ['outgoing', 'error', 'close', 'streamClosed'] as const) {
     t.is(session.listenerCount(event), 0, event);
   }
 });
