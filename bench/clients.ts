@@ -251,6 +251,122 @@ export function firstByte(scope: SocketScope, port: number): Promise<number> {
   });
 }
 
+/** Result of {@link requestReply}. */
+export interface RequestReplyResult {
+  /** Completed request → reply round trips, summed over connections. */
+  operations: number;
+  /** From the first request written to the last reply verified, s. */
+  seconds: number;
+  /** One round-trip time per completed operation, µs. */
+  latenciesUs: Float64Array;
+}
+
+/**
+ * `connections` connections at once to an echo server, each a loop of `size`-byte request → `size`-byte
+ * reply (byte-for-byte checked) until `durationMs` has passed: many small messages on many streams.
+ */
+export async function requestReply(
+  scope: SocketScope,
+  port: number,
+  connections: number,
+  durationMs: number,
+  size: number,
+): Promise<RequestReplyResult> {
+  const sockets = await Promise.all(Array.from({ length: connections }, () => connect(scope, port)));
+  const latencies: number[] = [];
+  const start = performance.now();
+  const deadline = start + durationMs;
+  const one = (socket: Socket, index: number): Promise<void> => {
+    const message = Buffer.alloc(size);
+    message.writeUInt32BE(index, 0);
+    let round = 0;
+    let got = 0;
+    let sentAt = 0;
+    let done = false;
+    const complete = handled(
+      new Promise<void>((resolve, reject) => {
+        const send = (): void => {
+          message.writeUInt32BE(round, 4);
+          sentAt = performance.now();
+          socket.write(message);
+        };
+        socket.on('data', (chunk: Buffer) => {
+          if (got + chunk.length > size || !chunk.equals(message.subarray(got, got + chunk.length))) {
+            reject(new Error(`request/reply ${index} via ${port}: round ${round} echoed different bytes`));
+            return;
+          }
+          got += chunk.length;
+          if (got < size) return;
+          const now = performance.now();
+          latencies.push((now - sentAt) * 1000);
+          got = 0;
+          round++;
+          if (now >= deadline) {
+            done = true;
+            resolve();
+          } else {
+            send();
+          }
+        });
+        send();
+      }),
+    );
+    return Promise.race([complete, failOnClose(socket, `request/reply ${index} via ${port}`, () => done)]);
+  };
+  await Promise.all(sockets.map(one));
+  const seconds = (performance.now() - start) / 1000;
+  for (const socket of sockets) socket.destroy();
+  return { operations: latencies.length, seconds, latenciesUs: Float64Array.from(latencies) };
+}
+
+/**
+ * `count` sequential connections to an echo server, each: connect, write `size` bytes, read them back,
+ * end, wait for the close. Measures what a new connection costs on an open session.
+ * @returns per connection: ms from `connect()` until the echo is verified, and until the socket closed
+ */
+export async function connectExchange(
+  scope: SocketScope,
+  port: number,
+  count: number,
+  size: number,
+): Promise<{ exchangeMs: Float64Array; closedMs: Float64Array }> {
+  const exchangeMs = new Float64Array(count);
+  const closedMs = new Float64Array(count);
+  const message = Buffer.alloc(size, 0x5a);
+  for (let i = 0; i < count; i++) {
+    message.writeUInt32BE(i, 0);
+    await new Promise<void>((resolve, reject) => {
+      const start = performance.now();
+      const socket = scope.track(net.connect({ port, host: LOOPBACK, noDelay: true }));
+      let got = 0;
+      let verified = false;
+      socket.once('error', (err) => reject(new Error(`connect ${i} via ${port}: ${err.message}`)));
+      socket.once('connect', () => socket.write(message));
+      socket.on('data', (chunk: Buffer) => {
+        if (got + chunk.length > size || !chunk.equals(message.subarray(got, got + chunk.length))) {
+          reject(new Error(`connect ${i} via ${port}: echoed different bytes`));
+          socket.destroy();
+          return;
+        }
+        got += chunk.length;
+        if (got < size) return;
+        exchangeMs[i] = performance.now() - start;
+        verified = true;
+        socket.end();
+      });
+      socket.once('close', () => {
+        if (!verified) {
+          reject(new Error(`connect ${i} via ${port}: connection closed early`));
+          return;
+        }
+        closedMs[i] = performance.now() - start;
+        resolve();
+      });
+    });
+  }
+  return { exchangeMs, closedMs };
+}
+
 /** Result of {@link concurrentEcho}. */
 export interface ConcurrentResult {
   /** From the first connect to the last verified byte, s. */

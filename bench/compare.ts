@@ -60,18 +60,21 @@ export function renderMarkdown(after: ResultsFile, before?: ResultsFile): string
     );
   }
   lines.push('');
-  lines.push('| daemon, per tunnel measurement | CPU s | CPU s/GiB | peak RSS MB |');
-  lines.push('|---|---:|---:|---:|');
+  lines.push('| daemon, per tunnel measurement | CPU s | CPU s/GiB | CPU µs/op | peak RSS MB |');
+  lines.push('|---|---:|---:|---:|---:|');
   for (const measurement of after.measurements) {
     const usage = measurement.usage;
     if (!usage) continue;
     const rss = usage.daemonPeakRssBytes === null ? null : usage.daemonPeakRssBytes / 1e6;
     const perGiB = usage.bulk ? format(usage.daemonCpuSecondsPerGiB) : '—';
-    lines.push(`| ${measurement.id} | ${format(usage.daemonCpuSeconds)} | ${perGiB} | ${format(rss)} |`);
+    const perOp = format(usage.daemonCpuUsPerOperation);
+    lines.push(
+      `| ${measurement.id} | ${format(usage.daemonCpuSeconds)} | ${perGiB} | ${perOp} | ${format(rss)} |`,
+    );
   }
   const d = after.daemon;
   lines.push(
-    `| whole run (bulk measurements) | | ${format(d.cpuSecondsPerGiBMeasured)} | ${format(d.peakRssBytes === null ? null : d.peakRssBytes / 1e6)} |`,
+    `| whole run (bulk measurements) | | ${format(d.cpuSecondsPerGiBMeasured)} | | ${format(d.peakRssBytes === null ? null : d.peakRssBytes / 1e6)} |`,
   );
   lines.push('');
   const oldTargets = new Map(before?.targets.map((t) => [t.id, t]));

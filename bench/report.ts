@@ -1,11 +1,15 @@
 /**
- * The benchmark's result model, the issue-7 targets evaluated against it, and the printed table.
+ * The benchmark's result model, the issue-7 and issue-16 targets evaluated against it, and the printed table.
  * Units: MB = 10^6 bytes, MiB = 2^20 bytes, GiB = 2^30 bytes; rates in MB/s.
  */
 import { REFERENCE_CEILING_BYTES_PER_SECOND } from './pace.js';
 
-/** Concurrent connections the issue-7 memory target is stated for. */
+/** Concurrent connections the issue-7/16 memory target is stated for. */
 const CONNECTIONS_TARGET = 1000;
+/** Peak daemon RSS allowed for {@link CONNECTIONS_TARGET} connections, MB (issue 16; issue 7 said 150). */
+const CONNECTIONS_RSS_MB = 120;
+/** Connections of the `rr` measurement that the issue-16 CPU target is stated for. */
+export const RR_TARGET_CONNECTIONS = 50;
 
 /** Where a figure was measured. */
 export type Path = 'direct' | 'tunnel' | 'reference';
@@ -24,6 +28,13 @@ export interface Usage {
   daemonPeakRssBytes: number | null;
   /** CPU time of the emulator that carried the traffic, s (for context: it shares the 2 cores). */
   emulatorCpuSeconds: number | null;
+  /**
+   * Units of work the measurement moved, when it has one (1 KiB messages of a bulk transfer, request+reply
+   * round trips of `rr`); null otherwise.
+   */
+  operations: number | null;
+  /** {@link daemonCpuSeconds} per operation, µs. */
+  daemonCpuUsPerOperation: number | null;
 }
 
 /** One measured figure. */
@@ -33,7 +44,7 @@ export interface Measurement {
   path: Path;
   /** Headline value in {@link unit}. */
   value: number;
-  unit: 'MB/s' | 'µs' | 'ms' | 's';
+  unit: 'MB/s' | 'µs' | 'ms' | 's' | 'ops/s';
   /** Supporting numbers (bytes, seconds, percentiles…), names carry their unit. */
   details: Record<string, number>;
   /** Set for tunnel measurements. */
@@ -68,6 +79,8 @@ export interface TargetResult {
 export const ROWS: ReadonlyArray<{ id: string; label: string }> = [
   { id: 'upload-unpaced', label: 'bulk upload, unpaced emulator' },
   { id: 'download-unpaced', label: 'bulk download, unpaced emulator' },
+  { id: 'cpu-upload-unpaced', label: 'bulk upload, daemon CPU per 1 KiB message' },
+  { id: 'cpu-download-unpaced', label: 'bulk download, daemon CPU per 1 KiB message' },
   { id: 'sender-1ms-per-kib', label: '1 ms-per-1024-byte sender, theoretical' },
   { id: 'emulator-paced-rate', label: "paced emulator's own rate (its pump)" },
   { id: 'upload-paced', label: 'bulk upload, paced emulator' },
@@ -75,11 +88,22 @@ export const ROWS: ReadonlyArray<{ id: string; label: string }> = [
   { id: 'ping-pong-p50', label: 'ping-pong 64 B, p50' },
   { id: 'ping-pong-p99', label: 'ping-pong 64 B, p99' },
   { id: 'ping-pong-added-p50', label: 'ping-pong 64 B, added p50' },
+  { id: 'rr-50-rate', label: 'rr 64 B, 50 connections, rate' },
+  { id: 'rr-50-p50', label: 'rr 64 B, 50 connections, p50' },
+  { id: 'rr-50-p99', label: 'rr 64 B, 50 connections, p99' },
+  { id: 'rr-50-cpu', label: 'rr 64 B, 50 conns, daemon CPU per req+reply' },
+  { id: 'rr-8-rate', label: 'rr 64 B, 8 connections, rate' },
+  { id: 'rr-8-p50', label: 'rr 64 B, 8 connections, p50' },
+  { id: 'rr-8-p99', label: 'rr 64 B, 8 connections, p99' },
+  { id: 'rr-8-cpu', label: 'rr 64 B, 8 conns, daemon CPU per req+reply' },
   { id: 'ping-pong-latency-p50', label: 'ping-pong 64 B, +20 ms/frame, p50' },
   { id: 'ping-pong-latency-p99', label: 'ping-pong 64 B, +20 ms/frame, p99' },
   { id: 'upload-latency', label: 'bulk upload, +20 ms/frame emulator' },
   { id: 'first-byte-cold', label: 'first byte, cold forward' },
   { id: 'first-byte-warm', label: 'first byte, warm forward (median)' },
+  { id: 'connect-p50', label: 'connect → 16 B echo → close, median' },
+  { id: 'connect-p99', label: 'connect → 16 B echo → close, p99' },
+  { id: 'connect-added-p50', label: 'connect → 16 B echo → close, added median' },
   { id: 'connections', label: 'concurrent echo connections, time' },
 ];
 
@@ -101,7 +125,7 @@ export function megabytesPerSecond(bytes: number, seconds: number): number {
   return bytes / seconds / 1e6;
 }
 
-/** Evaluate the issue-7 targets against the measurements of this run. */
+/** Evaluate the issue-7 targets (with the stricter issue-16 thresholds) and the issue-16 targets. */
 export function evaluateTargets(measurements: ReadonlyMap<string, Measurement>): TargetResult[] {
   const get = (id: string, path: Path): number | null => measurements.get(key(id, path))?.value ?? null;
   const target = (
@@ -125,17 +149,17 @@ export function evaluateTargets(measurements: ReadonlyMap<string, Measurement>):
   return [
     target(
       'unpaced-upload',
-      'unpaced tunnel upload ≥ 50 MB/s',
+      'unpaced tunnel upload ≥ 60 MB/s',
       get('upload-unpaced', 'tunnel'),
-      50,
+      60,
       'MB/s',
       true,
     ),
     target(
       'unpaced-download',
-      'unpaced tunnel download ≥ 50 MB/s',
+      'unpaced tunnel download ≥ 60 MB/s',
       get('download-unpaced', 'tunnel'),
-      50,
+      60,
       'MB/s',
       true,
     ),
@@ -157,29 +181,61 @@ export function evaluateTargets(measurements: ReadonlyMap<string, Measurement>):
     ),
     target(
       'added-latency',
-      'added ping-pong p50 ≤ 300 µs',
+      'added ping-pong p50 ≤ 150 µs',
       get('ping-pong-added-p50', 'tunnel'),
-      300,
+      150,
       'µs',
       false,
     ),
     target('warm-first-byte', 'warm first byte ≤ 5 ms', get('first-byte-warm', 'tunnel'), 5, 'ms', false),
     connectionsTarget(connections),
+    target(
+      'cpu-upload',
+      'bulk upload ≤ 8 µs daemon CPU per 1 KiB message',
+      get('cpu-upload-unpaced', 'tunnel'),
+      8,
+      'µs',
+      false,
+    ),
+    target(
+      'cpu-download',
+      'bulk download ≤ 8 µs daemon CPU per 1 KiB message',
+      get('cpu-download-unpaced', 'tunnel'),
+      8,
+      'µs',
+      false,
+    ),
+    target(
+      'cpu-rr',
+      `rr (${RR_TARGET_CONNECTIONS} connections) ≤ 20 µs daemon CPU per request+reply`,
+      get(`rr-${RR_TARGET_CONNECTIONS}-cpu`, 'tunnel'),
+      20,
+      'µs',
+      false,
+    ),
+    target(
+      'connect-added',
+      'connect median ≤ direct + 1 ms',
+      get('connect-added-p50', 'tunnel'),
+      1,
+      'ms',
+      false,
+    ),
   ];
 }
 
-/** 1000 connections, all verified, daemon peak RSS ≤ 150 MB; not judged on a run with fewer connections. */
+/** 1000 connections, all verified, daemon peak RSS ≤ 120 MB; not judged on a run with fewer connections. */
 function connectionsTarget(connections: Measurement | undefined): TargetResult {
   const count = connections?.details['connections'] ?? 0;
   const peak = connections?.usage?.daemonPeakRssBytes;
   const value = peak !== undefined && peak !== null ? peak / 1e6 : null;
   return {
     id: 'connections-rss',
-    description: `${CONNECTIONS_TARGET} connections, all bytes verified, peak daemon RSS ≤ 150 MB`,
+    description: `${CONNECTIONS_TARGET} connections, all bytes verified, peak daemon RSS ≤ ${CONNECTIONS_RSS_MB} MB`,
     value,
-    threshold: 150,
+    threshold: CONNECTIONS_RSS_MB,
     unit: 'MB',
-    pass: value === null || count < CONNECTIONS_TARGET ? null : value <= 150,
+    pass: value === null || count < CONNECTIONS_TARGET ? null : value <= CONNECTIONS_RSS_MB,
   };
 }
 
@@ -219,8 +275,9 @@ export function renderTable(
     );
   }
   lines.push('');
-  lines.push(pad(['daemon, per tunnel measurement', 'CPU s', 's/GiB', 'peak MB'], [48, 12, 12, 8]));
-  lines.push('-'.repeat(86));
+  const usageWidths = [48, 8, 8, 12, 8];
+  lines.push(pad(['daemon, per tunnel measurement', 'CPU s', 's/GiB', 'µs/op', 'peak MB'], usageWidths));
+  lines.push('-'.repeat(92));
   for (const measurement of measurements.values()) {
     const usage = measurement.usage;
     if (!usage) continue;
@@ -230,15 +287,16 @@ export function renderTable(
           measurement.id,
           format(usage.daemonCpuSeconds),
           usage.bulk ? format(usage.daemonCpuSecondsPerGiB) : '—',
+          format(usage.daemonCpuUsPerOperation),
           format(usage.daemonPeakRssBytes === null ? null : usage.daemonPeakRssBytes / 1e6),
         ],
-        [48, 12, 12, 8],
+        usageWidths,
       ),
     );
   }
   lines.push('');
-  lines.push('issue-7 targets');
-  lines.push('-'.repeat(86));
+  lines.push('targets (issue 7, thresholds of issue 16; issue 16)');
+  lines.push('-'.repeat(92));
   for (const t of targets) {
     lines.push(
       `${verdict(t.pass).padEnd(5)} ${t.description}: ${format(t.value)} ${t.unit} (threshold ${format(t.threshold)})`,

@@ -17,7 +17,17 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { SocketScope, concurrentEcho, download, firstByte, percentile, pingPong, upload } from './clients.js';
+import {
+  SocketScope,
+  concurrentEcho,
+  connectExchange,
+  download,
+  firstByte,
+  percentile,
+  pingPong,
+  requestReply,
+  upload,
+} from './clients.js';
 import { renderProfileSummary } from './profile.js';
 import { REFERENCE_CEILING_BYTES_PER_SECOND, measureEmulatorPacedRate } from './pace.js';
 import { cpuSeconds, memoryStatus, resetPeakRss, RssSampler } from './processes.js';
@@ -35,6 +45,14 @@ const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
 /** Size of a ping-pong message, bytes (issue 7). */
 const PING_BYTES = 64;
+/** Size of an `rr` request and of its reply, bytes (issue 16). */
+const RR_BYTES = 64;
+/** Concurrent connections of the `rr` measurements (issue 16). */
+const RR_CONNECTIONS = [50, 8] as const;
+/** Bytes each `connect` connection exchanges (issue 16). */
+const CONNECT_BYTES = 16;
+/** Payload of one data-channel message in a bulk transfer, bytes (the per-message CPU figure's unit). */
+const MESSAGE_BYTES = 1024;
 /** Interval of the RSS sampler that backs up `VmHWM`, ms. */
 const RSS_SAMPLE_MS = 50;
 /** Pause before the warm first-byte samples, ms (our choice). */
@@ -62,6 +80,10 @@ interface Sizes {
   latencyRounds: number;
   /** Warm first-byte samples (median reported). */
   warmSamples: number;
+  /** Duration of each `rr` measurement (per connection count and path), ms. */
+  rrMs: number;
+  /** Sequential connections of the `connect` step. */
+  connectCount: number;
   /** Concurrent echo connections. */
   connections: number;
   /** Bytes each concurrent connection sends (and gets back). */
@@ -78,6 +100,8 @@ const FULL: Sizes = {
   pingRounds: 10_000,
   latencyRounds: 300,
   warmSamples: 20,
+  rrMs: 10_000,
+  connectCount: 200,
   connections: 1000,
   connectionBytes: 64 * 1024,
   paceReferenceBytes: 2 * MIB,
@@ -91,6 +115,8 @@ const QUICK: Sizes = {
   pingRounds: 1000,
   latencyRounds: 30,
   warmSamples: 20,
+  rrMs: 2_000,
+  connectCount: 50,
   connections: 100,
   connectionBytes: 64 * 1024,
   paceReferenceBytes: 256 * 1024,
@@ -104,6 +130,8 @@ interface Observed {
   tunnelBytes: number;
   /** Bulk data (counts toward the run's CPU s/GiB), as opposed to latency probes. */
   bulk: boolean;
+  /** Units of work of the measurement for the CPU-per-operation figure; omitted: 1 KiB messages if bulk. */
+  operations?: number;
 }
 
 /** Everything a step needs. */
@@ -115,8 +143,15 @@ interface Context {
   record(measurement: Measurement): void;
   /** Pattern prefix of `bytes` bytes and its SHA-256 (computed before any clock starts). */
   payload(bytes: number): { data: Buffer; digest: Buffer };
-  /** Run `fn` while watching the daemon (CPU, peak RSS) and the emulator carrying the traffic. */
-  observe<T>(what: Observed, fn: () => Promise<T>): Promise<{ result: T; usage: Usage }>;
+  /**
+   * Run `fn` while watching the daemon (CPU, peak RSS) and the emulator carrying the traffic; `count`
+   * gives the operations of a result whose count is known only afterwards (`rr`).
+   */
+  observe<T>(
+    what: Observed,
+    fn: () => Promise<T>,
+    count?: (result: T) => number,
+  ): Promise<{ result: T; usage: Usage }>;
   /** Make sure the forward's session is up (untimed), so a measurement does not include StartSession. */
   warm(forward: ForwardName): Promise<void>;
 }
@@ -211,6 +246,8 @@ const STEPS: readonly Step[] = [
       ctx.record(
         transfer('download-unpaced', 'tunnel', data.length, tunnelDown.result.seconds, tunnelDown.usage),
       );
+      ctx.record(cpuPerOperation('cpu-upload-unpaced', tunnelUp.usage));
+      ctx.record(cpuPerOperation('cpu-download-unpaced', tunnelDown.usage));
     },
   },
   {
@@ -254,6 +291,92 @@ const STEPS: readonly Step[] = [
         path: 'tunnel',
         value: percentile(tunnel.result, 50) - percentile(direct, 50),
         unit: 'µs',
+        details: {},
+      });
+    },
+  },
+  {
+    name: 'rr',
+    timeoutMs: (sizes) => 60_000 + 2 * RR_CONNECTIONS.length * sizes.rrMs,
+    async run(ctx) {
+      await ctx.warm('unpaced-echo');
+      for (const connections of RR_CONNECTIONS) {
+        const id = `rr-${connections}`;
+        const details = { connections, bytes: RR_BYTES, durationMs: ctx.sizes.rrMs };
+        const direct = await requestReply(
+          ctx.scope,
+          ctx.stack.serverPorts.echo,
+          connections,
+          ctx.sizes.rrMs,
+          RR_BYTES,
+        );
+        const tunnel = await ctx.observe(
+          { emulator: 'unpaced', tunnelBytes: 0, bulk: false },
+          () =>
+            requestReply(
+              ctx.scope,
+              ctx.stack.forwardPorts['unpaced-echo'],
+              connections,
+              ctx.sizes.rrMs,
+              RR_BYTES,
+            ),
+          (result) => result.operations,
+        );
+        tunnel.usage.tunnelBytes = 2 * tunnel.result.operations * RR_BYTES;
+        for (const [path, result, usage] of [
+          ['direct', direct, undefined],
+          ['tunnel', tunnel.result, tunnel.usage],
+        ] as const) {
+          const rate: Measurement = {
+            id: `${id}-rate`,
+            path,
+            value: result.operations / result.seconds,
+            unit: 'ops/s',
+            details: { ...details, operations: result.operations, seconds: result.seconds },
+          };
+          if (usage) rate.usage = usage;
+          ctx.record(rate);
+          recordLatency(ctx, id, path, result.latenciesUs, 'µs', 1);
+        }
+        ctx.record(cpuPerOperation(`${id}-cpu`, tunnel.usage));
+      }
+    },
+  },
+  {
+    name: 'connect',
+    timeoutMs: (sizes) => 30_000 + 2 * sizes.connectCount * 100,
+    async run(ctx) {
+      await ctx.warm('unpaced-echo');
+      const count = ctx.sizes.connectCount;
+      const direct = await connectExchange(ctx.scope, ctx.stack.serverPorts.echo, count, CONNECT_BYTES);
+      const tunnel = await ctx.observe(
+        { emulator: 'unpaced', tunnelBytes: 2 * count * CONNECT_BYTES, bulk: false, operations: count },
+        () => connectExchange(ctx.scope, ctx.stack.forwardPorts['unpaced-echo'], count, CONNECT_BYTES),
+      );
+      for (const [path, result, usage] of [
+        ['direct', direct, undefined],
+        ['tunnel', tunnel.result, tunnel.usage],
+      ] as const) {
+        const details = {
+          connections: count,
+          bytes: CONNECT_BYTES,
+          p50Ms: percentile(result.exchangeMs, 50),
+          p90Ms: percentile(result.exchangeMs, 90),
+          p99Ms: percentile(result.exchangeMs, 99),
+          maxMs: percentile(result.exchangeMs, 100),
+          closedP50Ms: percentile(result.closedMs, 50),
+          closedP99Ms: percentile(result.closedMs, 99),
+        };
+        const p50: Measurement = { id: 'connect-p50', path, value: details.p50Ms, unit: 'ms', details };
+        if (usage) p50.usage = usage;
+        ctx.record(p50);
+        ctx.record({ id: 'connect-p99', path, value: details.p99Ms, unit: 'ms', details });
+      }
+      ctx.record({
+        id: 'connect-added-p50',
+        path: 'tunnel',
+        value: percentile(tunnel.result.exchangeMs, 50) - percentile(direct.exchangeMs, 50),
+        unit: 'ms',
         details: {},
       });
     },
@@ -332,6 +455,17 @@ function transfer(id: string, path: Path, bytes: number, seconds: number, usage?
   };
   if (usage) measurement.usage = usage;
   return measurement;
+}
+
+/** The daemon's CPU per operation of a tunnel measurement as a figure of its own, µs. */
+function cpuPerOperation(id: string, usage: Usage): Measurement {
+  return {
+    id,
+    path: 'tunnel',
+    value: usage.daemonCpuUsPerOperation ?? Number.NaN,
+    unit: 'µs',
+    details: { operations: usage.operations ?? 0, daemonCpuSeconds: usage.daemonCpuSeconds ?? Number.NaN },
+  };
 }
 
 /** Record p50 and p99 (and details) of a round-trip sample in µs, shown in `unit`. */
@@ -526,7 +660,7 @@ async function main(): Promise<number> {
         record(measurement) {
           measurements.set(key(measurement.id, measurement.path), measurement);
         },
-        async observe({ emulator, tunnelBytes, bulk }, fn) {
+        async observe({ emulator, tunnelBytes, bulk, operations }, fn, count) {
           const emulatorPid = stack.emulators[emulator].pid;
           const resetWorked = resetPeakRss(daemonPid);
           const sampler = new RssSampler(daemonPid, RSS_SAMPLE_MS);
@@ -549,6 +683,9 @@ async function main(): Promise<number> {
             totals.daemonCpuSeconds += daemonCpu;
             totals.tunnelBytes += tunnelBytes;
           }
+          const ops = count
+            ? count(result)
+            : (operations ?? (bulk ? Math.ceil(tunnelBytes / MESSAGE_BYTES) : null));
           const usage: Usage = {
             tunnelBytes,
             bulk,
@@ -559,6 +696,8 @@ async function main(): Promise<number> {
               emulatorCpuBefore !== undefined && emulatorCpuAfter !== undefined
                 ? emulatorCpuAfter - emulatorCpuBefore
                 : null,
+            operations: ops,
+            daemonCpuUsPerOperation: daemonCpu === null || !ops ? null : (daemonCpu / ops) * 1e6,
           };
           return { result, usage };
         },

@@ -172,7 +172,35 @@ export function readMessageId(source: Buffer, offset: number): string {
 
 /** SHA-256 of `payload` (one-shot `crypto.hash`: no Hash object per message). */
 export function payloadDigest(payload: Buffer): Buffer {
-  return hash('sha256', payload, 'buffer');
+  return Buffer.from(payloadDigestLatin1(payload), 'latin1');
+}
+
+/**
+ * SHA-256 of `payload` as a 32-character latin1 string (one char per byte). On Node 20 `crypto.hash` with
+ * output `'buffer'` costs about 1.2 µs more per call than with a string output, because it allocates a
+ * fresh ArrayBuffer in C++ for every digest; the hot paths write or compare the string in place (issue 16).
+ */
+function payloadDigestLatin1(payload: Buffer): string {
+  return hash('sha256', payload, 'binary');
+}
+
+/** Write the SHA-256 of `frame[start, end)` into the PayloadDigest field of `frame`. */
+function writePayloadDigest(frame: Buffer, start: number, end: number): void {
+  frame.write(
+    payloadDigestLatin1(frame.subarray(start, end)),
+    HEADER.PAYLOAD_DIGEST_OFFSET,
+    HEADER.PAYLOAD_DIGEST_BYTES,
+    'latin1',
+  );
+}
+
+/** True when the PayloadDigest field of `frame` is the SHA-256 of `frame[start, end)`. */
+function payloadDigestMatches(frame: Buffer, start: number, end: number): boolean {
+  const digest = payloadDigestLatin1(frame.subarray(start, end));
+  for (let i = 0; i < HEADER.PAYLOAD_DIGEST_BYTES; i++) {
+    if (digest.charCodeAt(i) !== frame[HEADER.PAYLOAD_DIGEST_OFFSET + i]) return false;
+  }
+  return true;
 }
 
 /** Write an unsigned 64-bit field; safe integers without BigInt, anything else through BigInt (same errors). */
@@ -240,7 +268,7 @@ export function sealFrame(frame: Buffer, header: FrameHeader): Buffer {
   writeU64(frame, header.flags, HEADER.FLAGS_OFFSET);
   if (header.messageId === undefined) writeRandomMessageId(frame, HEADER.MESSAGE_ID_OFFSET);
   else writeMessageId(frame, HEADER.MESSAGE_ID_OFFSET, header.messageId);
-  payloadDigest(frame.subarray(HEADER.PAYLOAD_OFFSET)).copy(frame, HEADER.PAYLOAD_DIGEST_OFFSET);
+  writePayloadDigest(frame, HEADER.PAYLOAD_OFFSET, frame.length);
   frame.writeUInt32BE(header.payloadType, HEADER.PAYLOAD_TYPE_OFFSET);
   frame.writeUInt32BE(payloadLength, HEADER.PAYLOAD_LENGTH_OFFSET);
   return frame;
@@ -369,23 +397,19 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
 
   const view = frame.subarray(payloadStart, payloadStart + payloadLength);
   if (payloadLength > 0 && options.verifyDigest !== false) {
-    const digest = payloadDigest(view);
-    if (
-      frame.compare(
-        digest,
-        0,
-        HEADER.PAYLOAD_DIGEST_BYTES,
-        HEADER.PAYLOAD_DIGEST_OFFSET,
-        HEADER.PAYLOAD_DIGEST_OFFSET + HEADER.PAYLOAD_DIGEST_BYTES,
-      ) !== 0
-    ) {
+    if (!payloadDigestMatches(frame, payloadStart, payloadStart + payloadLength)) {
       throw new ProtocolError(
         'PF_ERR_DIGEST_MISMATCH',
         `payload digest mismatch on ${messageType}#${sequenceNumber}`,
       );
     }
   }
-  const payload = options.copyPayload === false ? view : Buffer.from(view);
+  let payload = view;
+  if (options.copyPayload !== false) {
+    // allocUnsafe (pooled below 4 KiB, like Buffer.from) + set is the cheapest copy on Node 20.
+    payload = Buffer.allocUnsafe(payloadLength);
+    payload.set(view);
+  }
   return {
     messageType,
     schemaVersion,
@@ -405,16 +429,7 @@ export function frameDigestMatches(frame: Buffer): boolean {
   const payloadLength = frame.readUInt32BE(HEADER.PAYLOAD_LENGTH_OFFSET);
   const start = headerLength + 4;
   if (start + payloadLength > frame.length) return false;
-  const digest = payloadDigest(frame.subarray(start, start + payloadLength));
-  return (
-    frame.compare(
-      digest,
-      0,
-      HEADER.PAYLOAD_DIGEST_BYTES,
-      HEADER.PAYLOAD_DIGEST_OFFSET,
-      HEADER.PAYLOAD_DIGEST_OFFSET + HEADER.PAYLOAD_DIGEST_BYTES,
-    ) === 0
-  );
+  return payloadDigestMatches(frame, start, start + payloadLength);
 }
 
 /** Read just the SequenceNumber of an encoded frame we produced (no validation). */

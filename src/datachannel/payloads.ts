@@ -7,6 +7,7 @@ import { ProtocolError } from '../errors.js';
 import type { ActionStatus, FlagCode } from './constants.js';
 import { HEADER, HeaderFlags, MessageType, PayloadType, SCHEMA_VERSION } from './constants.js';
 import { allocateFrame, sealFrame } from './message.js';
+import type { FrameHeader } from './message.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for validating parsed JSON without `any`.
@@ -62,6 +63,11 @@ export interface AcknowledgeContent {
 
 /** An ack payload as JSON text: compact, with the reference key order (what {@link encodeAcknowledge} encodes). */
 export function acknowledgeJson(ack: AcknowledgeContent): string {
+  return acknowledgeJsonFast(ack) ?? acknowledgeJsonEscaped(ack);
+}
+
+/** {@link acknowledgeJson} for any strings, escaping them with `JSON.stringify`. */
+function acknowledgeJsonEscaped(ack: AcknowledgeContent): string {
   return (
     `{"AcknowledgedMessageType":${JSON.stringify(ack.acknowledgedMessageType)},` +
     `"AcknowledgedMessageId":${JSON.stringify(ack.acknowledgedMessageId)},` +
@@ -80,10 +86,23 @@ export function encodeAcknowledge(ack: AcknowledgeContent): Buffer {
  * with the JSON written straight into the frame: one allocation per ack.
  */
 export function encodeAcknowledgeMessage(ack: AcknowledgeContent, createdDate: number): Buffer {
-  const json = acknowledgeJson(ack);
-  const frame = allocateFrame(Buffer.byteLength(json, 'utf8'));
-  frame.write(json, HEADER.PAYLOAD_OFFSET, 'utf8');
-  return sealFrame(frame, {
+  const fast = acknowledgeJsonFast(ack);
+  let frame: Buffer;
+  if (fast !== undefined) {
+    // ASCII only: one char per byte, latin1 is the cheapest exact encoder.
+    frame = allocateFrame(fast.length);
+    frame.write(fast, HEADER.PAYLOAD_OFFSET, 'latin1');
+  } else {
+    const json = acknowledgeJsonEscaped(ack);
+    frame = allocateFrame(Buffer.byteLength(json, 'utf8'));
+    frame.write(json, HEADER.PAYLOAD_OFFSET, 'utf8');
+  }
+  return sealFrame(frame, ackHeaderFields(createdDate));
+}
+
+/** Header fields of every ack we send (spec §4.4: seq 0, Flags 3, PayloadType 0, fresh MessageId). */
+function ackHeaderFields(createdDate: number): FrameHeader {
+  return {
     messageType: MessageType.Acknowledge,
     schemaVersion: SCHEMA_VERSION,
     createdDate,
@@ -91,7 +110,35 @@ export function encodeAcknowledgeMessage(ack: AcknowledgeContent, createdDate: n
     flags: HeaderFlags.Ack,
     messageId: undefined,
     payloadType: PayloadType.None,
-  });
+  };
+}
+
+/** Printable ASCII without `"` and `\`: a string JSON.stringify writes as itself between quotes. */
+const PLAIN_JSON_STRING = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+/** The ack JSON up to the MessageId for the one type we acknowledge, prebuilt (issue 16). */
+const OUTPUT_ACK_PREFIX = `{"AcknowledgedMessageType":"${MessageType.OutputStreamData}","AcknowledgedMessageId":"`;
+
+/**
+ * {@link acknowledgeJson} by plain concatenation, without `JSON.stringify`, when both strings need no
+ * escaping (always so for the acks we send: the type is a constant, the MessageId a UUID we rendered);
+ * undefined otherwise. Same text as {@link acknowledgeJson} whenever it returns one.
+ */
+function acknowledgeJsonFast(ack: AcknowledgeContent): string | undefined {
+  const type = ack.acknowledgedMessageType;
+  const id = ack.acknowledgedMessageId;
+  if (!PLAIN_JSON_STRING.test(id)) return undefined;
+  let prefix: string;
+  if (type === MessageType.OutputStreamData) prefix = OUTPUT_ACK_PREFIX;
+  else if (PLAIN_JSON_STRING.test(type))
+    prefix = `{"AcknowledgedMessageType":"${type}","AcknowledgedMessageId":"`;
+  else return undefined;
+  return (
+    prefix +
+    id +
+    '","AcknowledgedMessageSequenceNumber":' +
+    ack.acknowledgedMessageSequenceNumber +
+    (ack.isSequentialMessage ? ',"IsSequentialMessage":true}' : ',"IsSequentialMessage":false}')
+  );
 }
 
 // The canonical ack layout both reference ends write (spec §5), split at its variable parts.

@@ -18,6 +18,7 @@ import type { ForwardTargets } from '../targets/resolve.js';
 import { SpillStore } from '../mux/spill.js';
 import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
 import type { BackoffPolicy } from './backoff.js';
+import { corkPerTick } from './local-socket.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
 import { formatDuration, hostPort } from '../stats.js';
@@ -357,6 +358,9 @@ export class Forward extends EventEmitter {
     }
     const id = (stream as Duplex & { id?: number }).id;
     if (this.log.debugEnabled) this.log.debug(`connection from ${conn.peer} on stream ${id}`);
+    // Registered before pipe(): the cork is in place before pipe writes the chunk (src/forward/local-socket.ts).
+    const holdWrites = corkPerTick(socket);
+    stream.on('data', holdWrites);
     // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the
     // socket. The local EOF is not passed on at once: see halfClose().
     socket.pipe(stream, { end: false });

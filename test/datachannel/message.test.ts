@@ -183,3 +183,33 @@ test('writeMessageId/readMessageId: upper-case input, every byte value, round tr
     t.true(back.equals(raw));
   }
 });
+
+test('decodeMessage and frameDigestMatches: a change to any one bit of the 32-byte PayloadDigest is caught', (t) => {
+  const payload = Buffer.from(Array.from({ length: 1024 }, (_, i) => (i * 31) & 0xff));
+  const frame = encodeMessage({
+    messageType: 'output_stream_data',
+    schemaVersion: 1,
+    createdDate: 1_700_000_000_000,
+    sequenceNumber: 7,
+    flags: 1,
+    messageId: '7c9e6679-7425-40de-944b-e07fc1f90ae7',
+    payloadType: 1,
+    payload,
+  });
+  t.true(frameDigestMatches(frame));
+  t.true(decodeMessage(frame).payload.equals(payload));
+  for (let byte = 0; byte < 32; byte++) {
+    for (let bit = 0; bit < 8; bit++) {
+      const bad = Buffer.from(frame);
+      bad[80 + byte] = (bad[80 + byte] as number) ^ (1 << bit);
+      if (frameDigestMatches(bad))
+        t.fail(`frameDigestMatches missed a flip of digest byte ${byte} bit ${bit}`);
+      const err = t.throws(() => decodeMessage(bad), { instanceOf: ProtocolError });
+      if (err?.code !== 'PF_ERR_DIGEST_MISMATCH') t.fail(`byte ${byte} bit ${bit}: ${err?.code}`);
+    }
+  }
+  // Digest at bytes 80..111 of the header (spec §4.1). The decoded payload is a copy: changing the frame afterwards does not change it.
+  const decoded = decodeMessage(frame);
+  frame[120] = (frame[120] as number) ^ 0xff;
+  t.true(decoded.payload.equals(payload));
+});

@@ -2,6 +2,7 @@ import test from 'ava';
 import { FlagCode, MessageType } from '../../src/datachannel/constants.js';
 import {
   FLAG_PAYLOAD_BYTES,
+  acknowledgeJson,
   decodeAcknowledge,
   decodeCanonicalAcknowledge,
   decodeChannelClosed,
@@ -273,4 +274,63 @@ test('encodeAcknowledgeMessage: one frame equal to encodeMessage of the encoded 
   t.is(decoded.payloadType, 0);
   t.true(decoded.payload.equals(encodeAcknowledge(ack)));
   t.true(encodeMessage(decoded).equals(frame));
+});
+
+test('acknowledgeJson and encodeAcknowledgeMessage: the concatenation path writes exactly what JSON.stringify would, for plain and escaped strings', (t) => {
+  // Oracle: the reference layout built with JSON.stringify, independent of the codec's fast path.
+  const oracle = (type: string, id: string, seq: number, sequential: boolean): string =>
+    `{"AcknowledgedMessageType":${JSON.stringify(type)},"AcknowledgedMessageId":${JSON.stringify(id)},` +
+    `"AcknowledgedMessageSequenceNumber":${seq},"IsSequentialMessage":${sequential}}`;
+  const alphabet = [
+    'a',
+    'Z',
+    '0',
+    '-',
+    ' ',
+    '"',
+    '\\',
+    '\n',
+    '\u0001',
+    '\u007f',
+    'é',
+    '\ud83d',
+    '€',
+    '~',
+    '!',
+    '#',
+  ];
+  let state = 0x9e3779b9;
+  const rand = (n: number): number => {
+    state = (Math.imul(state ^ (state >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+    return state % n;
+  };
+  const word = (): string =>
+    Array.from({ length: rand(40) }, () => alphabet[rand(alphabet.length)] as string).join('');
+  const cases: Array<[string, string]> = [
+    [MessageType.OutputStreamData, '7c9e6679-7425-40de-944b-e07fc1f90ae7'],
+    [MessageType.InputStreamData, ''],
+    ['output_stream_data"', 'x\\y'],
+  ];
+  for (let i = 0; i < 3000; i++) cases.push([rand(2) ? MessageType.OutputStreamData : word(), word()]);
+  for (const [index, [type, id]] of cases.entries()) {
+    const seq = index === 0 ? 0 : rand(2) ? index : Number.MAX_SAFE_INTEGER - index;
+    const sequential = rand(4) !== 0;
+    const ack = {
+      acknowledgedMessageType: type,
+      acknowledgedMessageId: id,
+      acknowledgedMessageSequenceNumber: seq,
+      isSequentialMessage: sequential,
+    };
+    const expected = oracle(type, id, seq, sequential);
+    if (acknowledgeJson(ack) !== expected) {
+      t.fail(`acknowledgeJson differs for ${JSON.stringify([type, id, seq, sequential])}`);
+      return;
+    }
+    const payload = decodeMessage(encodeAcknowledgeMessage(ack, 1_700_000_000_000)).payload;
+    if (!payload.equals(Buffer.from(expected, 'utf8'))) {
+      t.fail(`encodeAcknowledgeMessage payload differs for ${JSON.stringify([type, id, seq, sequential])}`);
+      return;
+    }
+  }
+  t.pass();
 });
