@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `pf-daemon` command (house style §6, jest-cli `args.ts`): one yargs options table, flags mapped onto
+ * The `pf-daemon` command (docs/architecture.md, Conventions): one yargs options table, flags mapped onto
  * the config file's shape by `config/flags.ts`, validation by `config/verify.ts`. The CLI owns no defaults.
  *
  * Commands:
@@ -67,8 +67,9 @@ const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 const LOG_FORMATS = ['auto', 'text', 'plain', 'json'] as const;
 
 /**
- * Every flag, once: description, type and alias (house style §6). Flags that describe a forward or its
- * AWS context overlay `defaults:` in the config file; `--port`/`--forward` replace its `forwards:`.
+ * Every flag, once: description, type and alias (docs/architecture.md, Conventions). Flags that describe a
+ * forward or its AWS context overlay `defaults:` in the config file; `--port`/`--forward` replace its
+ * `forwards:`.
  */
 export const OPTIONS = {
   config: {
@@ -312,7 +313,7 @@ function packageVersion(): string {
   return 'unknown';
 }
 
-/** Flag combinations yargs cannot express; messages carry an example (house style §6). */
+/** Flag combinations yargs cannot express; messages carry an example (docs/architecture.md, Conventions). */
 function checkCombinations(argv: Args): true {
   for (const [key, flag] of [
     ['port', '--port'],

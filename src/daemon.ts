@@ -1,5 +1,5 @@
 /**
- * Daemon lifecycle controller (house style §13): runs every configured forward, reloads the
+ * Daemon lifecycle controller (docs/architecture.md, Conventions): runs every configured forward, reloads the
  * configuration (added forwards start, removed ones drain, unchanged ones keep their connections), and
  * stops gracefully within a deadline. Signals are wired by the CLI; this class only exposes
  * start/stop/reload.
@@ -41,7 +41,7 @@ export const SETUP_CHECK_TIMEOUT_MS = 5_000;
 /** Longest stop() waits for the session ledger's last write, ms (our default). */
 const LEDGER_FLUSH_TIMEOUT_MS = 1_000;
 
-/** Lifecycle states of the daemon (house style §10). */
+/** Lifecycle states of the daemon (explicit state: docs/architecture.md, Conventions). */
 export const DaemonState = {
   New: 'new',
   Running: 'running',

@@ -1,6 +1,6 @@
 /**
- * The one logging module (house style §12): a winston wrapper that hands out child loggers by namespace
- * (`forward:db`, `session:abc`). Three output formats:
+ * The one logging module (docs/architecture.md, Conventions): a winston wrapper that hands out child loggers
+ * by namespace (`forward:db`, `session:abc`). Three output formats:
  * - `text`: human-readable, coloured when stdout is a TTY, with timestamps;
  * - `plain`: one line per event, no colours and no timestamps (journald adds its own);
  * - `json`: one JSON object per line.

@@ -1,6 +1,6 @@
 /**
- * systemd readiness notifications (sd_notify) that fail softly (house style §13, zigbee2mqtt
- * `sd-notify.ts`).
+ * systemd readiness notifications (sd_notify) that fail softly (docs/architecture.md,
+ * Conventions: lifecycle).
  *
  * `$NOTIFY_SOCKET` is a unix *datagram* socket and Node has no unix datagram support without a native
  * addon. Rather than ship one, each notification runs `systemd-notify VAR=VALUE…` (part of systemd, so

@@ -1,6 +1,6 @@
 /**
- * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (house style
- * §6: the CLI owns no defaults). Flags overlay the config file:
+ * Map command-line flags onto the raw configuration shape that {@link verifyConfig} checks (the CLI
+ * owns no defaults: docs/architecture.md, Conventions). Flags overlay the config file:
  * - `--target --region --profile --endpoint --ecs-endpoint --document-name --bind --reason --eager
  *   --keep-alive --idle-stop-ms --half-close-linger-ms` set the matching `defaults.*` key, so they apply to
  *   every forward that does not set its own value; `--pick-any` sets `defaults.pick: any` and each

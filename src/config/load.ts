@@ -1,5 +1,5 @@
 /**
- * Find, read and parse the YAML configuration file (house style §5, zigbee2mqtt `settings.ts`). Parsing
+ * Find, read and parse the YAML configuration file (see docs/architecture.md, Conventions). Parsing
  * keeps the YAML document so every problem {@link verifyConfig} finds can name `file:line:column`.
  *
  * Discovery order ({@link resolveConfigPath}): `--config FILE`, then `$PF_DAEMON_CONFIG`, then

@@ -1,7 +1,7 @@
 /**
  * The configuration model: what a forward is, and the tuning knobs with their documented defaults
- * (house style §5). The YAML loader and the CLI both produce a {@link DaemonConfig}; inner modules receive
- * the frozen, resolved result and apply no defaults of their own.
+ * (see docs/architecture.md, Conventions). The YAML loader and the CLI both produce a {@link DaemonConfig};
+ * inner modules receive the frozen, resolved result and apply no defaults of their own.
  */
 import type { LogFormat, LogLevel } from '../log.js';
 import { isLoopbackHost } from '../targets/destination.js';

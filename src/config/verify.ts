@@ -1,7 +1,7 @@
 /**
  * Validate raw configuration (parsed YAML, or the CLI's flags mapped onto the same shape) once, at the edge
- * (house style §5). {@link verifyConfig} lists every problem with its field path and, when a
- * {@link ConfigSource} is given, where the value came from (`config.yaml:7:17`, `--port`), applies the
+ * (see docs/architecture.md, Conventions). {@link verifyConfig} lists every problem with its field path and,
+ * when a {@link ConfigSource} is given, where the value came from (`config.yaml:7:17`, `--port`), applies the
  * documented defaults of `types.ts`, and returns a deep-frozen {@link DaemonConfig}.
  *
  * Raw shape (see `config.example.yaml`):

@@ -52,8 +52,9 @@ export const SEND_QUEUE_LIMIT_BYTES = 64 * 1024;
 export const RACK_REORDER_WINDOW_MS = 50;
 
 /**
- * What the channel needs from the transport while linked (house style §11): a way to send and a reading of
- * what is still queued. A plain `(frame) => void` function is taken as a transport that writes at once.
+ * What the channel needs from the transport while linked (see docs/architecture.md, Conventions): a way to
+ * send and a reading of what is still queued. A plain `(frame) => void` function is taken as a transport that
+ * writes at once.
  */
 export interface ChannelTransport {
   /**
@@ -79,7 +80,7 @@ export interface ReliableChannelOptions {
   giveUpMs: number;
 }
 
-/** Narrow functions the channel needs from its owner (house style §11). */
+/** Narrow functions the channel needs from its owner (see docs/architecture.md, Conventions). */
 export interface ReliableChannelDeps {
   /** Monotonic clock, ms. */
   now(): number;

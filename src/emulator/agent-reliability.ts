@@ -105,7 +105,10 @@ export interface ReliabilityCounters {
  */
 export type DeliveryResult = boolean | Promise<boolean>;
 
-/** Everything the reliability layer needs from its owner (narrow functions, house style §11). */
+/**
+ * Everything the reliability layer needs from its owner (narrow functions: docs/architecture.md,
+ * Conventions).
+ */
 export interface AgentReliabilityDeps {
   /** Clock, ms. */
   now(): number;

@@ -1,7 +1,8 @@
 /**
  * `pf-daemon emulator`: run the built-in SSM emulator (API + message gateway + agent) on loopback until
- * SIGINT/SIGTERM. One yargs options table (house style §6); the flags map onto {@link EmulatorOptions} and the
- * initial {@link FaultConfig}, and the CLI owns no defaults: unset flags leave the emulator's defaults.
+ * SIGINT/SIGTERM. One yargs options table (docs/architecture.md, Conventions); the flags map onto
+ * {@link EmulatorOptions} and the initial {@link FaultConfig}, and the CLI owns no defaults: unset flags leave
+ * the emulator's defaults.
  */
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';

@@ -166,7 +166,7 @@ export interface EmulatedSessionInfo {
 /** The agent settings of the emulator that are not derived from the session. */
 export type AgentDefaults = Omit<AgentOptions, 'properties' | 'resolveHost'>;
 
-/** What a session needs from the emulator (narrow functions, house style §11). */
+/** What a session needs from the emulator (narrow functions: docs/architecture.md, Conventions). */
 export interface SessionEnvironment {
   /** Live faults. */
   faults: Faults;

@@ -49,7 +49,7 @@ export interface StreamReceiveLimits {
   backlogLimitBytes: number;
 }
 
-/** Narrow functions and shared objects a queue uses (house style §11). */
+/** Narrow functions and shared objects a queue uses (see docs/architecture.md, Conventions). */
 export interface StreamReceiveDeps {
   /** Session-wide memory account. */
   memory: ReceiveMemory;

@@ -47,7 +47,10 @@ import type { Logger } from '../log.js';
 import type { SmuxFrame } from './frame.js';
 import type { SmuxStreamHooks, SmuxWriteCallback } from './stream.js';
 
-/** Session buffer bounds; resolved and validated by the caller's config (house style §5). */
+/**
+ * Session buffer bounds; resolved and validated by the caller's config (see docs/architecture.md,
+ * Conventions).
+ */
 export interface SmuxSessionOptions {
   /** Bytes kept in memory for one stream's slow local reader before spilling (spec §9.6, default 4 MiB, passed in). */
   streamReceiveBufferBytes: number;
@@ -110,7 +113,7 @@ export interface SmuxSessionEvents {
   streamClosed: [id: number];
 }
 
-/** Dependencies of a session (house style §11). */
+/** Dependencies of a session (see docs/architecture.md, Conventions). */
 export interface SmuxSessionDeps {
   /** Logger scoped to this session, e.g. `mux`. */
   logger: Logger;
@@ -526,7 +529,10 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     if (this.logger.debugEnabled) this.logger.debug('smux frame ignored', { frame: describeFrame(frame) });
   }
 
-  /** A stream listener threw inside `push()`: reset that stream only (house style §8). */
+  /**
+   * A stream listener threw inside `push()`: reset that stream only (docs/architecture.md, Conventions: fatal
+   * and local failures).
+   */
   private listenerThrew(entry: StreamEntry, err: unknown): void {
     const error = err instanceof Error ? err : new Error(String(err));
     this.logger.warn('stream listener threw; stream destroyed', { sid: entry.id, error: error.message });

@@ -11,8 +11,8 @@
  * - counts every byte it holds against one daemon-wide {@link SpillStore} budget (disk space in use: the file's
  *   size, released when the file is closed).
  *
- * The store is injected (house style §11): the daemon creates one and hands it to every forward, so the limit
- * holds across forwards and sessions.
+ * The store is injected (see docs/architecture.md, Conventions): the daemon creates one and hands it to every
+ * forward, so the limit holds across forwards and sessions.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -5,7 +5,7 @@
  * buffer (`writableHighWaterMark`) is the honest, bounded send queue (ssh2 `Channel.js`). The Readable side is
  * fed by the session's per-stream receive queue (`receive-queue.ts`) with `push()`, which stops pushing when
  * `push()` returns false; `_read()` tells the session that the local reader has made room, and the queue
- * pushes what it kept meanwhile (house style §9, §11; yamux `stream.ts`).
+ * pushes what it kept meanwhile (docs/backpressure.md; docs/architecture.md, Conventions).
  *
  * Lifecycle: the stream is forgotten by its session when it is destroyed, which Node does on its own
  * (`autoDestroy`) once both `'end'` and `'finish'` have been emitted, or which happens when:
@@ -21,7 +21,8 @@ import { Duplex } from 'node:stream';
 export type SmuxWriteCallback = (error?: Error | null) => void;
 
 /**
- * The narrow functions a stream uses to reach its session (house style §11: functions, not the parent).
+ * The narrow functions a stream uses to reach its session (functions, not the parent: docs/architecture.md,
+ * Conventions).
  * Every hook is called with the stream's own state already updated by Node.
  */
 export interface SmuxStreamHooks {
