@@ -1,5 +1,5 @@
 /**
- * The one stats tree (house style §17): `Daemon.stats` → forwards → sessions → channel/mux. Each layer
+ * The one stats tree (docs/architecture.md): `Daemon.stats` → forwards → sessions → channel/mux. Each layer
  * exposes a typed snapshot; `pf-daemon status` (text and `--json`), the Prometheus metrics, systemd's
  * `STATUS=` line and the SIGUSR1 log lines all format this tree and never reach into private fields.
  *
