@@ -321,7 +321,9 @@ export async function requestReply(
 
 /**
  * `count` sequential connections to an echo server, each: connect, write `size` bytes, read them back,
- * end, wait for the close. Measures what a new connection costs on an open session.
+ * close at once (destroy, as a client done with its reply does), wait for the close. An `end()` here would
+ * wait out the tunnel's half-close linger (`halfCloseLingerMs`, README "TCP half-close"): the destination
+ * never sees our EOF, so it never closes first. Measures what a new connection costs on an open session.
  * @returns per connection: ms from `connect()` until the echo is verified, and until the socket closed
  */
 export async function connectExchange(
@@ -352,7 +354,7 @@ export async function connectExchange(
         if (got < size) return;
         exchangeMs[i] = performance.now() - start;
         verified = true;
-        socket.end();
+        socket.destroy();
       });
       socket.once('close', () => {
         if (!verified) {
