@@ -242,6 +242,43 @@ test.serial('basic mode (old agent): N=3 sessions serve three connections at onc
   }
 });
 
+test.serial('idle stop per session: a session without connections stops, the busy one stays', async (t) => {
+  t.timeout(60_000);
+  const echo = await startEchoServer();
+  const emulator = await startEmulator();
+  const { forward, port } = await startForward(emulator, {
+    remotePort: echo.port,
+    sessions: 2,
+    idleStopMs: 1_000,
+  });
+  const open: OpenConnection[] = [];
+  try {
+    open.push(await openConnection(port, 'busy'));
+    open.push(await openConnection(port, 'leaving'));
+    const [busy, leaving] = forward.currentSessions;
+    t.truthy(leaving, 'two sessions');
+    const stopped = new Promise<string>((resolve) => leaving?.once('closed', resolve));
+    const startedAt = performance.now();
+    (open[1] as OpenConnection).socket.end();
+    t.is(await withTimeout(stopped, 10_000, 'the idle session to stop'), 'idle');
+    const afterMs = Math.round(performance.now() - startedAt);
+    t.true(afterMs >= 900, `stopped ${afterMs} ms after its last connection closed`);
+    t.log(`the idle session stopped ${afterMs} ms after its last connection closed (idleStopMs 1000)`);
+    t.deepEqual(
+      forward.currentSessions.map((s) => s.sessionId),
+      [busy?.sessionId],
+      'the busy session stays',
+    );
+    t.is(busy?.state, 'open');
+    t.is(await (open[0] as OpenConnection).roundTrip('still busy'), 'still busy');
+  } finally {
+    for (const c of open) c.socket.destroy();
+    await forward.stop(0);
+    await emulator.close();
+    await echo.close();
+  }
+});
+
 test('config: sessions must be an integer 1-16; the default is 1', (t) => {
   const base = { target: TARGET, remotePort: 5432 };
   t.is(verifyConfig({ forwards: [base] }).forwards[0]?.sessions, 1);
