@@ -182,6 +182,12 @@ export const OPTIONS = {
     requiresArg: true,
     description: 'End a session after this many ms without local connections (0 = never; default 600000)',
   },
+  sessions: {
+    type: 'number',
+    requiresArg: true,
+    description:
+      'Stripe each forward across up to N SSM sessions, 1-16 (default 1; each costs a session worker on the instance and a StartSession call); sets defaults.sessions',
+  },
   'half-close-linger-ms': {
     type: 'number',
     requiresArg: true,
@@ -285,6 +291,7 @@ interface Args {
   eager?: boolean;
   keepAlive?: boolean;
   idleStopMs?: number | null;
+  sessions?: number | null;
   halfCloseLingerMs?: number | null;
   logLevel?: string;
   logFormat?: string;
@@ -319,11 +326,19 @@ function checkCombinations(argv: Args): true {
     ['port', '--port'],
     ['localPort', '--local-port'],
     ['idleStopMs', '--idle-stop-ms'],
+    ['sessions', '--sessions'],
     ['halfCloseLingerMs', '--half-close-linger-ms'],
   ] as const) {
     const value = argv[key];
     if (value === null || (typeof value === 'number' && !Number.isFinite(value))) {
-      const example = key === 'idleStopMs' ? '600000' : key === 'halfCloseLingerMs' ? '2000' : '5432';
+      const example =
+        key === 'idleStopMs'
+          ? '600000'
+          : key === 'halfCloseLingerMs'
+            ? '2000'
+            : key === 'sessions'
+              ? '4'
+              : '5432';
       throw new Error(`${flag} must be a number, e.g. ${flag} ${example}`);
     }
   }
@@ -458,6 +473,7 @@ function flagValues(argv: Args): FlagValues {
     eager: argv.eager,
     keepAlive: argv.keepAlive,
     idleStopMs: number(argv.idleStopMs),
+    sessions: number(argv.sessions),
     halfCloseLingerMs: number(argv.halfCloseLingerMs),
     logLevel: argv.logLevel,
     logFormat: argv.logFormat,
@@ -488,6 +504,7 @@ export function describeForward(f: ForwardConfig): string {
     // Eager forwards keep their session open whatever idleStopMs says (forward.ts scheduleIdleStop).
     f.eager ? '' : f.idleStopMs > 0 ? `idle stop ${f.idleStopMs} ms` : 'no idle stop',
     f.keepAlive ? 'keep-alive' : '',
+    f.sessions > 1 ? `striped across up to ${f.sessions} sessions` : '',
   ]
     .filter(Boolean)
     .join(', ');

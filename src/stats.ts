@@ -64,6 +64,12 @@ export interface SessionStats {
   input: SessionInputStats;
 }
 
+/** One session as its forward sees it: the session's own stats plus the local connections it carries. */
+export interface ForwardSessionStats extends SessionStats {
+  /** Local connections on this session now (basic mode: the one relayed plus those queued behind it). */
+  connections: number;
+}
+
 /** Forward states as seen from outside. */
 export type ForwardState = 'starting' | 'listening' | 'failed' | 'stopped';
 
@@ -109,8 +115,8 @@ export interface ForwardStats {
   bytesUp: number;
   /** Bytes written to local clients (from the target), bytes. */
   bytesDown: number;
-  /** The forward's live session(s): at most one today. */
-  sessions: SessionStats[];
+  /** The forward's live sessions (open or reconnecting), at most its `sessions` (striping), oldest first. */
+  sessions: ForwardSessionStats[];
 }
 
 /** The whole daemon. */

@@ -155,6 +155,7 @@ test.serial('a whole forward (API and data-channel WebSocket) goes through HTTP_
       bind: '127.0.0.1',
       eager: false,
       idleStopMs: 0,
+      sessions: 1,
       keepAlive: false,
       halfCloseLingerMs: 0,
       allowInsecureEndpoint: false,

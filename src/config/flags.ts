@@ -40,6 +40,8 @@ export interface FlagValues {
   eager?: boolean | undefined;
   keepAlive?: boolean | undefined;
   idleStopMs?: number | undefined;
+  /** `--sessions N`: sessions per forward (striping). */
+  sessions?: number | undefined;
   /** `--half-close-linger-ms`. */
   halfCloseLingerMs?: number | undefined;
   logLevel?: string | undefined;
@@ -137,6 +139,7 @@ const DEFAULT_FLAGS = [
   ['eager', 'eager'],
   ['keepAlive', 'keep-alive'],
   ['idleStopMs', 'idle-stop-ms'],
+  ['sessions', 'sessions'],
   ['halfCloseLingerMs', 'half-close-linger-ms'],
 ] as const satisfies readonly (readonly [keyof FlagValues, string])[];
 

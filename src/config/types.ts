@@ -53,6 +53,13 @@ export interface ForwardConfig {
   eager: boolean;
   /** Terminate the session after this many ms with no local connections; 0 = never. Default 600000 (10 min). */
   idleStopMs: number;
+  /**
+   * Most SSM sessions this forward stripes its connections across, 1–16. Default 1. A new connection goes to
+   * the open session with the fewest connections; another starts (lazily) only when every open one already
+   * carries a connection. Each session is one session worker on the instance and one StartSession call; the
+   * agent paces each at about 1 MB/s, so N sessions lift the ceiling of a many-connection workload N-fold.
+   */
+  sessions: number;
   /** Send smux NOPs every 60 s to defeat the service idle timeout (spec §10.2). Default false. */
   keepAlive: boolean;
   /**
@@ -187,6 +194,7 @@ export const defaultForward = Object.freeze({
   bind: '127.0.0.1',
   eager: false,
   idleStopMs: 600_000,
+  sessions: 1,
   keepAlive: false,
   halfCloseLingerMs: 2_000,
   allowInsecureEndpoint: false,

@@ -6,10 +6,10 @@
  *
  * Raw shape (see `config.example.yaml`):
  * ```yaml
- * defaults: { target, pick, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, bind, reason, eager, idleStopMs, keepAlive, halfCloseLingerMs }
+ * defaults: { target, pick, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, bind, reason, eager, idleStopMs, sessions, keepAlive, halfCloseLingerMs }
  * log: { level, format }
  * tuning: { <every TuningConfig key> }
- * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, reason, eager, idleStopMs, keepAlive, halfCloseLingerMs } ]
+ * forwards: [ { name, target, pick, remotePort, host, localPort, bind, region, profile, endpoint, ecsEndpoint, allowInsecureEndpoint, documentName, parameters, reason, eager, idleStopMs, sessions, keepAlive, halfCloseLingerMs } ]
  * controlSocket: /absolute/path.sock
  * metrics: { listen: "127.0.0.1:9464" }
  * ```
@@ -55,6 +55,12 @@ export class ConfigProblemsError extends ConfigError {
     this.problems = Object.freeze([...problems]);
   }
 }
+
+/**
+ * Most sessions one forward may stripe across (our limit): each is a session worker on the instance and
+ * a StartSession call, and 16 × the agent's ~1 MB/s already exceeds what one client machine usually needs.
+ */
+export const MAX_SESSIONS = 16;
 
 /** Largest delay Node timers accept, ms (2^31 − 1; larger values fire immediately). */
 export const MAX_TIMER_MS = 2_147_483_647;
@@ -238,6 +244,7 @@ const FORWARD_CHECKS = {
   reason: text(1, REASON_MAX_CHARS),
   eager: boolean,
   idleStopMs: integer(0, MAX_TIMER_MS, ' ms (0 = never)'),
+  sessions: integer(1, MAX_SESSIONS, ' (sessions to stripe connections across)'),
   keepAlive: boolean,
   halfCloseLingerMs: integer(0, MAX_TIMER_MS, ' ms (0 = FIN at once)'),
   allowInsecureEndpoint: boolean,
@@ -259,6 +266,7 @@ const DEFAULT_KEYS: readonly ForwardKey[] = [
   'reason',
   'eager',
   'idleStopMs',
+  'sessions',
   'keepAlive',
   'halfCloseLingerMs',
   'allowInsecureEndpoint',
@@ -590,6 +598,7 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
         bind: (merged.bind as string | undefined) ?? defaultForward.bind,
         eager: (merged.eager as boolean | undefined) ?? defaultForward.eager,
         idleStopMs: (merged.idleStopMs as number | undefined) ?? defaultForward.idleStopMs,
+        sessions: (merged.sessions as number | undefined) ?? defaultForward.sessions,
         keepAlive: (merged.keepAlive as boolean | undefined) ?? defaultForward.keepAlive,
         halfCloseLingerMs:
           (merged.halfCloseLingerMs as number | undefined) ?? defaultForward.halfCloseLingerMs,

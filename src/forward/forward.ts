@@ -1,7 +1,9 @@
 /**
- * A forward: one local TCP listener whose accepted connections travel through one shared SSM session
- * (spec §9). The session starts lazily on the first connection (or eagerly), is shared by later ones, is
- * terminated after an idle period with no connections, and is replaced transparently when it ends.
+ * A forward: one local TCP listener whose accepted connections travel through up to `sessions` SSM
+ * sessions (spec §9; striping, issue 12). A session starts lazily on the first connection (or eagerly), is
+ * shared by later ones, is terminated after an idle period with no connections, and is replaced
+ * transparently when it ends. A new connection goes to the open session with the fewest connections;
+ * another session starts only when every one already carries a connection, one start at a time.
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -86,11 +88,21 @@ interface ForwardCounters {
 /**
  * Runs one forward.
  * Events: 'listening' (AddressInfo), 'sessionGranted' (TunnelSession: StartSession returned, not open yet),
- * 'session' (TunnelSession, open), 'connectionClosed' (error|undefined).
+ * 'session' (TunnelSession, open), 'connectionAssigned' (TunnelSession: a local connection was given to it),
+ * 'connectionClosed' (failure text | undefined: a local connection closed).
  */
 export class Forward extends EventEmitter {
   private server: net.Server | undefined;
-  private session: TunnelSession | undefined;
+  /** Live sessions (open or reconnecting), at most `config.sessions`, oldest first. */
+  private readonly sessions: TunnelSession[] = [];
+  /**
+   * The session each local socket rides; `null` while it waits for the start in flight. The per-session load
+   * is counted from this map when needed, never kept in step by hand.
+   */
+  private readonly carriers = new Map<Socket, TunnelSession | null>();
+  /** Idle-stop timers of sessions that carry no connection. */
+  private readonly idleTimers = new Map<TunnelSession, NodeJS.Timeout>();
+  /** The one session start in flight (no storm of starts: later connections wait for it or use an open one). */
   private sessionStarting: Promise<TunnelSession> | undefined;
   /** The session whose start() is in flight, so a stop can close it. */
   private startingSession: TunnelSession | undefined;
@@ -104,7 +116,6 @@ export class Forward extends EventEmitter {
   private readonly serverErrorListener = (err: Error): void =>
     this.log.error(`listener error: ${err.message}`);
   private readonly sockets = new Set<Socket>();
-  private idleTimer: NodeJS.Timeout | undefined;
   private consecutiveFailures = 0;
   private notBeforeMs = 0;
   private stopping = false;
@@ -148,9 +159,21 @@ export class Forward extends EventEmitter {
     return address && typeof address === 'object' ? address : undefined;
   }
 
-  /** The current session, if any. */
+  /** The oldest live session, if any. */
   get currentSession(): TunnelSession | undefined {
-    return this.session;
+    return this.sessions[0];
+  }
+
+  /** Every live session (open or reconnecting), oldest first. */
+  get currentSessions(): readonly TunnelSession[] {
+    return [...this.sessions];
+  }
+
+  /** Local connections `session` carries now (in basic mode: the one relayed plus those queued). */
+  connectionsOn(session: TunnelSession): number {
+    let count = 0;
+    for (const carrier of this.carriers.values()) if (carrier === session) count++;
+    return count;
   }
 
   /**
@@ -166,8 +189,16 @@ export class Forward extends EventEmitter {
       bytesUp += socket.bytesRead;
       bytesDown += socket.bytesWritten;
     }
-    const session = this.session;
-    const sessions = session ? [session.stats] : [];
+    const sessions = this.sessions.map((session) => ({
+      ...session.stats,
+      connections: this.connectionsOn(session),
+    }));
+    let reconnects = c.endedReconnects;
+    let resentMessages = c.endedResentMessages;
+    for (const session of sessions) {
+      reconnects += session.reconnects;
+      resentMessages += session.resentMessages;
+    }
     const address = this.address;
     return {
       name: this.config.name,
@@ -186,8 +217,8 @@ export class Forward extends EventEmitter {
       connectionsFailed: c.connectionsFailed,
       sessionsStarted: c.sessionsStarted,
       sessionsEnded: c.sessionsEnded,
-      reconnects: c.endedReconnects + (session?.reconnects ?? 0),
-      resentMessages: c.endedResentMessages + (sessions[0]?.resentMessages ?? 0),
+      reconnects,
+      resentMessages,
       bytesUp,
       bytesDown,
       sessions,
@@ -300,7 +331,6 @@ export class Forward extends EventEmitter {
     this.counters.connectionsAccepted++;
     this.counters.connectionsActive++;
     this.sockets.add(socket);
-    clearTimeout(this.idleTimer);
     if (this.config.eager && !this.eagerActive) {
       this.eagerActive = true;
       this.log.info('local connection: eager again (a session stays open from now on)');
@@ -315,16 +345,27 @@ export class Forward extends EventEmitter {
     });
     socket.once('close', () => {
       this.sockets.delete(socket);
+      const carrier = this.carriers.get(socket);
+      this.carriers.delete(socket);
       this.counters.connectionsActive--;
       this.counters.closedBytesUp += socket.bytesRead;
       this.counters.closedBytesDown += socket.bytesWritten;
       if (!this.failedSockets.has(socket)) this.counters.connectionsOk++;
       this.logClose(conn, socket);
-      this.scheduleIdleStop();
+      if (carrier) this.scheduleIdleStop(carrier);
+      this.emit('connectionClosed', conn.failure);
     });
-    this.ensureSession().then(
-      (session) => this.attach(socket, session, conn),
+    this.carriers.set(socket, null);
+    this.sessionFor().then(
+      (session) => {
+        if (!this.carriers.has(socket)) return; // closed while waiting
+        this.carriers.set(socket, session);
+        this.cancelIdleStop(session);
+        this.emit('connectionAssigned', session);
+        this.attach(socket, session, conn);
+      },
       (err: unknown) => {
+        this.carriers.delete(socket);
         this.connectionFailed(socket);
         conn.failure ??= describeError(err);
         socket.destroy();
@@ -418,10 +459,44 @@ export class Forward extends EventEmitter {
     restart();
   }
 
-  /** The shared session, starting one if needed (lazily, with backoff after repeated failures). */
+  /**
+   * The session for a new local connection: the open session with the fewest connections; a new one
+   * (lazily, with backoff after repeated failures) when every session already carries a connection and fewer
+   * than `config.sessions` exist. While a start is in flight, the connection waits for it unless an open
+   * session carries fewer connections than the ones already waiting for it.
+   */
+  private sessionFor(): Promise<TunnelSession> {
+    const open = this.sessions.filter((s) => s.state === 'open');
+    // A reconnecting session still keeps its streams; it takes new ones only when nothing is open.
+    const candidates = open.length > 0 ? open : this.sessions;
+    let best: TunnelSession | undefined;
+    let bestLoad = Infinity;
+    for (const session of candidates) {
+      const load = this.connectionsOn(session);
+      if (load < bestLoad) [best, bestLoad] = [session, load];
+    }
+    if (this.sessionStarting) {
+      let waiting = 0;
+      for (const carrier of this.carriers.values()) if (carrier === null) waiting++;
+      // `waiting` counts this connection too (it is already in the map).
+      if (best && bestLoad < waiting - 1) return Promise.resolve(best);
+      return this.sessionStarting;
+    }
+    if (best && (bestLoad === 0 || this.sessions.length >= this.config.sessions)) {
+      return Promise.resolve(best);
+    }
+    return this.ensureStart();
+  }
+
+  /** A live session, starting one if none exists (eager forwards). */
   private ensureSession(): Promise<TunnelSession> {
-    if (this.session && this.session.state === 'open') return Promise.resolve(this.session);
-    if (this.session && this.session.state === 'reconnecting') return Promise.resolve(this.session);
+    const live = this.sessions.find((s) => s.state === 'open') ?? this.sessions[0];
+    if (live) return Promise.resolve(live);
+    return this.ensureStart();
+  }
+
+  /** The start in flight, or a new one. */
+  private ensureStart(): Promise<TunnelSession> {
     if (this.sessionStarting) return this.sessionStarting;
     this.sessionStarting = this.startSession().finally(() => {
       this.sessionStarting = undefined;
@@ -474,9 +549,10 @@ export class Forward extends EventEmitter {
       throw new TunnelError('PF_ERR_SESSION_CLOSED', 'forward is stopping');
     }
     this.repeats.clear();
-    this.session = session;
+    this.sessions.push(session);
     this.emit('session', session);
-    this.scheduleIdleStop();
+    // Armed now; the connections waiting for this start cancel it as they attach.
+    this.scheduleIdleStop(session);
     return session;
   }
 
@@ -496,7 +572,9 @@ export class Forward extends EventEmitter {
     this.counters.sessionsEnded++;
     this.counters.endedReconnects += session.reconnects;
     this.counters.endedResentMessages += session.stats.resentMessages;
-    if (this.session === session) this.session = undefined;
+    const index = this.sessions.indexOf(session);
+    if (index >= 0) this.sessions.splice(index, 1);
+    this.cancelIdleStop(session);
     // The one info line of a session's end (issue 13: one line per session event), with the error that ended
     // it. A session that never opened is reported by whoever waited for its start, with the error.
     const livedMs = Date.now() - session.createdAt;
@@ -527,19 +605,31 @@ export class Forward extends EventEmitter {
     this.startEager();
   }
 
-  private scheduleIdleStop(): void {
-    clearTimeout(this.idleTimer);
-    if (this.config.idleStopMs <= 0 || this.config.eager || this.sockets.size > 0 || !this.session) return;
-    this.idleTimer = setTimeout(() => {
-      const session = this.session;
-      if (!session || this.sockets.size > 0) return;
+  /**
+   * Stop `session` once it has carried no connection for `idleStopMs`. An eager forward keeps its last
+   * session; the extra ones striping started idle-stop like a lazy forward's.
+   */
+  private scheduleIdleStop(session: TunnelSession): void {
+    this.cancelIdleStop(session);
+    if (this.config.idleStopMs <= 0 || this.stopping || !this.sessions.includes(session)) return;
+    if (this.connectionsOn(session) > 0) return;
+    const timer = setTimeout(() => {
+      this.idleTimers.delete(session);
+      if (this.connectionsOn(session) > 0 || !this.sessions.includes(session)) return;
+      if (this.config.eager && this.sessions.length <= 1) return;
       this.log.debug(
         `no connections for ${this.config.idleStopMs} ms; terminating session ${session.sessionId}`,
       );
-      this.session = undefined;
+      this.sessions.splice(this.sessions.indexOf(session), 1);
       void session.close('idle');
     }, this.config.idleStopMs);
-    this.idleTimer.unref();
+    timer.unref();
+    this.idleTimers.set(session, timer);
+  }
+
+  private cancelIdleStop(session: TunnelSession): void {
+    clearTimeout(this.idleTimers.get(session));
+    this.idleTimers.delete(session);
   }
 
   /** Local connections open now. */
@@ -566,7 +656,7 @@ export class Forward extends EventEmitter {
     this.abandoned.abort();
     for (const socket of this.sockets) socket.destroy();
     void this.startingSession?.close('user');
-    void this.session?.close('user');
+    for (const session of this.sessions) void session.close('user');
   }
 
   /** `promise`, or undefined once `ms` pass or the forward is abandoned, whichever comes first. */
@@ -597,7 +687,8 @@ export class Forward extends EventEmitter {
     // Nothing flows through a session that is not open yet: abort its start (StartSession retries, a hung
     // dial or handshake) rather than wait for it; close() terminates a session already granted.
     const aborting = this.startingSession?.close('user');
-    clearTimeout(this.idleTimer);
+    for (const timer of this.idleTimers.values()) clearTimeout(timer);
+    this.idleTimers.clear();
     const graceEndMs = performance.now() + graceMs;
     const server = this.server;
     this.server = undefined;
@@ -625,15 +716,16 @@ export class Forward extends EventEmitter {
       await this.bounded(settled, graceEndMs - performance.now());
     }
     if (aborting) await this.bounded(aborting.catch(() => undefined));
-    const session = this.session;
-    this.session = undefined;
-    if (session) {
-      await this.bounded(
-        session.close('user').catch((err: unknown) => {
-          if (!isPfError(err)) throw err;
-        }),
-      );
-    }
+    const sessions = this.sessions.splice(0);
+    await this.bounded(
+      Promise.all(
+        sessions.map((session) =>
+          session.close('user').catch((err: unknown) => {
+            if (!isPfError(err)) throw err;
+          }),
+        ),
+      ),
+    );
     await this.bounded(closed);
   }
 }

@@ -26,6 +26,7 @@ test('a minimal forward resolves with every default applied', (t) => {
       bind: '127.0.0.1',
       eager: false,
       idleStopMs: 600000,
+      sessions: 1,
       keepAlive: false,
       halfCloseLingerMs: 2000,
       allowInsecureEndpoint: false,

@@ -33,6 +33,7 @@ export function forwardConfig(overrides: Partial<ForwardConfig>): ForwardConfig 
     bind: '127.0.0.1',
     eager: false,
     idleStopMs: 0,
+    sessions: 1,
     keepAlive: false,
     halfCloseLingerMs: 0,
     allowInsecureEndpoint: false,

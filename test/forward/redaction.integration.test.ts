@@ -63,6 +63,7 @@ for (const format of ['plain', 'json', 'text'] as LogFormat[]) {
         bind: '127.0.0.1',
         eager: false,
         idleStopMs: 0,
+        sessions: 1,
         keepAlive: false,
         halfCloseLingerMs: 0,
         allowInsecureEndpoint: false,
