@@ -5,33 +5,15 @@
  * resent at once (RACK). Fake clock, fake transport; no sockets.
  */
 import test from 'ava';
-import { HeaderFlags, MessageType, PayloadType } from '../../src/datachannel/constants.js';
-import { decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/message.js';
-import { encodeAcknowledge } from '../../src/datachannel/payloads.js';
+import { MessageType, PayloadType } from '../../src/datachannel/constants.js';
+import { decodeMessage } from '../../src/datachannel/message.js';
 import {
   RACK_REORDER_WINDOW_MS,
   ReliableChannel,
   SEND_QUEUE_LIMIT_BYTES,
 } from '../../src/datachannel/reliable.js';
 import { silentLogger } from '../../src/log.js';
-
-function agentAck(seq: number): Buffer {
-  return encodeMessage(
-    newMessage({
-      messageType: MessageType.Acknowledge,
-      sequenceNumber: 0,
-      flags: HeaderFlags.Ack,
-      payloadType: PayloadType.None,
-      payload: encodeAcknowledge({
-        acknowledgedMessageType: MessageType.InputStreamData,
-        acknowledgedMessageId: '00000000-0000-4000-8000-000000000000',
-        acknowledgedMessageSequenceNumber: seq,
-        isSequentialMessage: true,
-      }),
-      createdDate: 1_700_000_000_000,
-    }),
-  );
-}
+import { agentAck } from './frames.js';
 
 /** A transport that holds frames until `flush(n)` writes the oldest n out (like a socket behind a slow link). */
 function queueingHarness(window = 64) {

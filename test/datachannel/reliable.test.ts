@@ -13,48 +13,10 @@ import type { ReliableChannelOptions } from '../../src/datachannel/reliable.js';
 import { PAUSE_PROBE_MS, ReliableChannel } from '../../src/datachannel/reliable.js';
 import { ProtocolError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
+import { CREATED, agentAck, agentData, serviceMessage } from './frames.js';
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: a fake clock, a recording transport and agent-side frame builders.
-
-const CREATED = 1_700_000_000_000;
-
-function agentData(seq: number, payload: Buffer | string, payloadType: number = PayloadType.Output): Buffer {
-  return encodeMessage(
-    newMessage({
-      messageType: MessageType.OutputStreamData,
-      sequenceNumber: seq,
-      flags: seq === 0 ? HeaderFlags.First : HeaderFlags.Data,
-      payloadType,
-      payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
-      createdDate: CREATED,
-    }),
-  );
-}
-
-function agentAck(seq: number): Buffer {
-  return encodeMessage(
-    newMessage({
-      messageType: MessageType.Acknowledge,
-      sequenceNumber: 0,
-      flags: HeaderFlags.Ack,
-      payloadType: PayloadType.None,
-      payload: encodeAcknowledge({
-        acknowledgedMessageType: MessageType.InputStreamData,
-        acknowledgedMessageId: '00000000-0000-4000-8000-000000000000',
-        acknowledgedMessageSequenceNumber: seq,
-        isSequentialMessage: true,
-      }),
-      createdDate: CREATED,
-    }),
-  );
-}
-
-function serviceMessage(messageType: string, payload: Buffer = Buffer.alloc(0)): Buffer {
-  return encodeMessage(
-    newMessage({ messageType, sequenceNumber: 0, flags: 0, payloadType: 0, payload, createdDate: CREATED }),
-  );
-}
+// Helpers: a fake clock and a recording transport (agent-side frames come from ./frames.ts).
 
 interface Harness {
   ch: ReliableChannel;
