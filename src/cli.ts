@@ -24,7 +24,7 @@ import { didYouMean, verifyConfig } from './config/verify.js';
 import { Daemon } from './daemon.js';
 import { EMULATOR_OPTIONS, registerEmulatorCommand } from './emulator/cli.js';
 import type { DaemonDeps, SsmLocation } from './daemon.js';
-import { defaultLedgerDir } from './forward/ledger.js';
+import { defaultLedgerDir } from './ledger.js';
 import { ConfigError, describeError, isPfError } from './errors.js';
 import { createLogger } from './log.js';
 import type { Logger } from './log.js';

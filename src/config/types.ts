@@ -4,6 +4,12 @@
  * inner modules receive the frozen, resolved result and apply no defaults of their own.
  */
 import type { LogFormat, LogLevel } from '../log.js';
+import { DEFAULT_CLIENT_VERSION } from '../datachannel/constants.js';
+import {
+  SESSION_RECEIVE_BUFFER_DEFAULT_BYTES,
+  STREAM_BACKLOG_LIMIT_DEFAULT_BYTES,
+  STREAM_RECEIVE_BUFFER_DEFAULT_BYTES,
+} from '../mux/defaults.js';
 import { isLoopbackHost } from '../targets/destination.js';
 
 /** SSM document for `localhost:<port>` on the instance (spec §2.1). */
@@ -172,12 +178,12 @@ export interface DaemonConfig {
 
 /** Documented defaults of every tuning knob. */
 export const defaultTuning: Readonly<Required<TuningConfig>> = Object.freeze({
-  clientVersion: '1.2.694.0',
+  clientVersion: DEFAULT_CLIENT_VERSION,
   sendWindowMessages: 256,
   reorderLimitMessages: 10000,
-  streamReceiveBufferBytes: 4 * 1024 * 1024,
-  sessionReceiveBufferBytes: 64 * 1024 * 1024,
-  streamBacklogLimitBytes: 512 * 1024 * 1024,
+  streamReceiveBufferBytes: STREAM_RECEIVE_BUFFER_DEFAULT_BYTES,
+  sessionReceiveBufferBytes: SESSION_RECEIVE_BUFFER_DEFAULT_BYTES,
+  streamBacklogLimitBytes: STREAM_BACKLOG_LIMIT_DEFAULT_BYTES,
   spillLimitBytes: 2 * 1024 * 1024 * 1024,
   pingIntervalMs: 30_000,
   livenessTimeoutMs: 60_000,

@@ -118,6 +118,12 @@ export const DEFAULT_CLIENT_VERSION = '1.2.694.0';
 /** Largest Output payload we send, bytes (spec §7.3, §9.6; both reference ends use exactly this). */
 export const MAX_OUTPUT_PAYLOAD_BYTES = 1024;
 
+/**
+ * How long a closing client waits for the ack of its TerminateSession flag or for `channel_closed` before it
+ * calls the TerminateSession API instead, ms (spec §9.5 "SHOULD wait up to 5 s"; our default at that bound).
+ */
+export const TERMINATE_FLAG_WAIT_MS = 5_000;
+
 /** Version thresholds (spec §3.3; protocol). */
 export const VersionThreshold = {
   /** Client side: mux iff AgentVersion > this. */

@@ -13,21 +13,25 @@ import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { documentFor, parametersFor } from '../config/types.js';
 import { DataChannelConnection, describeStreamUrl } from '../datachannel/connection.js';
 import type { DownReason } from '../datachannel/connection.js';
-import { FlagCode, MAX_OUTPUT_PAYLOAD_BYTES, PayloadType } from '../datachannel/constants.js';
-import { answerHandshake } from '../datachannel/handshake.js';
-import type { ClientMessage } from '../datachannel/message.js';
-import type { ChannelClosed } from '../datachannel/payloads.js';
 import {
-  decodeFlag,
-  decodeHandshakeComplete,
-  decodeHandshakeRequest,
-  encodeFlag,
-  encodeHandshakeResponse,
-} from '../datachannel/payloads.js';
-import { ReliableChannel } from '../datachannel/reliable.js';
+  FlagCode,
+  MAX_OUTPUT_PAYLOAD_BYTES,
+  PayloadType,
+  TERMINATE_FLAG_WAIT_MS,
+} from '../datachannel/constants.js';
+import { HandshakeMachine, nodeHandshakeTimer } from '../datachannel/handshake.js';
+import type { ClientMessage } from '../datachannel/message.js';
+import type { ChannelClosed, HandshakeComplete } from '../datachannel/payloads.js';
+import { decodeFlag, encodeFlag } from '../datachannel/payloads.js';
+import { RELIABLE_TICK_MS, ReliableChannel } from '../datachannel/reliable.js';
 import type { ClientModeDecision } from '../datachannel/version.js';
 import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
+import {
+  SMUX_KEEPALIVE_INTERVAL_MS,
+  SMUX_WRITE_FRAME_DATA_BYTES,
+  STREAM_WRITE_BUFFER_BYTES,
+} from '../mux/defaults.js';
 import { SmuxClientSession } from '../mux/session.js';
 import type { SpillStore } from '../mux/spill.js';
 import type { SessionGrant, SsmApi } from '../ssm/types.js';
@@ -83,18 +87,8 @@ export interface TunnelSessionDeps {
   spill?: SpillStore | undefined;
 }
 
-/** Interval of the reliable channel's resend scan, ms (spec §7.3: 50–100 ms). */
-const RESEND_SCAN_INTERVAL_MS = 50;
-/** NOP interval when the agent runs smux keep-alive (spec §9.4), ms; protocol. */
-const SMUX_KEEPALIVE_INTERVAL_MS = 10_000;
-/** How long to wait for the TerminateSession flag's ack or channel_closed before calling the API, ms (spec §9.5). */
-const TERMINATE_FLAG_WAIT_MS = 5_000;
 /** Bounded attempts for retryable StartSession errors (throttling, 5xx, network). */
 const START_SESSION_ATTEMPTS = 6;
-/** smux stream writable buffer, bytes (our default; the send window bounds what is in flight). */
-const STREAM_WRITE_BUFFER_BYTES = 64 * 1024;
-/** Max smux PSH data per frame we write, bytes (reference libraries use 32768). */
-const SMUX_MAX_FRAME_DATA_BYTES = 32_768;
 
 /**
  * One SSM session carrying one forward's connections.
@@ -111,10 +105,10 @@ export class TunnelSession extends EventEmitter {
   private readonly channel: ReliableChannel;
   private smux: SmuxClientSession | undefined;
   private basic: BasicRelay | undefined;
-  private decision: ClientModeDecision | undefined;
+  /** The handshake (spec §6); its decision sets the mode once the request is answered. */
+  private readonly handshake: HandshakeMachine;
   private tickTimer: NodeJS.Timeout | undefined;
   private keepAliveTimer: NodeJS.Timeout | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly abort = new AbortController();
   private openWaiter: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private endReason: SessionEndReason | undefined;
@@ -165,6 +159,16 @@ export class TunnelSession extends EventEmitter {
     super();
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
     this.input = new InputGuard(deps.logger);
+    this.handshake = new HandshakeMachine({
+      clientVersion: tuning.clientVersion,
+      timeoutMs: tuning.handshakeTimeoutMs,
+      send: (payloadType, payload) => this.channel.send(payloadType, payload),
+      onOpen: (decision, complete) => this.onOpen(decision, complete),
+      onFailed: (err) => this.failSoon('handshake-failed', err),
+      onInput: (kind, text) => this.input.note(kind, text),
+      timer: nodeHandshakeTimer,
+      logger: deps.logger,
+    });
     this.channel = new ReliableChannel(
       {
         sendWindowMessages: tuning.sendWindowMessages,
@@ -229,8 +233,9 @@ export class TunnelSession extends EventEmitter {
 
   /** `mux` or `basic` once open. */
   get mode(): 'mux' | 'basic' | undefined {
-    if (!this.decision) return undefined;
-    return this.decision.mux ? 'mux' : 'basic';
+    const decision = this.handshake.decision;
+    if (!decision) return undefined;
+    return decision.mux ? 'mux' : 'basic';
   }
 
   /** The session's branch of the stats tree (`src/stats.ts`): a fresh snapshot per read. */
@@ -301,22 +306,14 @@ export class TunnelSession extends EventEmitter {
     opened.catch(() => undefined);
     this.tickTimer = setInterval(
       () => this.guard('resend scan', () => this.channel.tick()),
-      RESEND_SCAN_INTERVAL_MS,
+      RELIABLE_TICK_MS,
     );
     this.tickTimer.unref();
     try {
       this.setState(SessionState.Connecting);
       await this.connect(this.grant);
       this.setState(SessionState.Handshaking);
-      this.handshakeTimer = setTimeout(() => {
-        this.failSoon(
-          'handshake-failed',
-          new ProtocolError(
-            'PF_ERR_HANDSHAKE',
-            `no handshake from the agent within ${this.tuning.handshakeTimeoutMs} ms`,
-          ),
-        );
-      }, this.tuning.handshakeTimeoutMs);
+      this.handshake.start();
       await opened;
     } catch (err) {
       await this.fail(
@@ -467,10 +464,10 @@ export class TunnelSession extends EventEmitter {
         if (this.basic?.discards(message.sequenceNumber, message.payload.length)) return true;
         return this.deliverOutput(message.payload);
       case PayloadType.HandshakeRequest:
-        this.onHandshakeRequest(message.payload);
+        this.handshake.onRequest(message.payload);
         return true;
       case PayloadType.HandshakeComplete:
-        this.onHandshakeComplete(message.payload);
+        this.handshake.onComplete(message.payload);
         return true;
       case PayloadType.Flag:
         this.onFlag(message.payload);
@@ -499,72 +496,15 @@ export class TunnelSession extends EventEmitter {
   }
 
   /**
-   * The agent's HandshakeRequest (spec §6.1): answer it once. A second one (the agent sends exactly one per
-   * session) is dropped, so open streams, the keep-alive timer and the mode decision stay as they are.
+   * The handshake completed (spec §6.3; `src/datachannel/handshake.ts` decided the mode and drops any later
+   * handshake message): set up smux or basic mode and open the session.
    */
-  private onHandshakeRequest(payload: Buffer): void {
-    if (this.decision !== undefined) {
-      this.input.note('lateHandshakes', 'dropped a HandshakeRequest after the handshake was answered');
-      return;
-    }
-    clearTimeout(this.handshakeTimer);
-    let outcome;
-    try {
-      outcome = answerHandshake(decodeHandshakeRequest(payload), this.tuning.clientVersion);
-    } catch (err) {
-      this.input.note('malformedHandshakes', `malformed HandshakeRequest: ${describeError(err)}`);
-      this.failSoon('handshake-failed', handshakeError('malformed HandshakeRequest', err));
-      return;
-    }
-    this.channel.send(PayloadType.HandshakeResponse, encodeHandshakeResponse(outcome.response));
-    if (outcome.failure) {
-      this.failSoon('handshake-failed', outcome.failure);
-      return;
-    }
-    this.decision = outcome.decision;
-    this.log.debug(
-      `handshake request answered; mode ${this.mode}, agent smux keep-alive ${outcome.decision.smuxKeepAlive}`,
-    );
-    // The agent's HandshakeComplete should follow; bound the wait like the request's.
-    this.handshakeTimer = setTimeout(() => {
-      this.failSoon(
-        'handshake-failed',
-        new ProtocolError('PF_ERR_HANDSHAKE', 'the agent never completed the handshake'),
-      );
-    }, this.tuning.handshakeTimeoutMs);
-  }
-
-  /**
-   * The agent's HandshakeComplete (spec §6.3): sets up smux or basic mode and opens the session, once. One
-   * that does not decode fails the handshake; one after the session is set up is dropped (a second smux
-   * session would orphan every open stream and leak the first one's keep-alive timer).
-   */
-  private onHandshakeComplete(payload: Buffer): void {
-    if (this.smux !== undefined || this.basic !== undefined) {
-      this.input.note('lateHandshakes', 'dropped a HandshakeComplete after the session was open');
-      return;
-    }
-    clearTimeout(this.handshakeTimer);
-    if (!this.decision) {
-      this.failSoon(
-        'handshake-failed',
-        new ProtocolError('PF_ERR_HANDSHAKE', 'HandshakeComplete before HandshakeRequest'),
-      );
-      return;
-    }
-    let complete;
-    try {
-      complete = decodeHandshakeComplete(payload);
-    } catch (err) {
-      this.input.note('malformedHandshakes', `malformed HandshakeComplete: ${describeError(err)}`);
-      this.failSoon('handshake-failed', handshakeError('malformed HandshakeComplete', err));
-      return;
-    }
+  private onOpen(decision: ClientModeDecision, complete: HandshakeComplete): void {
     if (complete.customerMessage) {
       this.log.info(`agent message: ${complete.customerMessage}`);
       this.emit('customerMessage', complete.customerMessage);
     }
-    if (this.decision.mux) this.setUpMux();
+    if (decision.mux) this.setUpMux(decision);
     else this.setUpBasic();
     this.setState(SessionState.Open);
     this.openedAt = performance.now();
@@ -596,14 +536,14 @@ export class TunnelSession extends EventEmitter {
     }
   }
 
-  private setUpMux(): void {
+  private setUpMux(decision: ClientModeDecision): void {
     const smux = new SmuxClientSession(
       {
         streamReceiveBufferBytes: this.tuning.streamReceiveBufferBytes,
         sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
         streamBacklogLimitBytes: this.tuning.streamBacklogLimitBytes,
         streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
-        maxFrameDataBytes: SMUX_MAX_FRAME_DATA_BYTES,
+        maxFrameDataBytes: SMUX_WRITE_FRAME_DATA_BYTES,
       },
       { logger: this.log.child('mux'), spill: this.deps.spill },
     );
@@ -611,7 +551,7 @@ export class TunnelSession extends EventEmitter {
     smux.on('outgoing', () => this.guard('send', () => this.pump()));
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
-    const keepAliveMs = this.decision?.smuxKeepAlive
+    const keepAliveMs = decision.smuxKeepAlive
       ? SMUX_KEEPALIVE_INTERVAL_MS
       : this.forward.keepAlive
         ? this.tuning.keepAliveIntervalMs
@@ -906,7 +846,7 @@ export class TunnelSession extends EventEmitter {
     this.closingReason = reason;
     this.setState(SessionState.Closing);
     let confirmed = false;
-    if (this.decision?.terminateFlag && this.connection?.isOpen) {
+    if (this.handshake.decision?.terminateFlag && this.connection?.isOpen) {
       this.terminateFlagSeq = this.channel.nextSendSequence;
       this.channel.send(PayloadType.Flag, encodeFlag(FlagCode.TerminateSession));
       confirmed = await new Promise<boolean>((resolve) => {
@@ -961,7 +901,7 @@ export class TunnelSession extends EventEmitter {
     this.abort.abort(new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
     clearInterval(this.tickTimer);
     clearInterval(this.keepAliveTimer);
-    clearTimeout(this.handshakeTimer);
+    this.handshake.stop();
     this.openWaiter?.reject(err ?? new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
     this.openWaiter = undefined;
     this.smux?.destroy(new TunnelError('PF_ERR_STREAM_RESET', `session ended (${reason})`));
@@ -977,9 +917,4 @@ export class TunnelSession extends EventEmitter {
   get reason(): SessionEndReason | undefined {
     return this.endReason;
   }
-}
-
-/** A `PF_ERR_HANDSHAKE` error for a handshake payload that did not decode, keeping the decoder's error. */
-function handshakeError(what: string, err: unknown): ProtocolError {
-  return new ProtocolError('PF_ERR_HANDSHAKE', `${what}: ${describeError(err)}`, { cause: err });
 }

@@ -8,8 +8,11 @@ import { ProtocolError } from '../errors.js';
 export const SMUX_VERSION = 1;
 /** Frame header size in bytes (protocol). */
 export const SMUX_HEADER_BYTES = 8;
-/** Largest PSH data length the u16 length field allows (protocol). Readers must accept it. */
-export const SMUX_MAX_FRAME_DATA_BYTES = 65535;
+/**
+ * Largest PSH data length the u16 length field allows, bytes (protocol). Readers must accept it; what we
+ * write is our own, smaller default (`SMUX_WRITE_FRAME_DATA_BYTES`, `src/mux/defaults.ts`).
+ */
+export const SMUX_FRAME_DATA_LIMIT_BYTES = 65535;
 
 /** smux commands (xtaci/smux `frame.go`). */
 export const SmuxCommand = {
@@ -65,7 +68,7 @@ export function writeFrameHeader(
  * @throws ProtocolError `PF_ERR_SMUX_FRAME` for data over 65535 bytes, data on a non-PSH frame or a bad sid.
  */
 export function encodeFrame(cmd: SmuxCommand, sid: number, data: Buffer = EMPTY): Buffer {
-  if (data.length > SMUX_MAX_FRAME_DATA_BYTES) {
+  if (data.length > SMUX_FRAME_DATA_LIMIT_BYTES) {
     throw new ProtocolError('PF_ERR_SMUX_FRAME', `smux frame data of ${data.length} bytes exceeds 65535`);
   }
   if (data.length > 0 && cmd !== SmuxCommand.PSH) {

@@ -33,12 +33,13 @@ import { EventEmitter } from 'node:events';
 import { ConfigError, ProtocolError, TunnelError } from '../errors.js';
 import {
   SMUX_HEADER_BYTES,
-  SMUX_MAX_FRAME_DATA_BYTES,
+  SMUX_FRAME_DATA_LIMIT_BYTES,
   SmuxCommand,
   SmuxFrameDecoder,
   describeFrame,
   writeFrameHeader,
 } from './frame.js';
+import { STREAM_READABLE_HIGH_WATER_BYTES } from './defaults.js';
 import { StreamReceiveQueue } from './receive-queue.js';
 import type { ReceiveMemory } from './receive-queue.js';
 import type { SpillStore } from './spill.js';
@@ -61,9 +62,12 @@ export interface SmuxSessionOptions {
    * (default 512 MiB, passed in; ≥ `streamReceiveBufferBytes`).
    */
   streamBacklogLimitBytes: number;
-  /** Writable highWaterMark of each stream, bytes (pass e.g. 64 KiB). */
+  /** Writable highWaterMark of each stream, bytes (default `STREAM_WRITE_BUFFER_BYTES`, `src/mux/defaults.ts`). */
   streamWriteBufferBytes: number;
-  /** Max PSH data bytes per frame when serialising (≤ 65535; pass e.g. 32768). */
+  /**
+   * Max PSH data bytes per frame when serialising (≤ `SMUX_FRAME_DATA_LIMIT_BYTES`; default
+   * `SMUX_WRITE_FRAME_DATA_BYTES`, `src/mux/defaults.ts`).
+   */
   maxFrameDataBytes: number;
 }
 
@@ -120,12 +124,6 @@ export interface SmuxSessionDeps {
   /** Daemon-wide spill store for slow readers; undefined = memory only (a stream is reset when it is full). */
   spill?: SpillStore | undefined;
 }
-
-/**
- * Readable highWaterMark of each stream, bytes (our default): what Node itself buffers before `push()` says
- * stop; everything beyond waits in the stream's {@link StreamReceiveQueue}.
- */
-export const STREAM_READABLE_HIGH_WATER_BYTES = 64 * 1024;
 
 /** First client stream id: the counter starts at 1 and is incremented by 2 before use (spec §9.4). */
 const SMUX_FIRST_STREAM_ID = 3;
@@ -232,10 +230,10 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
         throw new ConfigError('PF_ERR_CONFIG', `smux ${key} must be a positive integer, got ${value}`);
       }
     }
-    if (options.maxFrameDataBytes > SMUX_MAX_FRAME_DATA_BYTES) {
+    if (options.maxFrameDataBytes > SMUX_FRAME_DATA_LIMIT_BYTES) {
       throw new ConfigError(
         'PF_ERR_CONFIG',
-        `smux maxFrameDataBytes must be at most ${SMUX_MAX_FRAME_DATA_BYTES}, got ${options.maxFrameDataBytes}`,
+        `smux maxFrameDataBytes must be at most ${SMUX_FRAME_DATA_LIMIT_BYTES}, got ${options.maxFrameDataBytes}`,
       );
     }
     this.options = Object.freeze({ ...options });

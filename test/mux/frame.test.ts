@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { ProtocolError } from '../../src/errors.js';
 import {
   SMUX_HEADER_BYTES,
-  SMUX_MAX_FRAME_DATA_BYTES,
+  SMUX_FRAME_DATA_LIMIT_BYTES,
   SmuxCommand,
   SmuxFrameDecoder,
   describeFrame,
@@ -93,9 +93,9 @@ test('the length field of SYN, FIN and NOP is ignored, as in xtaci/smux', (t) =>
 });
 
 test('a 65535-byte PSH (largest the u16 allows) round-trips; 65536 is refused by the encoder', (t) => {
-  const data = Buffer.alloc(SMUX_MAX_FRAME_DATA_BYTES, 0x5a);
+  const data = Buffer.alloc(SMUX_FRAME_DATA_LIMIT_BYTES, 0x5a);
   const frame = encodeFrame(SmuxCommand.PSH, 7, data);
-  t.is(frame.length, SMUX_HEADER_BYTES + SMUX_MAX_FRAME_DATA_BYTES);
+  t.is(frame.length, SMUX_HEADER_BYTES + SMUX_FRAME_DATA_LIMIT_BYTES);
   const decoded = new SmuxFrameDecoder().push(frame);
   t.true(decoded[0]?.data.equals(data));
   const err = t.throws(() => encodeFrame(SmuxCommand.PSH, 7, Buffer.alloc(65536)), {

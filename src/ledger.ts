@@ -22,8 +22,8 @@ import { readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { homedir } from 'node:os';
-import { describeError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { describeError } from './errors.js';
+import type { Logger } from './log.js';
 
 /** One open session as recorded. */
 export interface LedgerEntry {

@@ -7,15 +7,15 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, readdir, stat, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DaemonConfig } from '../../src/config/types.js';
-import { defaultLog, defaultTuning } from '../../src/config/types.js';
-import { Daemon } from '../../src/daemon.js';
-import { startEmulator } from '../../src/emulator/index.js';
-import { SessionLedger, readBootId, readStartTicks } from '../../src/forward/ledger.js';
-import type { LedgerEntry } from '../../src/forward/ledger.js';
-import { silentLogger } from '../../src/log.js';
-import { echoExchange, startEchoServer } from '../helpers/net.js';
-import { emulatorSsm, forwardConfig } from './fixtures.js';
+import type { DaemonConfig } from '../src/config/types.js';
+import { defaultLog, defaultTuning } from '../src/config/types.js';
+import { Daemon } from '../src/daemon.js';
+import { startEmulator } from '../src/emulator/index.js';
+import { SessionLedger, readBootId, readStartTicks } from '../src/ledger.js';
+import type { LedgerEntry } from '../src/ledger.js';
+import { silentLogger } from '../src/log.js';
+import { echoExchange, startEchoServer } from './helpers/net.js';
+import { emulatorSsm, forwardConfig } from './forward/fixtures.js';
 
 /** A pid that certainly belonged to a process that has exited. */
 function deadPid(): number {
