@@ -7,7 +7,8 @@
  * - `pf-daemon [flags]`: run the forwards until SIGTERM/SIGINT; SIGHUP reloads the config file;
  * - `pf-daemon check-config [FILE]`: validate and summarise, exit 0 (valid) or 2 (invalid);
  * - `pf-daemon status [--json] [--watch]`: ask the running daemon over its control socket, exit 0 or 1;
- * - `pf-daemon emulator …`: the local SSM emulator, registered by `emulator/cli.ts`.
+ * - `pf-daemon emulator …`: the local SSM emulator; its arguments go to the emulator's own entry point
+ *   (`src/emulator/cli.ts`, also the `pf-emulator` binary), loaded at run time.
  *
  * Exit codes: 0 success, 1 fatal run-time error (start-up failed, stop failed), 2 bad flags or config.
  * Errors are one line on stderr: `pf-daemon: error: <message naming the fix>`.
@@ -22,7 +23,6 @@ import { CONFIG_ENV, readConfigFile, resolveConfigPath } from './config/load.js'
 import type { DaemonConfig, ForwardConfig } from './config/types.js';
 import { didYouMean, verifyConfig } from './config/verify.js';
 import { Daemon } from './daemon.js';
-import { EMULATOR_OPTIONS, registerEmulatorCommand } from './emulator/cli.js';
 import type { DaemonDeps, SsmLocation } from './daemon.js';
 import { defaultLedgerDir } from './ledger.js';
 import { ConfigError, describeError, isPfError } from './errors.js';
@@ -364,8 +364,8 @@ function daemonOptions<T>(y: Argv<T>): Argv<T> {
 
 /**
  * Build the yargs parser (no process access: output comes back through the parse callback). The daemon's
- * flags belong to the default command and check-config only, so `emulator --help` lists the emulator's own
- * options and the emulator rejects daemon flags.
+ * flags belong to the default command and check-config only. `emulator …` never reaches this parser: main()
+ * hands it to the emulator's own entry point, which lists only its options and names daemon flags as such.
  */
 function buildParser(columns: number | undefined): Argv {
   const y = yargs()
@@ -422,7 +422,56 @@ function buildParser(columns: number | undefined): Argv {
     .showHelpOnFail(false)
     .exitProcess(false)
     .wrap(Math.min(HELP_MAX_COLUMNS, columns || HELP_DEFAULT_COLUMNS));
-  return registerEmulatorCommand(y);
+  // Declared for --help and the list of commands only: main() hands `emulator …` over before parsing.
+  return y.command('emulator', `Run the built-in SSM emulator on 127.0.0.1; see ${PROGRAM} emulator --help`);
+}
+
+/**
+ * The emulator's entry module, relative to this file. A path resolved at run time, not an import: product code
+ * has no import of the emulator (docs/architecture.md, import rules; `test/architecture.test.ts`).
+ */
+const EMULATOR_ENTRY = './emulator/cli.js';
+
+/** What `pf-daemon emulator` needs from {@link EMULATOR_ENTRY} (its `emulatorMain`). */
+interface EmulatorEntry {
+  emulatorMain(
+    argv: readonly string[],
+    io: { stdout: MainIo['stdout']; stderr: MainIo['stderr']; columns?: number },
+    options: {
+      program: string;
+      errorPrefix: string;
+      version: string;
+      foreignFlags: { names: readonly string[]; owner: string };
+      suggest: (name: string, known: readonly string[]) => string | undefined;
+    },
+  ): Promise<number>;
+}
+
+function isEmulatorEntry(value: unknown): value is EmulatorEntry {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as { emulatorMain?: unknown }).emulatorMain === 'function'
+  );
+}
+
+/** `pf-daemon emulator …`: load the emulator's entry point and hand it the arguments after `emulator`. */
+async function runEmulator(argv: readonly string[], io: MainIo): Promise<number> {
+  const entry: unknown = await import(new URL(EMULATOR_ENTRY, import.meta.url).href);
+  if (!isEmulatorEntry(entry)) {
+    throw new TypeError(`${EMULATOR_ENTRY} does not export emulatorMain; reinstall pf-daemon`);
+  }
+  return entry.emulatorMain(
+    argv,
+    { stdout: io.stdout, stderr: io.stderr, columns: io.columns ?? process.stdout.columns },
+    {
+      program: `${PROGRAM} emulator`,
+      errorPrefix: PROGRAM,
+      version: packageVersion(),
+      foreignFlags: { names: Object.keys(OPTIONS), owner: 'a daemon option' },
+      suggest: didYouMean,
+    },
+  );
 }
 
 /** Turn yargs' error text into one line naming the fix; `positionals` tell a command from a flag. */
@@ -435,13 +484,10 @@ function usageMessage(message: string, positionals: readonly (string | number)[]
       const hint = didYouMean(word, COMMANDS);
       return `unknown command "${word}"${hint ? ` (did you mean ${hint}?)` : ''}: the commands are ${COMMANDS.join(', ')}, or none to run the forwards; see ${PROGRAM} --help`;
     }
-    const emulator = word === 'emulator';
-    const known = Object.keys(emulator ? EMULATOR_OPTIONS : OPTIONS);
-    const daemonOnly = new Set(Object.keys(OPTIONS).filter((k) => !known.includes(k)));
-    const help = emulator ? `${PROGRAM} emulator --help` : `${PROGRAM} --help`;
+    const known = Object.keys(OPTIONS);
+    const help = `${PROGRAM} --help`;
     const parts = names.map((name) => {
       const flag = name.length === 1 ? `-${name}` : `--${name}`;
-      if (emulator && daemonOnly.has(name)) return `${flag} (a daemon option, not the emulator's)`;
       const hint = didYouMean(name, known);
       return hint ? `${flag} (did you mean --${hint}?)` : flag;
     });
@@ -773,6 +819,13 @@ export async function main(argv: readonly string[], io?: MainIo): Promise<number
     return isPfError(err) && err.domain !== 'config' ? EXIT_FAILURE : EXIT_USAGE;
   };
 
+  if (argv[0] === 'emulator') {
+    try {
+      return await runEmulator(argv.slice(1), ioReal);
+    } catch (err) {
+      return fail(err);
+    }
+  }
   let parsed: { err: Error | undefined; argv: Args; output: string } | undefined;
   try {
     const parser = buildParser(ioReal.columns ?? process.stdout.columns);
@@ -794,7 +847,6 @@ export async function main(argv: readonly string[], io?: MainIo): Promise<number
   }
   const args = parsed.argv;
   const command = args._[0];
-  if (command === 'emulator') return EXIT_OK;
   const flags = flagValues(args);
   try {
     const discover = (flag: string | undefined): string | undefined =>

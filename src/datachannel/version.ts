@@ -1,6 +1,7 @@
 /**
- * Version comparisons that decide port-forwarding mode (spec §3.3). Both ends decide independently,
- * so the client rule (ours) and the agent rule (the emulator's) are implemented exactly, quirks included.
+ * The client's version rule that decides port-forwarding mode (spec §3.3, client column), quirks included.
+ * The agent decides independently by its own rule; the emulator implements that one itself
+ * (`src/emulator/version.ts`) so a mistake here is caught by it rather than mirrored.
  */
 import { LOCAL_PORT_FORWARDING, VersionThreshold } from './constants.js';
 
@@ -41,77 +42,5 @@ export function clientModeFor(agentVersion: string, type: string): ClientModeDec
       type === LOCAL_PORT_FORWARDING && clientVersionGreater(agentVersion, VersionThreshold.AGENT_MUX_ABOVE),
     smuxKeepAlive: !clientVersionGreater(agentVersion, VersionThreshold.AGENT_KEEPALIVE_OFF_ABOVE),
     terminateFlag: clientVersionGreater(agentVersion, VersionThreshold.AGENT_TERMINATE_FLAG_ABOVE),
-  };
-}
-
-const SEMVER =
-  /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$/;
-
-function compareIdentifiers(a: string, b: string): number {
-  const an = /^\d+$/.test(a);
-  const bn = /^\d+$/.test(b);
-  if (an && bn) return Math.sign(Number(a) - Number(b));
-  if (an) return -1;
-  if (bn) return 1;
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function compareSemver(a: RegExpExecArray, b: RegExpExecArray): number {
-  for (let i = 1; i <= 3; i++) {
-    const d = Math.sign(Number(a[i]) - Number(b[i]));
-    if (d !== 0) return d;
-  }
-  const pa = a[4];
-  const pb = b[4];
-  if (pa === undefined && pb === undefined) return 0;
-  if (pa === undefined) return 1;
-  if (pb === undefined) return -1;
-  const xa = pa.split('.');
-  const xb = pb.split('.');
-  for (let i = 0; i < Math.min(xa.length, xb.length); i++) {
-    const d = compareIdentifiers(xa[i] as string, xb[i] as string);
-    if (d !== 0) return d;
-  }
-  return Math.sign(xa.length - xb.length);
-}
-
-/**
- * Reference agent rule: semver order when both parse as semver; otherwise component by component,
- * numeric when both are integers, else string order; more components wins a tie. Empty sorts lowest.
- * Returns -1, 0 or 1.
- */
-export function agentCompareVersions(a: string, b: string): number {
-  if (a === b) return 0;
-  if (a === '') return -1;
-  if (b === '') return 1;
-  const sa = SEMVER.exec(a);
-  const sb = SEMVER.exec(b);
-  if (sa && sb) return compareSemver(sa, sb);
-  const xa = a.split('.');
-  const xb = b.split('.');
-  for (let i = 0; i < Math.min(xa.length, xb.length); i++) {
-    const ca = xa[i] as string;
-    const cb = xb[i] as string;
-    const na = /^\d+$/.test(ca);
-    const nb = /^\d+$/.test(cb);
-    const d = na && nb ? Math.sign(Number(ca) - Number(cb)) : ca < cb ? -1 : ca > cb ? 1 : 0;
-    if (d !== 0) return d;
-  }
-  return Math.sign(xa.length - xb.length);
-}
-
-/** The decisions the agent takes from the client's version (spec §3.3, agent column). */
-export interface AgentModeDecision {
-  mux: boolean;
-  smuxKeepAlive: boolean;
-}
-
-/** Agent-side decisions from the HandshakeResponse's ClientVersion and the document's `type`. */
-export function agentModeFor(clientVersion: string, type: string): AgentModeDecision {
-  return {
-    mux:
-      type === LOCAL_PORT_FORWARDING &&
-      agentCompareVersions(clientVersion, VersionThreshold.CLIENT_MUX_AT_LEAST) >= 0,
-    smuxKeepAlive: agentCompareVersions(clientVersion, VersionThreshold.CLIENT_KEEPALIVE_OFF_ABOVE) <= 0,
   };
 }

@@ -28,7 +28,7 @@ import {
 } from '../datachannel/payloads.js';
 import type { RequestedClientAction } from '../datachannel/payloads.js';
 import { ActionStatus, FlagCode, MessageType, PayloadType } from '../datachannel/constants.js';
-import { agentModeFor, clientModeFor } from '../datachannel/version.js';
+import { agentCapabilities, agentModeFor } from './version.js';
 import { AGENT_RELIABILITY, AgentReliability } from './agent-reliability.js';
 import type { DeliveryResult } from './agent-reliability.js';
 import { BasicPort } from './agent-basic.js';
@@ -41,9 +41,9 @@ import type { InjectedMessage } from './faults.js';
  * Mode decisions of an agent that advertises `agentVersion`, from the HandshakeResponse's ClientVersion (spec §3.3).
  * The agent rule alone describes a current agent; an older one lacks the features the client-side thresholds stand
  * for: agents at or below 3.0.196.0 have no mux mode at all, and agents at or below 3.1.1511.0 always run smux
- * keep-alive. The agent's own version is judged with the client's comparison, so the emulated agent and a client
- * following §3.3 agree on every AgentVersion (the real plugin in basic mode against `agentVersion: '3.0.196.0'`
- * otherwise met a mux agent and the session died on its first byte).
+ * keep-alive ({@link agentCapabilities}, the emulator's own reading of spec §3.3, judged by the agent's comparison;
+ * for the four-part numeric versions agents report it agrees with the client's). Without it the real plugin in
+ * basic mode against `agentVersion: '3.0.196.0'` met a mux agent and the session died on its first byte.
  */
 export function emulatedAgentModeFor(
   agentVersion: string,
@@ -51,8 +51,11 @@ export function emulatedAgentModeFor(
   type: string,
 ): { mux: boolean; smuxKeepAlive: boolean } {
   const byClient = agentModeFor(clientVersion, type);
-  const capable = clientModeFor(agentVersion, type);
-  return { mux: byClient.mux && capable.mux, smuxKeepAlive: byClient.smuxKeepAlive || capable.smuxKeepAlive };
+  const capable = agentCapabilities(agentVersion);
+  return {
+    mux: byClient.mux && capable.mux,
+    smuxKeepAlive: byClient.smuxKeepAlive || capable.keepAliveAlwaysOn,
+  };
 }
 
 /** Behaviour knobs of one emulated agent (spec §12.2). The service resolves defaults; nothing here is optional except `smuxKeepAlive`. */

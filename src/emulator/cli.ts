@@ -1,12 +1,16 @@
+#!/usr/bin/env node
 /**
- * `pf-daemon emulator`: run the built-in SSM emulator (API + message gateway + agent) on loopback until
- * SIGINT/SIGTERM. One yargs options table (docs/architecture.md, Conventions); the flags map onto
- * {@link EmulatorOptions} and the initial {@link FaultConfig}, and the CLI owns no defaults: unset flags leave
- * the emulator's defaults.
+ * The emulator's own entry point (`pf-emulator`, and `pf-daemon emulator`, which hands its arguments to
+ * {@link emulatorMain} through a run-time import so the daemon has no import of the emulator): run the
+ * built-in SSM emulator (API + message gateway + agent) on loopback until SIGINT/SIGTERM. One yargs options
+ * table (docs/architecture.md, Conventions); the flags map onto {@link EmulatorOptions} and the initial
+ * {@link FaultConfig}, and the CLI owns no defaults: unset flags leave the emulator's defaults.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
 import type { Argv } from 'yargs';
-import { ConfigError } from '../errors.js';
+import { ConfigError, describeError, isPfError } from '../errors.js';
 import { createLogger } from '../log.js';
 import type { LogLevel } from '../log.js';
 import type { CustomDocument } from './api.js';
@@ -339,33 +343,162 @@ export async function runEmulatorCommand(args: EmulatorArgs, io: EmulatorCommand
   return emulator;
 }
 
-/** Declare the command's options and examples on a yargs instance (the `emulator` command's builder). */
+/** Declare the emulator's options and examples on a yargs instance. */
 export function emulatorCommandBuilder<T>(y: Argv<T>): Argv<T> {
   return y
     .options(EMULATOR_OPTIONS)
-    .example('$0 emulator --port 4566 --host-map db.internal=127.0.0.1', 'fixed port, ToRemoteHost mapping')
+    .example('$0 --port 4566 --host-map db.internal=127.0.0.1', 'fixed port, ToRemoteHost mapping')
     .example(
-      '$0 emulator --instance i-0123456789abcdef0,Name=web-1',
+      '$0 --instance i-0123456789abcdef0,Name=web-1',
       'an instance the target web-1 finds (by its Name tag)',
     )
     .example(
-      '$0 emulator --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
+      '$0 --drop-rate 0.02 --drop-websocket-every-ms 30000 --seed 7',
       'lossy, flaky link',
     ) as unknown as Argv<T>;
 }
 
-/** Add the `emulator` command to a yargs instance (wired into `src/cli.ts`). */
-export function registerEmulatorCommand<T>(y: Argv<T>): Argv<T> {
-  return y.command(
-    'emulator',
-    'run the built-in SSM emulator (API, message gateway and agent) on 127.0.0.1',
-    (yy) => emulatorCommandBuilder(yy),
-    async (argv) => {
-      await runEmulatorCommand(argv as EmulatorArgs, {
-        write: (line) => process.stdout.write(line),
-        stopSignal: processStopSignal(),
-      });
-      process.exitCode = 0;
+/** Exit codes of {@link emulatorMain}, the same as the daemon's (`src/cli.ts`). */
+export const EmulatorExit = {
+  /** Ran and stopped on a signal, or printed help. */
+  Ok: 0,
+  /** Failed at run time (the port was taken, …). */
+  Failure: 1,
+  /** Bad flags. */
+  Usage: 2,
+} as const;
+
+/** Streams and hooks of {@link emulatorMain} (injected for tests). */
+export interface EmulatorMainIo {
+  /** The endpoint line and help. */
+  stdout: { write(text: string): unknown };
+  /** The one error line. */
+  stderr: { write(text: string): unknown };
+  /** Terminal width for --help, columns. */
+  columns?: number;
+  /** Resolves when the emulator should stop. Default: the first SIGINT or SIGTERM. */
+  stopSignal?: Promise<string>;
+}
+
+/** How {@link emulatorMain} presents itself. */
+export interface EmulatorMainOptions {
+  /** The command as the user typed it, for usage and `see … --help`: `pf-emulator` or `pf-daemon emulator`. */
+  program: string;
+  /** Prefix of the error line, e.g. `pf-daemon` (`pf-daemon: error: …`). Default {@link program}. */
+  errorPrefix?: string;
+  /** `--version` output; without it `--version` is an unknown option. */
+  version?: string;
+  /**
+   * Flags of the program that handed over to the emulator, so a misplaced one is named as such, e.g.
+   * `{ names: ['target', …], owner: 'a daemon option' }` → `--target (a daemon option, not the emulator's)`.
+   */
+  foreignFlags?: { names: readonly string[]; owner: string };
+  /** Closest known flag to a misspelt one, for "did you mean"; none without it. */
+  suggest?: (name: string, known: readonly string[]) => string | undefined;
+}
+
+/** yargs' error text as one line naming the fix. */
+function emulatorUsageMessage(message: string, options: EmulatorMainOptions): string {
+  const help = `${options.program} --help`;
+  const unknown = /^Unknown arguments?: (.+)$/.exec(message);
+  if (unknown?.[1]) {
+    const known = Object.keys(EMULATOR_OPTIONS);
+    const foreign = new Set((options.foreignFlags?.names ?? []).filter((name) => !known.includes(name)));
+    const parts = unknown[1].split(', ').map((name) => {
+      const flag = name.length === 1 ? `-${name}` : `--${name}`;
+      if (foreign.has(name)) return `${flag} (${options.foreignFlags?.owner}, not the emulator's)`;
+      const hint = options.suggest?.(name, known);
+      return hint ? `${flag} (did you mean --${hint}?)` : flag;
+    });
+    return `unknown option ${parts.join(', ')}: see ${help}`;
+  }
+  const missing = /^Not enough arguments following: (.+)$/.exec(message);
+  if (missing?.[1]) return `--${missing[1]} needs a value: see ${help}`;
+  return `${message.replace(/\s+/g, ' ').trim()}: see ${help}`;
+}
+
+/**
+ * Run the emulator command line: parse `argv` (the arguments after the program, or after `pf-daemon
+ * emulator`), start the emulator, print the endpoint line and serve until the stop signal.
+ *
+ * @returns the exit code ({@link EmulatorExit}): 0 after a clean stop or help, 1 on a run-time failure, 2 on
+ *   bad flags (one error line naming the fix)
+ */
+export async function emulatorMain(
+  argv: readonly string[],
+  io: EmulatorMainIo,
+  options: EmulatorMainOptions,
+): Promise<number> {
+  const prefix = options.errorPrefix ?? options.program;
+  const fail = (code: number, text: string): number => {
+    io.stderr.write(`${prefix}: error: ${text.replace(/\s*\n\s*/g, ' ')}\n`);
+    return code;
+  };
+  const parser = emulatorCommandBuilder(
+    yargs()
+      .scriptName(options.program)
+      .usage('$0 [options]\n\nRun the built-in SSM emulator (API, message gateway and agent) on 127.0.0.1.'),
+  )
+    .strict()
+    .help()
+    .alias('help', 'h')
+    .showHelpOnFail(false)
+    .exitProcess(false)
+    .wrap(Math.min(EMULATOR_HELP_MAX_COLUMNS, io.columns || EMULATOR_HELP_DEFAULT_COLUMNS));
+  if (options.version === undefined) parser.version(false);
+  else parser.version(options.version);
+  let parsed: { err: Error | undefined; args: EmulatorArgs; output: string } | undefined;
+  await parser.parse([...argv], {}, (err: Error | undefined, args: unknown, output: string) => {
+    parsed = { err: err ?? undefined, args: args as EmulatorArgs, output };
+  });
+  if (!parsed) return EmulatorExit.Ok;
+  if (parsed.err) return fail(EmulatorExit.Usage, emulatorUsageMessage(parsed.err.message, options));
+  if (parsed.output) {
+    io.stdout.write(`${parsed.output}\n`);
+    return EmulatorExit.Ok;
+  }
+  try {
+    await runEmulatorCommand(parsed.args, {
+      write: (line) => io.stdout.write(line),
+      stopSignal: io.stopSignal ?? processStopSignal(),
+    });
+    return EmulatorExit.Ok;
+  } catch (err) {
+    const text = isPfError(err) ? describeError(err) : err instanceof Error ? err.message : String(err);
+    return fail(isPfError(err) && err.domain === 'config' ? EmulatorExit.Usage : EmulatorExit.Failure, text);
+  }
+}
+
+/** Help is wrapped at the terminal width, but never wider than this, columns. */
+const EMULATOR_HELP_MAX_COLUMNS = 120;
+/** Help width when the output is not a terminal, columns. */
+const EMULATOR_HELP_DEFAULT_COLUMNS = 100;
+
+/** True when this module is the process entry point (`pf-emulator`, also through an npm bin symlink). */
+function isEntryPoint(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  emulatorMain(
+    process.argv.slice(2),
+    { stdout: process.stdout, stderr: process.stderr, columns: process.stdout.columns },
+    {
+      program: 'pf-emulator',
+    },
+  ).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`pf-emulator: error: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = EmulatorExit.Failure;
     },
   );
 }

@@ -10,7 +10,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
-import { agentCompareVersions } from '../datachannel/version.js';
+import { agentCompareVersions } from './version.js';
 
 /** First agent version with the denylist. */
 export const DENYLIST_SINCE_AGENT_VERSION = '3.3.4851.0';

@@ -5,7 +5,7 @@ import {
   emulatorOptionsFromArgs,
   endpointLine,
   emulatorCommandBuilder,
-  registerEmulatorCommand,
+  emulatorMain,
   runEmulatorCommand,
 } from '../../src/emulator/cli.js';
 import type { EmulatorArgs } from '../../src/emulator/cli.js';
@@ -97,14 +97,31 @@ test('runEmulatorCommand prints the endpoint line, serves until the stop signal,
   );
 });
 
-test('registerEmulatorCommand adds the emulator command with its options to the help', async (t) => {
-  let help = '';
-  await registerEmulatorCommand(yargs())
-    .exitProcess(false)
-    .parseAsync(['emulator', '--help'], {}, (_err, _argv, output) => {
-      help = output;
-    });
-  t.regex(help, /--drop-websocket-every-ms/);
-  t.regex(help, /--host-map/);
-  t.regex(help, /--throttle-start/);
+test('emulatorMain --help lists the emulator options under the name it was started as', async (t) => {
+  let out = '';
+  let err = '';
+  const io = {
+    stdout: { write: (text: string) => (out += text) },
+    stderr: { write: (text: string) => (err += text) },
+  };
+  t.is(await emulatorMain(['--help'], io, { program: 'pf-emulator' }), 0);
+  t.regex(out, /--drop-websocket-every-ms/);
+  t.regex(out, /--host-map/);
+  t.regex(out, /--throttle-start/);
+  t.regex(out, /pf-emulator --port 4566/);
+  t.is(err, '');
+});
+
+test('emulatorMain: bad flags are one error line naming the fix, exit 2', async (t) => {
+  for (const [argv, pattern] of [
+    [['--prot', '1'], /^pf-emulator: error: unknown option --prot: see pf-emulator --help\n$/],
+    [['--port', 'abc'], /^pf-emulator: error: --port needs a number, e\.g\. --port 4566/],
+    [['--drop-rate', '2'], /^pf-emulator: error: --drop-rate 2: expected a probability from 0 to 1/],
+  ] as const) {
+    let err = '';
+    const io = { stdout: { write: () => true }, stderr: { write: (text: string) => (err += text) } };
+    t.is(await emulatorMain([...argv], io, { program: 'pf-emulator' }), 2, argv.join(' '));
+    t.regex(err, pattern);
+    t.is(err.split('\n').length, 2, err);
+  }
 });

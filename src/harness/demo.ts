@@ -2,13 +2,16 @@
  * `npm run demo`: the real daemon (the `pf-daemon` CLI, as a separate process) forwarding a local port
  * through the built-in SSM emulator to a small HTTP service, with real traffic, then a clean shutdown.
  * No AWS account is involved: the daemon talks to the emulator's endpoint with throwaway credentials.
+ *
+ * A harness, not product code: `src/harness/` is the one place outside `src/emulator/` allowed to import the
+ * emulator (docs/architecture.md, import rules).
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { startEmulator } from './emulator/index.js';
+import { startEmulator } from '../emulator/index.js';
 
 const TARGET = 'i-0123456789abcdef0';
 /** The Name tag of {@link TARGET} in the emulator's inventory: the daemon finds the instance by it. */
@@ -68,7 +71,7 @@ async function main(): Promise<number> {
     `1. SSM emulator at ${emulator.endpoint} with instance ${TARGET} (Name=${TARGET_NAME}); HTTP service on 127.0.0.1:${servicePort} (the "remote" port)`,
   );
 
-  const cli = fileURLToPath(new URL('./cli.js', import.meta.url));
+  const cli = fileURLToPath(new URL('../cli.js', import.meta.url));
   const args = [cli, '--target', TARGET_NAME, '--port', String(servicePort), '--local-port', '0'];
   args.push('--endpoint', emulator.endpoint, '--region', 'us-east-1', '--log-format', 'plain', '--eager');
   say(`2. starting the daemon: pf-daemon ${args.slice(1).join(' ')}`);
