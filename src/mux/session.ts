@@ -18,11 +18,9 @@
  *   last chunk.
  *
  * Choices:
- * - PSH frames are cut when pulled, never longer than `maxFrameDataBytes` nor than the space left in the pull,
- *   so each pull normally holds whole frames and streams alternate frame by frame (round-robin) even inside
- *   one 1 KiB data-channel payload. Only when the next frame cannot fit and nothing was written yet (a pull
- *   smaller than a header) is a frame split across pulls; a pull may therefore come back a few bytes short of
- *   `maxBytes` rather than end in a header fragment.
+ * - The order of outgoing frames (NOP first, streams round-robin one frame per turn, PSH cut when pulled) is
+ *   the send scheduler's, `src/mux/scheduler.ts`; a pull may come back a few bytes short of `maxBytes` rather
+ *   than end in a header fragment.
  * - FIN after the agent's FIN is skipped: the agent forgets a stream when it sends FIN, so ours would only be
  *   dropped as unknown. A FIN already (partly) pulled is of course completed.
  * - Data written after the agent's FIN is discarded with a successful callback (like writing into a TCP
@@ -31,16 +29,11 @@
  */
 import { EventEmitter } from 'node:events';
 import { ConfigError, ProtocolError, TunnelError } from '../errors.js';
-import {
-  SMUX_HEADER_BYTES,
-  SMUX_FRAME_DATA_LIMIT_BYTES,
-  SmuxCommand,
-  SmuxFrameDecoder,
-  describeFrame,
-  writeFrameHeader,
-} from './frame.js';
+import { SMUX_FRAME_DATA_LIMIT_BYTES, SmuxCommand, SmuxFrameDecoder, describeFrame } from './frame.js';
 import { STREAM_READABLE_HIGH_WATER_BYTES } from './defaults.js';
 import { StreamReceiveQueue } from './receive-queue.js';
+import { FinState, SmuxSendScheduler } from './scheduler.js';
+import type { OutgoingStream } from './scheduler.js';
 import type { ReceiveMemory } from './receive-queue.js';
 import type { SpillStore } from './spill.js';
 import { SmuxStream } from './stream.js';
@@ -130,49 +123,18 @@ const SMUX_FIRST_STREAM_ID = 3;
 /** Largest stream id the u32 sid field holds (protocol). */
 const SMUX_MAX_STREAM_ID = 0xffffffff;
 
-/** Outgoing state of a FIN frame for one stream. */
-enum FinState {
-  /** Not requested. */
-  None,
-  /** Requested (local `end()` or destroy) and not yet pulled. */
-  Queued,
-  /** At least its first byte was pulled. */
-  Sent,
-}
-
 /** What the session knows about one open stream. */
 interface StreamEntry {
   readonly id: number;
   readonly stream: SmuxStream;
-  /** SYN not yet pulled; once false the agent knows (or will know) the stream. */
-  synPending: boolean;
-  /** In-flight write batch of the stream, not yet fully cut into frames. */
-  batch: Buffer[] | undefined;
-  /** Index in `batch` of the next chunk to cut. */
-  batchIndex: number;
-  /** Bytes of `batch[batchIndex]` already cut into frames. */
-  batchOffset: number;
-  /** Bytes of `batch` not yet cut into frames. */
-  batchRemaining: number;
-  /** Write callback of `batch`, or of the batch whose last frame is still being split across pulls. */
-  writeCallback: SmuxWriteCallback | undefined;
-  fin: FinState;
-  /** `_final` callback waiting for FIN to be pulled. */
-  finCallback: SmuxWriteCallback | undefined;
+  /** The stream's send side, in the scheduler's queue. */
+  readonly send: OutgoingStream;
   /** FIN received from the agent. */
   remoteFin: boolean;
   /** Removed from the session map; frames for it are dropped. */
   forgotten: boolean;
   /** Bytes received and not yet taken by the local reader. */
   readonly queue: StreamReceiveQueue;
-}
-
-/** A frame cut across pulls: its serialised bytes and what completes when the last byte leaves. */
-interface SplitFrame {
-  readonly bytes: Buffer;
-  offset: number;
-  readonly entry: StreamEntry | undefined;
-  readonly completes: 'write' | 'fin' | undefined;
 }
 
 /**
@@ -185,30 +147,19 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private readonly logger: Logger;
   private readonly decoder = new SmuxFrameDecoder();
   private readonly streams = new Map<number, StreamEntry>();
-  /** Streams with frames to send, in round-robin order (Set keeps insertion order; re-adding moves to the tail). */
-  private readonly ready = new Set<StreamEntry>();
+  /** The frames to send and their order (`src/mux/scheduler.ts`). */
+  private readonly scheduler: SmuxSendScheduler;
   /** Memory queued by every stream's receive queue, against `sessionReceiveBufferBytes`. */
   private readonly receiveMemory: ReceiveMemory;
   private readonly spill: SpillStore | undefined;
   private lastStreamId = SMUX_FIRST_STREAM_ID - 2;
   private isDestroyed = false;
-  private split: SplitFrame | undefined;
-  /** Queued NOPs; bounded at 1, since one keep-alive pending is as good as many. */
-  private nopPending = false;
-  /** Data bytes of in-flight batches not yet cut into frames. */
-  private outgoingDataBytes = 0;
-  /** In-flight batches with bytes not yet cut into frames. */
-  private outgoingBatches = 0;
-  /** SYN and FIN frames queued (NOP counted separately). */
-  private outgoingControlFrames = 0;
   private outgoingScheduled = false;
   private dispatching = false;
   private readonly pendingChunks: Buffer[] = [];
   private readonly counters = {
     framesIn: 0,
-    framesOut: 0,
     bytesIn: 0,
-    bytesOut: 0,
     streamsOpened: 0,
     streamsClosed: 0,
     unknownStreamFrames: 0,
@@ -240,6 +191,10 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     this.logger = deps.logger;
     this.spill = deps.spill;
     this.receiveMemory = { bytes: 0, limitBytes: options.sessionReceiveBufferBytes };
+    this.scheduler = new SmuxSendScheduler({
+      maxFrameDataBytes: options.maxFrameDataBytes,
+      onReady: () => this.scheduleOutgoing(),
+    });
   }
 
   /** True once the session was destroyed (explicitly or by a protocol error). */
@@ -254,7 +209,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
 
   /** True while `pullOutgoing()` would return bytes. */
   get hasOutgoing(): boolean {
-    return !this.isDestroyed && (this.split !== undefined || this.nopPending || this.ready.size > 0);
+    return !this.isDestroyed && this.scheduler.hasOutgoing;
   }
 
   /** A snapshot of the session's counters (walks the streams for the receive figures). */
@@ -270,13 +225,12 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     }
     return {
       ...this.counters,
+      framesOut: this.scheduler.framesOut,
+      bytesOut: this.scheduler.bytesOut,
       receiveBufferedBytes: memory,
       receiveSpilledBytes: spilled,
       spillFilesOpen: files,
-      outgoingBufferedBytes:
-        (this.split ? this.split.bytes.length - this.split.offset : 0) +
-        this.outgoingDataBytes +
-        SMUX_HEADER_BYTES * (this.outgoingControlFrames + (this.nopPending ? 1 : 0)),
+      outgoingBufferedBytes: this.scheduler.queuedBytes,
     };
   }
 
@@ -323,32 +277,21 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     const entry: StreamEntry = {
       id,
       stream,
-      synPending: true,
-      batch: undefined,
-      batchIndex: 0,
-      batchOffset: 0,
-      batchRemaining: 0,
-      writeCallback: undefined,
-      fin: FinState.None,
-      finCallback: undefined,
+      send: this.scheduler.open(id),
       remoteFin: false,
       forgotten: false,
       queue,
     };
     this.streams.set(id, entry);
     this.counters.streamsOpened++;
-    this.outgoingControlFrames++;
-    this.markReady(entry);
     if (this.logger.debugEnabled) this.logger.debug('stream opened', { sid: id });
     return stream;
   }
 
   /** Queue a NOP (keep-alive, sid 0). At most one is pending; ignored once destroyed. */
   sendNop(): void {
-    if (this.isDestroyed || this.nopPending) return;
-    const had = this.hasOutgoing;
-    this.nopPending = true;
-    if (!had) this.scheduleOutgoing();
+    if (this.isDestroyed) return;
+    this.scheduler.queueNop();
   }
 
   /**
@@ -359,7 +302,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
    */
   pullOutgoing(maxBytes: number): Buffer | undefined {
     if (!this.hasOutgoing || !(maxBytes >= 1)) return undefined;
-    const size = Math.min(Math.floor(maxBytes), this.outgoingUpperBoundBytes());
+    const size = Math.min(Math.floor(maxBytes), this.scheduler.pullBoundBytes);
     const out = Buffer.allocUnsafe(size);
     const pos = this.fill(out, 0, size);
     return pos === size ? out : out.subarray(0, pos);
@@ -374,34 +317,15 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   pullOutgoingInto(target: Buffer, offset: number, maxBytes: number): number {
     const room = Math.min(Math.floor(maxBytes), target.length - offset);
     if (!this.hasOutgoing || !(room >= 1) || !(offset >= 0)) return 0;
-    const size = Math.min(room, this.outgoingUpperBoundBytes());
-    return this.fill(target, offset, offset + size) - offset;
+    // No need to bound the region by what is queued: the scheduler stops when it runs out of frames, and a
+    // frame is only split when it does not fit the room, exactly as in pullOutgoing's smaller buffer.
+    return this.fill(target, offset, offset + room) - offset;
   }
 
   /** Serialise pending frames into `out[start, end)`; returns the end position. Runs completed callbacks. */
   private fill(out: Buffer, start: number, end: number): number {
     const completed: SmuxWriteCallback[] = [];
-    let pos = start;
-    if (this.split) pos = this.continueSplit(out, start, end, completed);
-    while (pos < end) {
-      let next: number;
-      if (this.nopPending) {
-        next = this.emitFrame(out, start, end, pos, SmuxCommand.NOP, 0, undefined, 0, completed, undefined);
-        if (next !== pos) this.nopPending = false;
-      } else {
-        const entry = this.firstReady();
-        if (entry === undefined) break;
-        next = this.emitFromStream(entry, out, start, end, pos, completed);
-        if (next !== pos) {
-          // Round-robin: one frame per turn, then to the back of the line if it has more.
-          this.ready.delete(entry);
-          if (this.hasPendingFrames(entry)) this.ready.add(entry);
-        }
-      }
-      if (next === pos) break;
-      pos = next;
-    }
-    this.counters.bytesOut += pos - start;
+    const pos = this.scheduler.fill(out, start, end, completed);
     this.runCallbacks(completed);
     return pos;
   }
@@ -443,12 +367,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private shutdown(streamError: Error, sessionError: Error | undefined): void {
     if (this.isDestroyed) return;
     this.isDestroyed = true;
-    this.ready.clear();
-    this.split = undefined;
-    this.nopPending = false;
-    this.outgoingDataBytes = 0;
-    this.outgoingBatches = 0;
-    this.outgoingControlFrames = 0;
+    this.scheduler.clear();
     for (const entry of [...this.streams.values()]) {
       entry.stream.destroy(streamError);
       // _destroy() forgets the stream synchronously; this covers a stream Node had already marked destroyed.
@@ -543,7 +462,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
    */
   private onRemoteFin(entry: StreamEntry): void {
     entry.remoteFin = true;
-    const callbacks = this.dropPending(entry);
+    const callbacks = this.scheduler.drop(entry.send);
     if (this.logger.debugEnabled) this.logger.debug('stream FIN from agent', { sid: entry.id });
     try {
       // Ends the reader after every byte queued before the FIN (memory and spill) has been handed over.
@@ -583,16 +502,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       callback();
       return;
     }
-    let bytes = 0;
-    for (const chunk of chunks) bytes += chunk.length;
-    entry.batch = chunks;
-    entry.batchIndex = 0;
-    entry.batchOffset = 0;
-    entry.batchRemaining = bytes;
-    entry.writeCallback = callback;
-    this.outgoingDataBytes += bytes;
-    this.outgoingBatches++;
-    this.markReady(entry);
+    this.scheduler.queueWrite(entry.send, chunks, callback);
   }
 
   private queueFin(entry: StreamEntry, callback: SmuxWriteCallback): void {
@@ -600,14 +510,11 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       callback(new TunnelError('PF_ERR_STREAM_RESET', `smux stream ${entry.id} is closed`));
       return;
     }
-    if (entry.remoteFin || entry.fin !== FinState.None) {
+    if (entry.remoteFin || entry.send.fin !== FinState.None) {
       callback();
       return;
     }
-    entry.fin = FinState.Queued;
-    entry.finCallback = callback;
-    this.outgoingControlFrames++;
-    this.markReady(entry);
+    this.scheduler.queueFin(entry.send, callback);
   }
 
   /**
@@ -616,11 +523,10 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
    */
   private onStreamDestroy(entry: StreamEntry, error: Error | null): void {
     if (entry.forgotten) return;
-    const callbacks = this.dropPending(entry);
-    if (!this.isDestroyed && !entry.synPending && !entry.remoteFin && entry.fin === FinState.None) {
-      entry.fin = FinState.Queued;
-      this.outgoingControlFrames++;
-      this.markReady(entry);
+    // drop() marks a stream whose SYN never left as FIN-sent, so the agent hears nothing about it at all.
+    const callbacks = this.scheduler.drop(entry.send);
+    if (!this.isDestroyed && !entry.remoteFin && entry.send.fin === FinState.None) {
+      this.scheduler.queueFin(entry.send);
     }
     this.forget(entry);
     entry.queue.destroy();
@@ -635,51 +541,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     }
   }
 
-  /**
-   * Remove all not-yet-started output of a stream (SYN if still pending, data, FIN); a frame already split
-   * across pulls is finished regardless. Returns the callbacks of what was dropped, for the caller to run.
-   */
-  private dropPending(entry: StreamEntry): SmuxWriteCallback[] {
-    const callbacks: SmuxWriteCallback[] = [];
-    const counted = !this.isDestroyed;
-    const neverAnnounced = entry.synPending;
-    if (entry.synPending) {
-      entry.synPending = false;
-      if (counted) this.outgoingControlFrames--;
-    }
-    if (entry.batch !== undefined) {
-      if (counted) {
-        this.outgoingDataBytes -= entry.batchRemaining;
-        this.outgoingBatches--;
-      }
-      this.clearBatch(entry);
-    }
-    const splitting = this.split?.entry === entry;
-    if (entry.writeCallback !== undefined && !splitting) {
-      callbacks.push(entry.writeCallback);
-      entry.writeCallback = undefined;
-    }
-    if (entry.fin === FinState.Queued) {
-      if (counted) this.outgoingControlFrames--;
-      entry.fin = FinState.None;
-    }
-    if (entry.finCallback !== undefined && !splitting) {
-      callbacks.push(entry.finCallback);
-      entry.finCallback = undefined;
-    }
-    // The agent never heard of this stream, so it must not hear a FIN for it either.
-    if (neverAnnounced) entry.fin = FinState.Sent;
-    this.ready.delete(entry);
-    return callbacks;
-  }
-
-  private clearBatch(entry: StreamEntry): void {
-    entry.batch = undefined;
-    entry.batchIndex = 0;
-    entry.batchOffset = 0;
-    entry.batchRemaining = 0;
-  }
-
   private forget(entry: StreamEntry): void {
     if (entry.forgotten) return;
     entry.forgotten = true;
@@ -690,13 +551,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     this.emit('streamClosed', entry.id);
   }
 
-  private markReady(entry: StreamEntry): void {
-    if (this.ready.has(entry)) return;
-    const had = this.hasOutgoing;
-    this.ready.add(entry);
-    if (!had) this.scheduleOutgoing();
-  }
-
   private scheduleOutgoing(): void {
     if (this.outgoingScheduled) return;
     this.outgoingScheduled = true;
@@ -704,185 +558,6 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       this.outgoingScheduled = false;
       if (this.hasOutgoing) this.emit('outgoing');
     });
-  }
-
-  private firstReady(): StreamEntry | undefined {
-    for (const entry of this.ready) return entry;
-    return undefined;
-  }
-
-  private hasPendingFrames(entry: StreamEntry): boolean {
-    return entry.synPending || entry.batch !== undefined || entry.fin === FinState.Queued;
-  }
-
-  /**
-   * Bytes the next pull can produce at most: everything queued plus one header per frame it may cut (one per
-   * batch end, one per full-size frame, one for the frame that fills the pull).
-   */
-  private outgoingUpperBoundBytes(): number {
-    const frames =
-      this.outgoingControlFrames +
-      (this.nopPending ? 1 : 0) +
-      this.outgoingBatches +
-      Math.floor(this.outgoingDataBytes / this.options.maxFrameDataBytes) +
-      1;
-    const splitBytes = this.split ? this.split.bytes.length - this.split.offset : 0;
-    return splitBytes + this.outgoingDataBytes + SMUX_HEADER_BYTES * frames;
-  }
-
-  private continueSplit(out: Buffer, start: number, end: number, completed: SmuxWriteCallback[]): number {
-    const split = this.split as SplitFrame;
-    const n = split.bytes.copy(
-      out,
-      start,
-      split.offset,
-      Math.min(split.bytes.length, split.offset + (end - start)),
-    );
-    split.offset += n;
-    if (split.offset === split.bytes.length) {
-      this.split = undefined;
-      if (split.entry !== undefined) this.completeFrame(split.entry, split.completes, completed);
-    }
-    return start + n;
-  }
-
-  /** Emit the next frame of one stream at `pos` (pull region `[start, end)`); returns `pos` if it does not fit. */
-  private emitFromStream(
-    entry: StreamEntry,
-    out: Buffer,
-    start: number,
-    end: number,
-    pos: number,
-    completed: SmuxWriteCallback[],
-  ): number {
-    if (entry.synPending) {
-      const next = this.emitFrame(
-        out,
-        start,
-        end,
-        pos,
-        SmuxCommand.SYN,
-        entry.id,
-        undefined,
-        0,
-        completed,
-        undefined,
-      );
-      if (next !== pos) {
-        entry.synPending = false;
-        this.outgoingControlFrames--;
-      }
-      return next;
-    }
-    if (entry.batch !== undefined) {
-      const space = end - pos;
-      let length = Math.min(entry.batchRemaining, this.options.maxFrameDataBytes);
-      if (space > SMUX_HEADER_BYTES) length = Math.min(length, space - SMUX_HEADER_BYTES);
-      else if (pos > start) return pos;
-      const last = length === entry.batchRemaining;
-      const next = this.emitFrame(
-        out,
-        start,
-        end,
-        pos,
-        SmuxCommand.PSH,
-        entry.id,
-        entry,
-        length,
-        completed,
-        last ? entry : undefined,
-      );
-      if (next === pos) return pos;
-      this.outgoingDataBytes -= length;
-      if (last) {
-        this.clearBatch(entry);
-        this.outgoingBatches--;
-      }
-      return next;
-    }
-    if (entry.fin === FinState.Queued) {
-      const next = this.emitFrame(
-        out,
-        start,
-        end,
-        pos,
-        SmuxCommand.FIN,
-        entry.id,
-        undefined,
-        0,
-        completed,
-        entry,
-      );
-      if (next !== pos) this.outgoingControlFrames--;
-      return next;
-    }
-    return pos;
-  }
-
-  /**
-   * Serialise one frame at `pos`, taking `dataLength` data bytes from `source`'s batch. If the frame does not
-   * fit and something was already written, return `pos`; if nothing was written, split it across pulls.
-   * `completes` is the stream whose write (PSH) or FIN callback fires when the frame's last byte is pulled.
-   */
-  private emitFrame(
-    out: Buffer,
-    start: number,
-    end: number,
-    pos: number,
-    cmd: SmuxCommand,
-    sid: number,
-    source: StreamEntry | undefined,
-    dataLength: number,
-    completed: SmuxWriteCallback[],
-    completes: StreamEntry | undefined,
-  ): number {
-    const frameBytes = SMUX_HEADER_BYTES + dataLength;
-    const space = end - pos;
-    if (frameBytes > space && pos > start) return pos;
-    const kind = completes === undefined ? undefined : cmd === SmuxCommand.FIN ? 'fin' : 'write';
-    if (kind === 'fin') (completes as StreamEntry).fin = FinState.Sent;
-    this.counters.framesOut++;
-    if (frameBytes <= space) {
-      writeFrameHeader(out, pos, cmd, sid, dataLength);
-      if (source !== undefined) this.copyBatch(source, out, pos + SMUX_HEADER_BYTES, dataLength);
-      if (completes !== undefined) this.completeFrame(completes, kind, completed);
-      return pos + frameBytes;
-    }
-    const bytes = Buffer.allocUnsafe(frameBytes);
-    writeFrameHeader(bytes, 0, cmd, sid, dataLength);
-    if (source !== undefined) this.copyBatch(source, bytes, SMUX_HEADER_BYTES, dataLength);
-    bytes.copy(out, pos, 0, space);
-    this.split = { bytes, offset: space, entry: completes, completes: kind };
-    return end;
-  }
-
-  /** Copy the next `length` bytes of a stream's batch to `target` at `offset`, advancing the batch. */
-  private copyBatch(entry: StreamEntry, target: Buffer, offset: number, length: number): void {
-    const batch = entry.batch as Buffer[];
-    let copied = 0;
-    while (copied < length) {
-      const chunk = batch[entry.batchIndex] as Buffer;
-      const take = Math.min(chunk.length - entry.batchOffset, length - copied);
-      chunk.copy(target, offset + copied, entry.batchOffset, entry.batchOffset + take);
-      copied += take;
-      entry.batchOffset += take;
-      if (entry.batchOffset === chunk.length) {
-        entry.batchIndex++;
-        entry.batchOffset = 0;
-      }
-    }
-    entry.batchRemaining -= length;
-  }
-
-  private completeFrame(
-    entry: StreamEntry,
-    kind: 'write' | 'fin' | undefined,
-    completed: SmuxWriteCallback[],
-  ): void {
-    const callback = kind === 'fin' ? entry.finCallback : kind === 'write' ? entry.writeCallback : undefined;
-    if (kind === 'fin') entry.finCallback = undefined;
-    else if (kind === 'write') entry.writeCallback = undefined;
-    if (callback !== undefined) completed.push(callback);
   }
 
   /** Run completion callbacks; one that throws must not strand the others or lose a pulled buffer. */
