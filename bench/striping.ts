@@ -38,6 +38,8 @@ const RR_BYTES = 64;
 export const TARGET_EFFICIENCY = 0.85;
 /** The emulator both workloads go through: the real agent's pace. */
 const EMULATOR: EmulatorName = 'paced';
+/** Rate of one session the download step's timeout is sized from, bytes per second (the pace is ~1 MB/s). */
+const PESSIMISTIC_BYTES_PER_SECOND = 0.4e6;
 /** How often the stats tree is read while waiting for the sessions to open, ms (our choice). */
 const WARM_POLL_MS = 50;
 /** Longest wait for the sessions to open (N StartSession calls and handshakes), ms. */
@@ -307,10 +309,10 @@ async function measureScaling<T>(
 export const STRIPING_STEPS: readonly StripingStep[] = [
   {
     name: 'striping-download',
-    // The one-session run is the slowest (~1 MB/s); the others take 1/2, 1/4, 1/8 of it. Budget 0.4 MB/s.
+    // The one-session run is the slowest; the others take 1/2, 1/4, 1/8 of it: 2× the first in all.
     timeoutMs: (sizes) =>
       60_000 +
-      2 * budgetMs(DOWNLOADS * sizes.stripingDownloadBytes, 0.4e6) +
+      (2 * 1000 * DOWNLOADS * sizes.stripingDownloadBytes) / PESSIMISTIC_BYTES_PER_SECOND +
       STRIPING_SESSIONS.length * 20_000,
     async run(ctx) {
       const payload = ctx.payload(ctx.sizes.stripingDownloadBytes);
@@ -372,11 +374,6 @@ export const STRIPING_STEPS: readonly StripingStep[] = [
     },
   },
 ];
-
-/** Time budget of a transfer at a pessimistic rate, ms. */
-function budgetMs(bytes: number, bytesPerSecond: number): number {
-  return (bytes / bytesPerSecond) * 1000;
-}
 
 /** Rows of the striping table: workload label, measurement id prefix, unit. */
 const TABLE_ROWS = [
