@@ -178,6 +178,81 @@ export async function download(
   return { bytes: length, seconds };
 }
 
+/** Checks an echo byte for byte as it arrives, against the bytes that were sent. */
+class EchoCheck {
+  private got = 0;
+
+  constructor(private readonly expected: Buffer) {}
+
+  /** Bytes verified so far. */
+  get offset(): number {
+    return this.got;
+  }
+
+  /**
+   * Take the next chunk of the echo.
+   * @returns `complete` once every expected byte is back (then ready for the next round), `partial` while
+   *   more is due, `mismatch` when a byte differs or more came back than was sent
+   */
+  feed(chunk: Buffer): 'partial' | 'complete' | 'mismatch' {
+    const end = this.got + chunk.length;
+    if (end > this.expected.length || !chunk.equals(this.expected.subarray(this.got, end))) return 'mismatch';
+    if (end < this.expected.length) {
+      this.got = end;
+      return 'partial';
+    }
+    this.got = 0;
+    return 'complete';
+  }
+}
+
+/** How {@link echoRounds} stamps, times and ends its rounds. */
+interface Rounds {
+  /** Write round `round`'s marker into the message before it is sent. */
+  stamp(message: Buffer, round: number): void;
+  /** One round trip completed after `us` µs, at `now` (performance.now(), ms); false ends the loop. */
+  completed(us: number, now: number): boolean;
+}
+
+/**
+ * Round trips on one connection through an echo server: write `message` (stamped per round), wait for all
+ * of it to come back byte for byte, repeat while `rounds.completed()` says so.
+ * @throws Error naming `what` and the round on a mismatch, an error or an early close
+ */
+async function echoRounds(socket: Socket, message: Buffer, what: string, rounds: Rounds): Promise<void> {
+  const check = new EchoCheck(message);
+  let round = 0;
+  let sentAt = 0;
+  let done = false;
+  const complete = handled(
+    new Promise<void>((resolve, reject) => {
+      const send = (): void => {
+        rounds.stamp(message, round);
+        sentAt = performance.now();
+        socket.write(message);
+      };
+      socket.on('data', (chunk: Buffer) => {
+        const state = check.feed(chunk);
+        if (state === 'mismatch') {
+          reject(new Error(`${what}: round ${round} echoed different bytes`));
+          return;
+        }
+        if (state === 'partial') return;
+        const now = performance.now();
+        round++;
+        if (rounds.completed((now - sentAt) * 1000, now)) {
+          send();
+        } else {
+          done = true;
+          resolve();
+        }
+      });
+      send();
+    }),
+  );
+  await Promise.race([complete, failOnClose(socket, what, () => done)]);
+}
+
 /**
  * Ping-pong through an echo server: send `size` bytes, wait for them to come back, repeat.
  * @returns one round-trip time per round, µs
@@ -190,42 +265,14 @@ export async function pingPong(
 ): Promise<Float64Array> {
   const socket = await connect(scope, port);
   const times = new Float64Array(rounds);
-  const message = Buffer.alloc(size);
   let round = 0;
-  let got = 0;
-  let sentAt = 0;
-  let done = false;
-  const complete = handled(
-    new Promise<void>((resolve, reject) => {
-      const send = (): void => {
-        message.writeUInt32BE(round, 0);
-        sentAt = performance.now();
-        socket.write(message);
-      };
-      socket.on('data', (chunk: Buffer) => {
-        if (!chunk.equals(message.subarray(got, got + chunk.length))) {
-          reject(new Error(`ping-pong via ${port}: round ${round} echoed different bytes`));
-          return;
-        }
-        got += chunk.length;
-        if (got < size) return;
-        if (got > size) {
-          reject(new Error(`ping-pong via ${port}: more bytes than sent`));
-          return;
-        }
-        times[round] = (performance.now() - sentAt) * 1000;
-        got = 0;
-        if (++round === rounds) {
-          done = true;
-          resolve();
-        } else {
-          send();
-        }
-      });
-      send();
-    }),
-  );
-  await Promise.race([complete, failOnClose(socket, `ping-pong via ${port}`, () => done)]);
+  await echoRounds(socket, Buffer.alloc(size), `ping-pong via ${port}`, {
+    stamp: (message, n) => message.writeUInt32BE(n, 0),
+    completed: (us) => {
+      times[round] = us;
+      return ++round < rounds;
+    },
+  });
   socket.destroy();
   return times;
 }
@@ -279,39 +326,13 @@ export async function requestReply(
   const one = (socket: Socket, index: number): Promise<void> => {
     const message = Buffer.alloc(size);
     message.writeUInt32BE(index, 0);
-    let round = 0;
-    let got = 0;
-    let sentAt = 0;
-    let done = false;
-    const complete = handled(
-      new Promise<void>((resolve, reject) => {
-        const send = (): void => {
-          message.writeUInt32BE(round, 4);
-          sentAt = performance.now();
-          socket.write(message);
-        };
-        socket.on('data', (chunk: Buffer) => {
-          if (got + chunk.length > size || !chunk.equals(message.subarray(got, got + chunk.length))) {
-            reject(new Error(`request/reply ${index} via ${port}: round ${round} echoed different bytes`));
-            return;
-          }
-          got += chunk.length;
-          if (got < size) return;
-          const now = performance.now();
-          latencies.push((now - sentAt) * 1000);
-          got = 0;
-          round++;
-          if (now >= deadline) {
-            done = true;
-            resolve();
-          } else {
-            send();
-          }
-        });
-        send();
-      }),
-    );
-    return Promise.race([complete, failOnClose(socket, `request/reply ${index} via ${port}`, () => done)]);
+    return echoRounds(socket, message, `request/reply ${index} via ${port}`, {
+      stamp: (m, round) => m.writeUInt32BE(round, 4),
+      completed: (us, now) => {
+        latencies.push(us);
+        return now < deadline;
+      },
+    });
   };
   await Promise.all(sockets.map(one));
   const seconds = (performance.now() - start) / 1000;
@@ -340,18 +361,18 @@ export async function connectExchange(
     await new Promise<void>((resolve, reject) => {
       const start = performance.now();
       const socket = scope.track(net.connect({ port, host: LOOPBACK, noDelay: true }));
-      let got = 0;
+      const check = new EchoCheck(message);
       let verified = false;
       socket.once('error', (err) => reject(new Error(`connect ${i} via ${port}: ${err.message}`)));
       socket.once('connect', () => socket.write(message));
       socket.on('data', (chunk: Buffer) => {
-        if (got + chunk.length > size || !chunk.equals(message.subarray(got, got + chunk.length))) {
+        const state = check.feed(chunk);
+        if (state === 'mismatch') {
           reject(new Error(`connect ${i} via ${port}: echoed different bytes`));
           socket.destroy();
           return;
         }
-        got += chunk.length;
-        if (got < size) return;
+        if (state === 'partial') return;
         exchangeMs[i] = performance.now() - start;
         verified = true;
         socket.destroy();
@@ -394,17 +415,17 @@ export async function concurrentEcho(
     const socket = await connect(scope, port);
     const offset = (index % slices) * bytesEach;
     const sent = pattern.subarray(offset, offset + bytesEach);
-    let got = 0;
+    const check = new EchoCheck(sent);
     let done = false;
     const complete = handled(
       new Promise<void>((resolve, reject) => {
         socket.on('data', (chunk: Buffer) => {
-          if (got + chunk.length > bytesEach || !chunk.equals(sent.subarray(got, got + chunk.length))) {
-            reject(new Error(`connection ${index} via ${port}: echoed different bytes at offset ${got}`));
-            return;
-          }
-          got += chunk.length;
-          if (got === bytesEach) {
+          const state = check.feed(chunk);
+          if (state === 'mismatch') {
+            reject(
+              new Error(`connection ${index} via ${port}: echoed different bytes at offset ${check.offset}`),
+            );
+          } else if (state === 'complete') {
             done = true;
             resolve();
           }

@@ -34,6 +34,7 @@ import { cpuSeconds, memoryStatus, resetPeakRss, RssSampler } from './processes.
 import { evaluateTargets, key, megabytesPerSecond, renderTable } from './report.js';
 import type { Measurement, Path, StepResult, Usage } from './report.js';
 import { INJECTED_LATENCY_MS, startStack } from './stack.js';
+import { STRIPING_STEPS, renderStripingTable, stripingForwards } from './striping.js';
 import type { EmulatorName, ForwardName, Stack } from './stack.js';
 import { patternBytes, sha256 } from './wire.js';
 
@@ -90,6 +91,8 @@ interface Sizes {
   connectionBytes: number;
   /** Bytes pushed through the in-process paced pump for the reference rate. */
   paceReferenceBytes: number;
+  /** Bytes of each of the striping step's parallel downloads (bench/striping.ts). */
+  stripingDownloadBytes: number;
 }
 
 const FULL: Sizes = {
@@ -105,6 +108,7 @@ const FULL: Sizes = {
   connections: 1000,
   connectionBytes: 64 * 1024,
   paceReferenceBytes: 2 * MIB,
+  stripingDownloadBytes: 4 * MIB,
 };
 
 const QUICK: Sizes = {
@@ -120,6 +124,7 @@ const QUICK: Sizes = {
   connections: 100,
   connectionBytes: 64 * 1024,
   paceReferenceBytes: 256 * 1024,
+  stripingDownloadBytes: 256 * 1024,
 };
 
 /** What {@link Context.observe} watches. */
@@ -442,6 +447,7 @@ const STEPS: readonly Step[] = [
       });
     },
   },
+  ...STRIPING_STEPS,
 ];
 
 /** A throughput measurement. */
@@ -640,6 +646,7 @@ async function main(): Promise<number> {
   const stack = await startStack({
     cpuProfileDir: args.cpuProf ? RESULTS_DIR : undefined,
     sendWindowMessages: args.sendWindow,
+    extraForwards: stripingForwards(),
   });
   const measurements = new Map<string, Measurement>();
   const results: StepResult[] = [];
@@ -770,6 +777,8 @@ async function main(): Promise<number> {
     mkdirSync(dirname(outPath), { recursive: true });
     writeFileSync(outPath, `${JSON.stringify(report, null, 2)}\n`);
     process.stdout.write(`\n${renderTable(measurements, targets, results)}\n`);
+    const striping = renderStripingTable(measurements);
+    if (striping) process.stdout.write(`\n${striping}\n`);
     const d = report.daemon;
     process.stdout.write(
       `\ndaemon: peak RSS ${d.peakRssBytes === null ? '—' : (d.peakRssBytes / 1e6).toFixed(1)} MB over the run, ` +

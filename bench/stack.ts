@@ -51,6 +51,18 @@ export interface StackOptions {
   cpuProfileDir: string | undefined;
   /** `tuning.sendWindowMessages` for the daemon; undefined = the daemon's default. */
   sendWindowMessages: number | undefined;
+  /** Forwards beyond the standard set (a step's own, e.g. bench/striping.ts), lazy like the others. */
+  extraForwards?: readonly ExtraForward[];
+}
+
+/** A forward a step asks for: through which emulator to which server, striped across how many sessions. */
+export interface ExtraForward {
+  /** Forward name, unique in the daemon config. */
+  name: string;
+  emulator: EmulatorName;
+  server: ServerName;
+  /** The forward's `sessions` (1–16). */
+  sessions: number;
 }
 
 /** Everything started, with the ports to measure against. */
@@ -61,6 +73,10 @@ export interface Stack {
   daemon: Child;
   /** Local listener port of each forward. */
   forwardPorts: Record<ForwardName, number>;
+  /** Local listener port of each {@link StackOptions.extraForwards} entry, by name. */
+  extraPorts: Record<string, number>;
+  /** The daemon's control socket (`pf-daemon status`; `requestStatus` in src/control/client.ts). */
+  controlSocket: string;
   /** Stop every process (daemon first, so it can write its profile). */
   stop(): Promise<void>;
 }
@@ -164,9 +180,10 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       for (const server of Object.keys(serverPorts) as ServerName[])
         forwardNames.push(`${emulator}-${server}`);
     }
-    const localPorts = await freePorts(forwardNames.length);
+    const extras = options.extraForwards ?? [];
+    const localPorts = await freePorts(forwardNames.length + extras.length);
     const forwardPorts = {} as Record<ForwardName, number>;
-    const forwards = forwardNames.map((name, i) => {
+    const forwards: Record<string, unknown>[] = forwardNames.map((name, i) => {
       const [emulator, server] = name === 'cold-echo' ? ['unpaced', 'echo'] : name.split('-');
       forwardPorts[name] = localPorts[i] ?? 0;
       return {
@@ -178,7 +195,27 @@ export async function startStack(options: StackOptions): Promise<Stack> {
         region: 'us-east-1',
       };
     });
-    const config: Record<string, unknown> = { forwards, log: { level: 'warn', format: 'plain' } };
+    const extraPorts: Record<string, number> = {};
+    extras.forEach((extra, i) => {
+      const localPort = localPorts[forwardNames.length + i] ?? 0;
+      extraPorts[extra.name] = localPort;
+      forwards.push({
+        name: extra.name,
+        target: TARGET,
+        remotePort: serverPorts[extra.server],
+        localPort,
+        endpoint: endpoints[names.indexOf(extra.emulator)],
+        region: 'us-east-1',
+        sessions: extra.sessions,
+      });
+    });
+    // Our own socket in the work directory: never the caller's default one, nor another bench run's.
+    const controlSocket = join(workDir, 'control.sock');
+    const config: Record<string, unknown> = {
+      forwards,
+      controlSocket,
+      log: { level: 'warn', format: 'plain' },
+    };
     if (options.sendWindowMessages !== undefined) {
       config['tuning'] = { sendWindowMessages: options.sendWindowMessages };
     }
@@ -199,7 +236,16 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       EmulatorName,
       Child
     >;
-    return { servers, serverPorts, emulators, daemon, forwardPorts, stop: stopAll };
+    return {
+      servers,
+      serverPorts,
+      emulators,
+      daemon,
+      forwardPorts,
+      extraPorts,
+      controlSocket,
+      stop: stopAll,
+    };
   } catch (err) {
     await stopAll();
     throw err;

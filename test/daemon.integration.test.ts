@@ -22,10 +22,11 @@ import { createSsmApi } from '../src/ssm/client.js';
 import type { SsmApi } from '../src/ssm/types.js';
 import {
   StreamingEcho,
+  connectRefused,
   credentials,
   emulatorSsm,
   forwardConfig,
-  startPausableEcho,
+  startRig,
   tuningWith,
   viaPort,
   withTimeout,
@@ -47,22 +48,6 @@ function portOf(daemon: Daemon, name: string): number {
   const address = daemon.running.get(name)?.address;
   if (!address) throw new Error(`forward ${name} is not listening`);
   return address.port;
-}
-
-/** True when a connect to 127.0.0.1:`port` is refused. */
-function connectRefused(port: number): Promise<boolean> {
-  return withTimeout(
-    new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(false);
-      });
-      socket.once('error', () => resolve(true));
-    }),
-    5_000,
-    'a connect attempt',
-  );
 }
 
 /** A TCP server that accepts and never sends a byte (a hung dial or API call). */
@@ -104,9 +89,7 @@ test.serial(
   'a stop during a reload drains every forward once, starts nothing after stopping, terminates every session, empties the ledger',
   async (t) => {
     t.timeout(40_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const ssm = emulatorSsm(emulator);
+    const { destination: echo, emulator, ssm, close } = await startRig({ emulator: { agentPacingMs: 0 } });
     const log = captureLog('info');
     const ledgerDir = mkdtempSync(join(tmpdir(), 'pf-ledger-'));
     const keep = forwardConfig({ name: 'keep', remotePort: echo.port, eager: true });
@@ -154,8 +137,7 @@ test.serial(
       t.is(summary?.stopped, 1, 'the reload reports the forward it removed');
     } finally {
       await daemon.stop();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -164,9 +146,7 @@ test.serial(
   'a changed forward keeps its port accepting while the old one drains (listener handed over)',
   async (t) => {
     t.timeout(40_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const ssm = emulatorSsm(emulator);
+    const { destination: echo, ssm, close } = await startRig({ emulator: { agentPacingMs: 0 } });
     const log = captureLog('info');
     const port = await freePort();
     const before = forwardConfig({ name: 'db', remotePort: echo.port, localPort: port, reason: 'one' });
@@ -192,8 +172,7 @@ test.serial(
       t.is(daemon.running.get('db')?.stats.connectionsAccepted, 1);
     } finally {
       await daemon.stop();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -344,9 +323,7 @@ test.serial('after a reload where one listener failed, the count says how many l
 });
 
 test.serial('JSON logs carry the forward and the session as fields', async (t) => {
-  const echo = await startPausableEcho();
-  const emulator = await startEmulator({ agentPacingMs: 0 });
-  const ssm = emulatorSsm(emulator);
+  const { destination: echo, ssm, close } = await startRig({ emulator: { agentPacingMs: 0 } });
   const lines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -375,7 +352,6 @@ test.serial('JSON logs carry the forward and the session as fields', async (t) =
     t.like(listening, { forward: 'db' });
   } finally {
     await daemon.stop();
-    await emulator.close();
-    await echo.close();
+    await close();
   }
 });

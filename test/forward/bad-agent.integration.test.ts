@@ -13,16 +13,14 @@ import {
   encodeHandshakeRequest,
   sessionTypeAction,
 } from '../../src/datachannel/payloads.js';
-import { startEmulator } from '../../src/emulator/index.js';
 import type { Logger, LogMeta } from '../../src/log.js';
 import { isPfError } from '../../src/errors.js';
 import { TunnelSession } from '../../src/forward/session.js';
 import {
   StreamingEcho,
-  emulatorSsm,
   forwardConfig,
-  startForward,
-  startPausableEcho,
+  startForwardRig,
+  startRig,
   tuningWith,
   until,
   withTimeout,
@@ -57,18 +55,14 @@ test.serial(
   'malformed Flags from the agent are dropped and counted; the download completes intact',
   async (t) => {
     t.timeout(60_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
+    const logger = new RecordingLogger();
+    const { emulator, forward, port, close } = await startForwardRig({ deps: { logger } });
     // Three bad Flags of 3, 5 and 0 bytes in the middle of a 2 MiB echo.
     emulator.faults.agent.injectMessages = [
       { afterOutputs: 200, payloadType: PayloadType.Flag, payload: Buffer.from([0, 0, 3]) },
       { afterOutputs: 600, payloadType: PayloadType.Flag, payload: Buffer.from([0, 0, 0, 3, 0]) },
       { afterOutputs: 1000, payloadType: PayloadType.Flag, payload: Buffer.alloc(0) },
     ];
-    const logger = new RecordingLogger();
-    const { forward, port } = await startForward(emulator, { remotePort: echo.port }, tuningWith(), {
-      logger,
-    });
     try {
       const client = new StreamingEcho(port, { totalBytes: 2 * 1024 * 1024, windowBytes: 256 * 1024 });
       const result = await withTimeout(client.done, 40_000, '2 MiB echo');
@@ -80,9 +74,7 @@ test.serial(
       t.is(forward.stats.sessionsStarted, 1);
       t.is(logger.count('warn', /malformed Flag/), 1, 'logged once, not once per message');
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -91,13 +83,9 @@ test.serial(
   'a HandshakeComplete that is not JSON fails that session only; the forward serves the next one',
   async (t) => {
     t.timeout(60_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
-    emulator.faults.agent.handshakeCompletePayload = Buffer.from('{"HandshakeTimeToComplete": nope');
     const logger = new RecordingLogger();
-    const { forward, port } = await startForward(emulator, { remotePort: echo.port }, tuningWith(), {
-      logger,
-    });
+    const { emulator, forward, port, close } = await startForwardRig({ deps: { logger } });
+    emulator.faults.agent.handshakeCompletePayload = Buffer.from('{"HandshakeTimeToComplete": nope');
     try {
       const closed = await withTimeout(
         new Promise<boolean>((resolve) => {
@@ -131,9 +119,7 @@ test.serial(
       t.is(result.receivedSha256, result.sentSha256);
       t.is(forward.stats.sessionsStarted, 2);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -142,8 +128,14 @@ test.serial(
   'a second HandshakeRequest and HandshakeComplete after open are dropped; the open stream carries on',
   async (t) => {
     t.timeout(60_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
+    const logger = new RecordingLogger();
+    const {
+      destination: echo,
+      emulator,
+      forward,
+      port,
+      close,
+    } = await startForwardRig({ tuning: tuningWith({ handshakeTimeoutMs: 1000 }), deps: { logger } });
     const request = encodeHandshakeRequest({
       agentVersion: '3.3.987.0',
       requestedClientActions: [
@@ -163,13 +155,6 @@ test.serial(
         payload: encodeHandshakeComplete({ handshakeTimeToComplete: 1, customerMessage: 'again' }),
       },
     ];
-    const logger = new RecordingLogger();
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
-      tuningWith({ handshakeTimeoutMs: 1000 }),
-      { logger },
-    );
     try {
       const client = new StreamingEcho(port, { totalBytes: 3 * 1024 * 1024, windowBytes: 256 * 1024 });
       const result = await withTimeout(client.done, 40_000, '3 MiB echo across the second handshake');
@@ -180,9 +165,7 @@ test.serial(
       t.is(forward.stats.sessionsStarted, 1);
       t.is(logger.count('info', /agent message: again/), 0, 'the second HandshakeComplete was not acted on');
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -191,14 +174,13 @@ test.serial(
   'an exception inside session code fails that session with PF_ERR_SESSION_INTERNAL, never the process',
   async (t) => {
     t.timeout(30_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
+    const { destination: echo, emulator, ssm, close } = await startRig();
     emulator.faults.agent.handshakeCompletePayload = encodeHandshakeComplete({
       handshakeTimeToComplete: 1,
       customerMessage: 'welcome',
     });
     const session = new TunnelSession(forwardConfig({ remotePort: echo.port }), tuningWith(), 0, {
-      ssm: emulatorSsm(emulator),
+      ssm,
       logger: new RecordingLogger(),
       userAgent: 'pf-daemon-test',
     });
@@ -222,8 +204,7 @@ test.serial(
       );
     } finally {
       await session.close();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );

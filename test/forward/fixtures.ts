@@ -9,13 +9,15 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { ForwardConfig, TuningConfig } from '../../src/config/types.js';
 import { defaultTuning } from '../../src/config/types.js';
-import type { Emulator } from '../../src/emulator/index.js';
+import { startEmulator } from '../../src/emulator/index.js';
+import type { Emulator, EmulatorOptions } from '../../src/emulator/index.js';
 import { Forward } from '../../src/forward/forward.js';
 import type { Logger } from '../../src/log.js';
 import { silentLogger } from '../../src/log.js';
 import type { SpillStore } from '../../src/mux/spill.js';
 import { createSsmApi } from '../../src/ssm/client.js';
 import type { SsmApi } from '../../src/ssm/types.js';
+import type { ForwardTargets } from '../../src/targets/resolve.js';
 import { withTimeout } from '../helpers/net.js';
 
 /** A managed-node id the emulator accepts. */
@@ -69,18 +71,27 @@ export function emulatorSsm(emulator: Emulator, rewriteStreamUrl?: (url: string)
   };
 }
 
+/** What {@link startForward} injects into the Forward instead of its defaults. */
+export interface ForwardDeps {
+  ssm?: SsmApi;
+  logger?: Logger;
+  spill?: SpillStore;
+  targets?: ForwardTargets;
+}
+
 /** Start a Forward against the emulator. */
 export async function startForward(
   emulator: Emulator,
   overrides: Partial<ForwardConfig>,
   tune: TuningConfig = tuningWith(),
-  options: { ssm?: SsmApi; logger?: Logger; spill?: SpillStore } = {},
+  options: ForwardDeps = {},
 ): Promise<{ forward: Forward; port: number }> {
   const forward = new Forward(forwardConfig(overrides), tune, {
     ssm: options.ssm ?? emulatorSsm(emulator),
     logger: options.logger ?? silentLogger,
     userAgent: 'pf-daemon-test',
     ...(options.spill ? { spill: options.spill } : {}),
+    ...(options.targets ? { targets: options.targets } : {}),
   });
   const address = await forward.start();
   return { forward, port: address.port };
@@ -330,4 +341,143 @@ export function viaPort(url: string, port: number): string {
   const parsed = new URL(url);
   parsed.port = String(port);
   return parsed.toString();
+}
+
+/** A destination server of a rig: where it listens and how to close it. */
+export interface Destination {
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Options of {@link startRig}. */
+export interface RigOptions<D extends Destination> {
+  /** Emulator options; default the emulator's own (the agent paced like the real one). */
+  emulator?: Partial<EmulatorOptions>;
+  /** Starts the destination; default {@link startPausableEcho}. */
+  destination?: () => Promise<D>;
+}
+
+/** A destination and an emulator (and its SSM client), closed together. */
+export interface Rig<D extends Destination> {
+  destination: D;
+  emulator: Emulator;
+  /** An SSM client for the emulator. */
+  ssm: SsmApi;
+  /** Close the emulator, then the destination. */
+  close(): Promise<void>;
+}
+
+/** Start a destination (an echo server unless told otherwise) and an emulator. */
+export async function startRig<D extends Destination = PausableEchoServer>(
+  options: RigOptions<D> = {},
+): Promise<Rig<D>> {
+  // The default destination is an echo server; a caller naming another D passes its own starter.
+  const start = options.destination ?? (startPausableEcho as unknown as () => Promise<D>);
+  const destination = await start();
+  const emulator = await startEmulator(options.emulator ?? {});
+  return {
+    destination,
+    emulator,
+    ssm: emulatorSsm(emulator),
+    close: async () => {
+      await emulator.close();
+      await destination.close();
+    },
+  };
+}
+
+/** Options of {@link startForwardRig}. */
+export interface ForwardRigOptions<D extends Destination> extends RigOptions<D> {
+  /** Forward config overrides; `remotePort` defaults to the destination's port. */
+  forward?: Partial<ForwardConfig>;
+  tuning?: TuningConfig;
+  /**
+   * Dependencies injected into the Forward (`ssm` defaults to one for the emulator), or a function of the
+   * destination and emulator (a target resolver pointed at the emulator) that returns them.
+   */
+  deps?: ForwardDeps | ((rig: Rig<D>) => ForwardDeps | Promise<ForwardDeps>);
+}
+
+/** A destination, an emulator and a started Forward to the destination through it. */
+export interface ForwardRig<D extends Destination> extends Rig<D> {
+  forward: Forward;
+  /** The forward's local port. */
+  port: number;
+  /** Stop the forward (no drain grace), then close the emulator and the destination. */
+  close(): Promise<void>;
+}
+
+/** Start a destination, an emulator and a (lazy, unless told otherwise) Forward to the destination. */
+export async function startForwardRig<D extends Destination = PausableEchoServer>(
+  options: ForwardRigOptions<D> = {},
+): Promise<ForwardRig<D>> {
+  const rig = await startRig(options);
+  const { forward, port } = await startForward(
+    rig.emulator,
+    { remotePort: rig.destination.port, ...options.forward },
+    options.tuning ?? tuningWith(),
+    typeof options.deps === 'function' ? await options.deps(rig) : (options.deps ?? {}),
+  );
+  return {
+    ...rig,
+    forward,
+    port,
+    close: async () => {
+      await forward.stop(0);
+      await rig.close();
+    },
+  };
+}
+
+/** A {@link ForwardRig} whose data channels pass through a {@link FreezableProxy}. */
+export interface ProxiedForwardRig<D extends Destination> extends ForwardRig<D> {
+  proxy: FreezableProxy;
+  /** Thaw the proxy, stop the forward, close the proxy, the emulator and the destination. */
+  close(): Promise<void>;
+}
+
+/**
+ * Start a destination, an emulator, a freezable proxy in front of the emulator and a Forward whose data
+ * channels (StartSession's and ResumeSession's StreamUrls) go through the proxy, for liveness tests.
+ */
+export async function startProxiedForwardRig<D extends Destination = PausableEchoServer>(
+  options: Omit<ForwardRigOptions<D>, 'deps'> = {},
+): Promise<ProxiedForwardRig<D>> {
+  let proxy: FreezableProxy | undefined;
+  const rig = await startForwardRig({
+    ...options,
+    deps: async ({ emulator }) => {
+      const started = await startFreezableProxy(emulator.port);
+      proxy = started;
+      return { ssm: emulatorSsm(emulator, (url) => viaPort(url, started.port)) };
+    },
+  });
+  const via = proxy as FreezableProxy;
+  return {
+    ...rig,
+    proxy: via,
+    close: async () => {
+      via.thaw();
+      await rig.forward.stop(0);
+      await via.close();
+      await rig.emulator.close();
+      await rig.destination.close();
+    },
+  };
+}
+
+/** True when a connect to 127.0.0.1:`port` is refused (nothing listens). */
+export function connectRefused(port: number): Promise<boolean> {
+  return withTimeout(
+    new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.once('error', () => resolve(true));
+    }),
+    5_000,
+    'a connect attempt',
+  );
 }

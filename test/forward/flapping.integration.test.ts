@@ -10,10 +10,9 @@
  */
 import test from 'ava';
 import net from 'node:net';
-import { startEmulator } from '../../src/emulator/index.js';
 import type { Emulator } from '../../src/emulator/index.js';
 import type { TunnelSession } from '../../src/forward/session.js';
-import { StreamingEcho, startForward, startPausableEcho, tuningWith, withTimeout } from './fixtures.js';
+import { StreamingEcho, startForwardRig, tuningWith, withTimeout } from './fixtures.js';
 
 const FLAP_MS = 30_000;
 
@@ -45,13 +44,9 @@ test.serial(
   'accept-then-close on every connect for 30 s: ResumeSession backs off, waiting connections get an error when the budget is spent, a later start works',
   async (t) => {
     t.timeout(90_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
-      tuningWith({ resumeBudgetMs: FLAP_MS }),
-    );
+    const { emulator, forward, port, close } = await startForwardRig({
+      tuning: tuningWith({ resumeBudgetMs: FLAP_MS }),
+    });
     const resumes = countResumes(emulator);
     try {
       const sessionP = new Promise<TunnelSession>((resolve) => forward.once('session', resolve));
@@ -99,9 +94,7 @@ test.serial(
       t.is(r2.receivedSha256, r2.sentSha256);
       t.is(forward.stats.sessionsStarted, 2);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -110,13 +103,9 @@ test.serial(
   'every 4th connect works for 1 s, for 30 s: ResumeSession bounded and backing off; a transfer across the flap completes intact once the link recovers',
   async (t) => {
     t.timeout(100_000);
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({});
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
-      tuningWith({ resumeBudgetMs: 60_000 }),
-    );
+    const { emulator, forward, port, close } = await startForwardRig({
+      tuning: tuningWith({ resumeBudgetMs: 60_000 }),
+    });
     const resumes = countResumes(emulator);
     try {
       const sessionP = new Promise<TunnelSession>((resolve) => forward.once('session', resolve));
@@ -169,9 +158,7 @@ test.serial(
         'not faster in the second half than in the first',
       );
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );

@@ -5,26 +5,25 @@
  * connections open, closes removed forwards' listeners and starts added ones.
  */
 import test from 'ava';
-import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { DaemonConfig } from '../../src/config/types.js';
 import { Daemon } from '../../src/daemon.js';
-import { startEmulator, waitFor } from '../../src/emulator/index.js';
+import { waitFor } from '../../src/emulator/index.js';
 import { silentLogger } from '../../src/log.js';
 import {
   StreamingEcho,
-  emulatorSsm,
+  connectRefused,
   forwardConfig,
-  startForward,
-  startPausableEcho,
+  startForwardRig,
+  startRig,
   tuningWith,
   withTimeout,
 } from './fixtures.js';
 
 test.serial('service idle timeout ends the session; the next connection gets a fresh one', async (t) => {
-  const echo = await startPausableEcho();
-  const emulator = await startEmulator({ agentPacingMs: 0, idleTimeoutMs: 600 });
-  const { forward, port } = await startForward(emulator, { remotePort: echo.port });
+  const { emulator, forward, port, close } = await startForwardRig({
+    emulator: { agentPacingMs: 0, idleTimeoutMs: 600 },
+  });
   try {
     const idle = waitFor(emulator, 'sessionTerminated', undefined, 5_000);
     const first = new StreamingEcho(port, { totalBytes: 1024, windowBytes: 1024 });
@@ -44,20 +43,16 @@ test.serial('service idle timeout ends the session; the next connection gets a f
     t.is(r.receivedSha256, r.sentSha256);
     t.is(forward.stats.sessionsStarted, 2);
   } finally {
-    await forward.stop(0);
-    await emulator.close();
-    await echo.close();
+    await close();
   }
 });
 
 test.serial('keepAlive (smux NOP every keepAliveIntervalMs) defeats the service idle timeout', async (t) => {
-  const echo = await startPausableEcho();
-  const emulator = await startEmulator({ agentPacingMs: 0, idleTimeoutMs: 600 });
-  const { forward, port } = await startForward(
-    emulator,
-    { remotePort: echo.port, keepAlive: true },
-    tuningWith({ keepAliveIntervalMs: 150 }),
-  );
+  const { emulator, forward, port, close } = await startForwardRig({
+    emulator: { agentPacingMs: 0, idleTimeoutMs: 600 },
+    forward: { keepAlive: true },
+    tuning: tuningWith({ keepAliveIntervalMs: 150 }),
+  });
   try {
     const first = new StreamingEcho(port, { totalBytes: 1024, windowBytes: 1024 });
     await withTimeout(first.done, 10_000, 'first echo');
@@ -68,9 +63,7 @@ test.serial('keepAlive (smux NOP every keepAliveIntervalMs) defeats the service 
     t.is(r.receivedSha256, r.sentSha256);
     t.is(forward.stats.sessionsStarted, 1, 'the same session carried both connections');
   } finally {
-    await forward.stop(0);
-    await emulator.close();
-    await echo.close();
+    await close();
   }
 });
 
@@ -78,27 +71,10 @@ function daemonConfig(forwards: DaemonConfig['forwards']): DaemonConfig {
   return { forwards, log: { level: 'error', format: 'plain' }, tuning: tuningWith({ drainGraceMs: 2_000 }) };
 }
 
-function connectRefused(port: number): Promise<boolean> {
-  return withTimeout(
-    new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(false);
-      });
-      socket.once('error', () => resolve(true));
-    }),
-    5_000,
-    'a connect attempt',
-  );
-}
-
 test.serial(
   'reload keeps an unchanged forward’s long-lived connection open, closes a removed one, starts an added one',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const ssm = emulatorSsm(emulator);
+    const { destination: echo, ssm, close } = await startRig({ emulator: { agentPacingMs: 0 } });
     const keep = forwardConfig({ name: 'keep', remotePort: echo.port });
     const drop = forwardConfig({ name: 'drop', remotePort: echo.port });
     const daemon = new Daemon(daemonConfig([keep, drop]), { logger: silentLogger, ssmFor: () => ssm });
@@ -122,8 +98,7 @@ test.serial(
       t.is(daemon.running.get('keep')?.stats.sessionsStarted, 1);
     } finally {
       await daemon.stop();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -131,9 +106,7 @@ test.serial(
 test.serial(
   'stop: stops accepting, drains open connections within the grace period, then terminates the session',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const ssm = emulatorSsm(emulator);
+    const { destination: echo, emulator, ssm, close } = await startRig({ emulator: { agentPacingMs: 0 } });
     const daemon = new Daemon(daemonConfig([forwardConfig({ name: 'a', remotePort: echo.port })]), {
       logger: silentLogger,
       ssmFor: () => ssm,
@@ -152,8 +125,7 @@ test.serial(
       await terminated;
     } finally {
       await daemon.stop();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );

@@ -7,16 +7,13 @@
  */
 import test from 'ava';
 import net from 'node:net';
-import { startEmulator, waitFor } from '../../src/emulator/index.js';
+import { waitFor } from '../../src/emulator/index.js';
 import type { TunnelSession } from '../../src/forward/session.js';
 import {
   StreamingEcho,
-  emulatorSsm,
-  startForward,
-  startFreezableProxy,
-  startPausableEcho,
+  startForwardRig,
+  startProxiedForwardRig,
   tuningWith,
-  viaPort,
   withTimeout,
 } from './fixtures.js';
 
@@ -42,9 +39,7 @@ for (const mode of ['bye', 'abrupt'] as const) {
   test.serial(
     `WebSocket drop (${mode}) mid-transfer: resumed, same ClientId, every un-acked message resent, bytes intact`,
     async (t) => {
-      const echo = await startPausableEcho();
-      const emulator = await startEmulator({ agentPacingMs: 0 });
-      const { forward, port } = await startForward(emulator, { remotePort: echo.port });
+      const { emulator, forward, port, close } = await startForwardRig({ emulator: { agentPacingMs: 0 } });
       try {
         const sessionP = nextSession(forward);
         const transfers = Array.from(
@@ -93,9 +88,7 @@ for (const mode of ['bye', 'abrupt'] as const) {
         t.is(forward.stats.sessionsStarted, 1, 'no new session was needed');
         t.log(`reconnect times (${mode}): ${times.join(', ')} ms; ${results.length} × 256 KiB echoed intact`);
       } finally {
-        await forward.stop(0);
-        await emulator.close();
-        await echo.close();
+        await close();
       }
     },
   );
@@ -104,15 +97,10 @@ for (const mode of ['bye', 'abrupt'] as const) {
 test.serial(
   'a stalled WebSocket (no frames, no pongs) is detected by liveness and resumed on a new socket',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const proxy = await startFreezableProxy(emulator.port);
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
-      tuningWith({ pingIntervalMs: 200, livenessTimeoutMs: 1_000 }),
-      { ssm: emulatorSsm(emulator, (url) => viaPort(url, proxy.port)) },
-    );
+    const { forward, port, proxy, close } = await startProxiedForwardRig({
+      emulator: { agentPacingMs: 0 },
+      tuning: tuningWith({ pingIntervalMs: 200, livenessTimeoutMs: 1_000 }),
+    });
     try {
       const sessionP = nextSession(forward);
       const transfer = new StreamingEcho(port, { totalBytes: 512 * 1024, windowBytes: 64 * 1024 });
@@ -132,11 +120,7 @@ test.serial(
         `stall: link up again ${took} ms after the freeze (liveness 1000 ms), ${reconnectMs} ms after detection`,
       );
     } finally {
-      proxy.thaw();
-      await forward.stop(0);
-      await proxy.close();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -144,16 +128,11 @@ test.serial(
 test.serial(
   'data queued while the link is down keeps its sequence numbers and goes out after the resume',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const proxy = await startFreezableProxy(emulator.port);
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
+    const { forward, port, proxy, close } = await startProxiedForwardRig({
+      emulator: { agentPacingMs: 0 },
       // Long enough that the client writes into a dead link for a while before it notices.
-      tuningWith({ pingIntervalMs: 200, livenessTimeoutMs: 1_500 }),
-      { ssm: emulatorSsm(emulator, (url) => viaPort(url, proxy.port)) },
-    );
+      tuning: tuningWith({ pingIntervalMs: 200, livenessTimeoutMs: 1_500 }),
+    });
     try {
       const sessionP = nextSession(forward);
       const warmup = new StreamingEcho(port, { totalBytes: 64 * 1024, windowBytes: 64 * 1024 });
@@ -169,11 +148,7 @@ test.serial(
       const channel = session.stats['channel'] as { resends: number };
       t.true(channel.resends > 0, 'un-acked messages were resent');
     } finally {
-      proxy.thaw();
-      await forward.stop(0);
-      await proxy.close();
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -181,13 +156,10 @@ test.serial(
 test.serial(
   'resume budget spent: the session ends, its connections are reset (not hung), the next connection gets a new session',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: echo.port },
-      tuningWith({ resumeBudgetMs: 1_500 }),
-    );
+    const { emulator, forward, port, close } = await startForwardRig({
+      emulator: { agentPacingMs: 0 },
+      tuning: tuningWith({ resumeBudgetMs: 1_500 }),
+    });
     try {
       const sessionP = nextSession(forward);
       const transfer = new StreamingEcho(port, { totalBytes: 64 * 1024 * 1024, windowBytes: 256 * 1024 });
@@ -215,9 +187,7 @@ test.serial(
       t.is(r.receivedSha256, r.sentSha256);
       t.is(forward.stats.sessionsStarted, 2);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );
@@ -225,9 +195,7 @@ test.serial(
 test.serial(
   'ResumeSession says the session is gone: ended as resume-expired, connections closed, no TerminateSession',
   async (t) => {
-    const echo = await startPausableEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const { forward, port } = await startForward(emulator, { remotePort: echo.port });
+    const { emulator, forward, port, close } = await startForwardRig({ emulator: { agentPacingMs: 0 } });
     try {
       const sessionP = nextSession(forward);
       const socket = net.connect(port, '127.0.0.1');
@@ -248,9 +216,7 @@ test.serial(
       t.is(reason, 'resume-expired');
       t.deepEqual(calls, ['ResumeSession']);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await echo.close();
+      await close();
     }
   },
 );

@@ -14,9 +14,10 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startEmulator } from '../../src/emulator/index.js';
+import type { TuningConfig } from '../../src/config/types.js';
+import type { Logger } from '../../src/log.js';
 import { SpillStore } from '../../src/mux/spill.js';
-import { startForward, tuningWith, withTimeout } from './fixtures.js';
+import { startForwardRig, tuningWith, withTimeout } from './fixtures.js';
 import { EchoPinger, StalledReader, startFloodOrEcho, warnRecorder, watchStalls } from './stall.helpers.js';
 
 const MiB = 1024 * 1024;
@@ -25,6 +26,25 @@ function spillStore(t: { teardown(fn: () => void): void }, limitBytes: number): 
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'pf-stall-test-'));
   t.teardown(() => fs.rmSync(directory, { recursive: true, force: true }));
   return new SpillStore({ directory, limitBytes });
+}
+
+/**
+ * A flood-or-echo destination (flooding `floodBytes`, default until stopped), an emulator with this agent
+ * pacing and a Forward to the destination that spills into a 2 GiB store.
+ */
+async function stallRig(
+  t: { teardown(fn: () => void): void },
+  agentPacingMs: number,
+  options: { floodBytes?: number; tuning?: TuningConfig; logger?: Logger } = {},
+) {
+  const spill = spillStore(t, 2 * 1024 * MiB);
+  const rig = await startForwardRig({
+    destination: () => startFloodOrEcho(options.floodBytes),
+    emulator: { agentPacingMs },
+    tuning: options.tuning ?? tuningWith(),
+    deps: { spill, ...(options.logger ? { logger: options.logger } : {}) },
+  });
+  return { ...rig, spill };
 }
 
 /** Wait for `predicate` on a 100 ms poll of daemon stats (observing counters, not synchronising on time). */
@@ -46,13 +66,8 @@ test.serial(
   'one reader stalled 60 s behind a paced flood: the other connection keeps echoing under 1 s, the stalled one then gets every byte in order',
   async (t) => {
     t.timeout(110_000);
-    const destination = await startFloodOrEcho();
     // Faithful agent pacing: 1 KiB per message, 1 ms apart (spec §9.2).
-    const emulator = await startEmulator({ agentPacingMs: 1 });
-    const spill = spillStore(t, 2 * 1024 * MiB);
-    const { forward, port } = await startForward(emulator, { remotePort: destination.port }, tuningWith(), {
-      spill,
-    });
+    const { destination, forward, port, spill, close } = await stallRig(t, 1);
     try {
       const flood = destination.nextFlood();
       const stalled = new StalledReader(port);
@@ -108,9 +123,7 @@ test.serial(
       await until(() => spill.stats.filesOpen === 0, 10_000, 'the spill files to close');
       t.is(spill.stats.spilledBytes, 0);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await destination.close();
+      await close();
     }
   },
 );
@@ -127,12 +140,7 @@ test.serial(
   async (t) => {
     t.timeout(110_000);
     const floodBytes = 300 * MiB;
-    const destination = await startFloodOrEcho(floodBytes);
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const spill = spillStore(t, 2 * 1024 * MiB);
-    const { forward, port } = await startForward(emulator, { remotePort: destination.port }, tuningWith(), {
-      spill,
-    });
+    const { destination, forward, port, spill, close } = await stallRig(t, 0, { floodBytes });
     try {
       const flood = destination.nextFlood();
       const stalled = new StalledReader(port);
@@ -168,9 +176,7 @@ test.serial(
       t.is(forward.stats.sessionsStarted, 1);
       await until(() => spill.stats.filesOpen === 0, 10_000, 'the spill files to close');
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await destination.close();
+      await close();
     }
   },
 );
@@ -179,17 +185,12 @@ test.serial(
   'a stall past the per-connection bound resets only that connection, with one warn line naming it; the session and the other connection carry on',
   async (t) => {
     t.timeout(90_000);
-    const destination = await startFloodOrEcho();
-    const emulator = await startEmulator({ agentPacingMs: 0 });
-    const spill = spillStore(t, 2 * 1024 * MiB);
     const { logger, warnings } = warnRecorder();
     const bound = 8 * MiB;
-    const { forward, port } = await startForward(
-      emulator,
-      { remotePort: destination.port },
-      tuningWith({ streamReceiveBufferBytes: 1 * MiB, streamBacklogLimitBytes: bound }),
-      { spill, logger },
-    );
+    const { destination, forward, port, close } = await stallRig(t, 0, {
+      tuning: tuningWith({ streamReceiveBufferBytes: 1 * MiB, streamBacklogLimitBytes: bound }),
+      logger,
+    });
     try {
       const flood = destination.nextFlood();
       const stalled = new StalledReader(port);
@@ -247,9 +248,7 @@ test.serial(
       const mux = session?.stats['mux'] as { backlogResets: number };
       t.is(mux.backlogResets, 1);
     } finally {
-      await forward.stop(0);
-      await emulator.close();
-      await destination.close();
+      await close();
     }
   },
 );

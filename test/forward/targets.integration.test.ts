@@ -5,11 +5,8 @@
  */
 import test from 'ava';
 import net from 'node:net';
-import { defaultTuning } from '../../src/config/types.js';
 import type { ForwardConfig } from '../../src/config/types.js';
-import { startEmulator } from '../../src/emulator/index.js';
 import type { Emulator, EmulatorOptions } from '../../src/emulator/index.js';
-import { Forward } from '../../src/forward/forward.js';
 import type { TunnelSession } from '../../src/forward/session.js';
 import type { Logger } from '../../src/log.js';
 import { TargetResolver, targetResolverFactory } from '../../src/targets/resolve.js';
@@ -25,48 +22,33 @@ import {
   serviceTask,
   taskId,
 } from '../targets/helpers.js';
-import { emulatorSsm, forwardConfig } from './fixtures.js';
+import { startForwardRig } from './fixtures.js';
+import type { ForwardRig } from './fixtures.js';
 
 /** First agent version with the destination denylist. */
 const DENYLIST_AGENT = '3.3.4851.0';
 
-interface Rig {
-  emulator: Emulator;
+interface Rig extends ForwardRig<TestServer> {
   echo: TestServer;
-  forward: Forward;
-  port: number;
   lines: ReturnType<typeof recordingLogger>['lines'];
   sessions: TunnelSession[];
 }
 
 async function rig(
   emulatorOptions: Partial<EmulatorOptions>,
-  forward: (echoPort: number) => Partial<ForwardConfig>,
+  forward: Partial<ForwardConfig>,
   targets?: (logger: Logger, emulator: Emulator) => ForwardTargets,
 ): Promise<Rig> {
-  const echo = await startEchoServer();
-  const emulator = await startEmulator({ agentPacingMs: 0, ...emulatorOptions });
   const { logger, lines } = recordingLogger();
-  const f = new Forward(
-    forwardConfig(forward(echo.port)),
-    { ...defaultTuning },
-    {
-      ssm: emulatorSsm(emulator),
-      logger,
-      userAgent: 'pf-daemon-test',
-      ...(targets ? { targets: targets(logger, emulator) } : {}),
-    },
-  );
+  const r = await startForwardRig({
+    destination: startEchoServer,
+    emulator: { agentPacingMs: 0, ...emulatorOptions },
+    forward,
+    deps: ({ emulator }) => ({ logger, ...(targets ? { targets: targets(logger, emulator) } : {}) }),
+  });
   const sessions: TunnelSession[] = [];
-  f.on('session', (s: TunnelSession) => sessions.push(s));
-  const address = await f.start();
-  return { emulator, echo, forward: f, port: address.port, lines, sessions };
-}
-
-async function teardown(r: Rig): Promise<void> {
-  await r.forward.stop(0);
-  await r.emulator.close();
-  await r.echo.close();
+  r.forward.on('session', (s: TunnelSession) => sessions.push(s));
+  return { ...r, echo: r.destination, lines, sessions };
 }
 
 /** The resolver as the CLI wires it (`targetResolverFactory`), pointed at the emulator for SSM and ECS. */
@@ -116,7 +98,7 @@ function refusedExchange(port: number): Promise<number> {
 test('--target web-1: the session goes to the instance with that Name tag, bytes intact', async (t) => {
   const r = await rig(
     { inventory: { instances: [instance(1, 'web-1'), instance(2, 'web-2')] } },
-    (port) => ({ target: 'web-1', remotePort: port }),
+    { target: 'web-1' },
     factoryResolver(),
   );
   try {
@@ -129,14 +111,14 @@ test('--target web-1: the session goes to the instance with that Name tag, bytes
     );
     t.true(r.lines.some((l) => l.message.includes(`started for ${instanceId(1)}:`)));
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
 test('an ECS service target reaches the task container (ecs:<cluster>_<taskId>_<runtimeId>)', async (t) => {
   const r = await rig(
     { inventory: { tasks: [serviceTask('prod', 'api', 1)] } },
-    (port) => ({ target: 'ecs:prod/api', remotePort: port }),
+    { target: 'ecs:prod/api' },
     factoryResolver(),
   );
   try {
@@ -144,35 +126,27 @@ test('an ECS service target reaches the task container (ecs:<cluster>_<taskId>_<
     t.is(result.receivedSha256, result.sentSha256);
     t.is(onlySession(r.emulator).target, `ecs:prod_${taskId(1)}_${taskId(1)}-1000`);
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
 test('several matches fail the connection with the list; pick: any connects to one of them', async (t) => {
   const inventory = { instances: [instance(1, 'web'), instance(2, 'web'), instance(3, 'web')] };
-  const strict = await rig(
-    { inventory },
-    (port) => ({ target: 'name:web', remotePort: port }),
-    factoryResolver(),
-  );
+  const strict = await rig({ inventory }, { target: 'name:web' }, factoryResolver());
   try {
     t.is(await refusedExchange(strict.port), 0);
     t.is(strict.emulator.sessions.size, 0, 'no StartSession for an ambiguous target');
     t.true(strict.lines.some((l) => /3 instances match name:web in us-east-1/.test(l.message)));
   } finally {
-    await teardown(strict);
+    await strict.close();
   }
-  const any = await rig(
-    { inventory },
-    (port) => ({ target: 'name:web', remotePort: port }),
-    factoryResolver('any'),
-  );
+  const any = await rig({ inventory }, { target: 'name:web' }, factoryResolver('any'));
   try {
     const result = await echoExchange(any.port, 1024);
     t.is(result.receivedSha256, result.sentSha256);
     t.true([1, 2, 3].map(instanceId).includes(onlySession(any.emulator).target));
   } finally {
-    await teardown(any);
+    await any.close();
   }
 });
 
@@ -180,7 +154,7 @@ test('the next session after the instance was replaced goes to the new instance'
   let now = 0;
   const r = await rig(
     { inventory: { instances: [instance(1, 'web-1')] } },
-    (port) => ({ target: 'web-1', remotePort: port, idleStopMs: 50 }),
+    { target: 'web-1', idleStopMs: 50 },
     clockedTargets(() => now),
   );
   try {
@@ -199,7 +173,7 @@ test('the next session after the instance was replaced goes to the new instance'
     );
     t.is(r.sessions[1]?.resolvedTarget, instanceId(2));
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
@@ -209,12 +183,11 @@ test('custom documentName and parameters arrive at StartSession as given', async
       hostMap: { 'db.internal': '127.0.0.1' },
       documents: { 'Acme-PortForwardToRemoteHost': { base: 'remoteHost', parameters: ['team', 'ticket'] } },
     },
-    (port) => ({
-      remotePort: port,
+    {
       host: 'db.internal',
       documentName: 'Acme-PortForwardToRemoteHost',
       parameters: { team: 'payments', ticket: 'OPS-42' },
-    }),
+    },
   );
   try {
     const result = await echoExchange(r.port, 64 * 1024);
@@ -229,13 +202,13 @@ test('custom documentName and parameters arrive at StartSession as given', async
       ticket: ['OPS-42'],
     });
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
 for (const host of ['127.0.0.1', '127.1', '::ffff:127.0.0.1']) {
   test(`host ${host} (loopback) uses AWS-StartPortForwardingSession and works on an agent with the denylist`, async (t) => {
-    const r = await rig({ agentVersion: DENYLIST_AGENT }, (port) => ({ remotePort: port, host }));
+    const r = await rig({ agentVersion: DENYLIST_AGENT }, { host });
     try {
       const result = await echoExchange(r.port, 64 * 1024);
       t.is(result.receivedSha256, result.sentSha256);
@@ -246,7 +219,7 @@ for (const host of ['127.0.0.1', '127.1', '::ffff:127.0.0.1']) {
         localPortNumber: [String(r.port)],
       });
     } finally {
-      await teardown(r);
+      await r.close();
     }
   });
 }
@@ -254,10 +227,12 @@ for (const host of ['127.0.0.1', '127.1', '::ffff:127.0.0.1']) {
 test('a metadata address is refused by a new agent, and the warning names the denylist', async (t) => {
   // The emulator maps the metadata address onto the echo server, so an old agent connects.
   const hostMap = { '169.254.169.254': '127.0.0.1' };
-  const denied = await rig({ agentVersion: DENYLIST_AGENT, hostMap }, (port) => ({
-    remotePort: port,
-    host: '169.254.169.254',
-  }));
+  const denied = await rig(
+    { agentVersion: DENYLIST_AGENT, hostMap },
+    {
+      host: '169.254.169.254',
+    },
+  );
   try {
     t.is(await refusedExchange(denied.port), 0);
     const warning = denied.lines.find(
@@ -271,26 +246,30 @@ test('a metadata address is refused by a new agent, and the warning names the de
     t.is(denied.echo.connections, 0, 'the agent never dialled');
     t.is(onlySession(denied.emulator).document, 'AWS-StartPortForwardingSessionToRemoteHost');
   } finally {
-    await teardown(denied);
+    await denied.close();
   }
-  const old = await rig({ agentVersion: '3.3.4850.0', hostMap }, (port) => ({
-    remotePort: port,
-    host: '169.254.169.254',
-  }));
+  const old = await rig(
+    { agentVersion: '3.3.4850.0', hostMap },
+    {
+      host: '169.254.169.254',
+    },
+  );
   try {
     const result = await echoExchange(old.port, 1024);
     t.is(result.receivedSha256, result.sentSha256, 'agents before 3.3.4851.0 have no denylist');
   } finally {
-    await teardown(old);
+    await old.close();
   }
 });
 
 test('an explicit ToRemoteHost document with a loopback host is refused by a new agent (ConnectToPortError)', async (t) => {
-  const r = await rig({ agentVersion: DENYLIST_AGENT }, (port) => ({
-    remotePort: port,
-    host: '0x7f.1',
-    documentName: 'AWS-StartPortForwardingSessionToRemoteHost',
-  }));
+  const r = await rig(
+    { agentVersion: DENYLIST_AGENT },
+    {
+      host: '0x7f.1',
+      documentName: 'AWS-StartPortForwardingSessionToRemoteHost',
+    },
+  );
   try {
     t.is(await refusedExchange(r.port), 0);
     t.deepEqual(onlySession(r.emulator).parameters['host'], ['0x7f.1']);
@@ -303,14 +282,14 @@ test('an explicit ToRemoteHost document with a loopback host is refused by a new
     );
     t.is(r.echo.connections, 0);
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
 test('replaced within the cache time: StartSession says TargetNotConnected, the next connection finds the new instance', async (t) => {
   const r = await rig(
     { inventory: { instances: [instance(1, 'web-1')] } },
-    (port) => ({ target: 'web-1', remotePort: port, idleStopMs: 50 }),
+    { target: 'web-1', idleStopMs: 50 },
     clockedTargets(() => 0),
   );
   try {
@@ -329,16 +308,19 @@ test('replaced within the cache time: StartSession says TargetNotConnected, the 
       [instanceId(1), instanceId(2)],
     );
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
 
 test('a loopback host with nothing listening: the warning blames the port, not the denylist', async (t) => {
   const closedPort = await refusingPort();
-  const r = await rig({ agentVersion: DENYLIST_AGENT }, () => ({
-    remotePort: closedPort,
-    host: '127.0.0.1',
-  }));
+  const r = await rig(
+    { agentVersion: DENYLIST_AGENT },
+    {
+      remotePort: closedPort,
+      host: '127.0.0.1',
+    },
+  );
   try {
     t.is(await refusedExchange(r.port), 0);
     const warning = r.lines.find(
@@ -350,6 +332,6 @@ test('a loopback host with nothing listening: the warning blames the port, not t
     );
     t.is(onlySession(r.emulator).document, 'AWS-StartPortForwardingSession');
   } finally {
-    await teardown(r);
+    await r.close();
   }
 });
