@@ -12,7 +12,8 @@ import { isPfError } from '../../src/errors.js';
 import { SessionKeeper } from '../../src/forward/keeper.js';
 import type { Carrier } from '../../src/forward/keeper.js';
 import { silentLogger } from '../../src/log.js';
-import { startEchoServer } from '../helpers/net.js';
+import { BASIC_STREAM_BUFFER_BYTES } from '../../src/forward/basic.js';
+import { startBannerServer, startEchoServer } from '../helpers/net.js';
 import { emulatorSsm, forwardConfig, tuningWith, until, withTimeout } from './fixtures.js';
 import type { ForwardConfig, TuningConfig } from '../../src/config/types.js';
 
@@ -48,6 +49,22 @@ function roundTrip(stream: Duplex, text: string, what: string): Promise<string> 
     20_000,
     what,
   );
+}
+
+/** Resolve once `predicate()` holds, checked every 10 ms (for counters that emit no event). */
+function condition(predicate: () => boolean, ms: number, what: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return withTimeout(
+    new Promise<void>((resolve) => {
+      timer = setInterval(() => {
+        if (!predicate()) return;
+        clearInterval(timer);
+        resolve();
+      }, 10);
+    }),
+    ms,
+    what,
+  ).finally(() => clearInterval(timer));
 }
 
 /** Resolves when `stream` has closed. */
@@ -154,6 +171,43 @@ test.serial('basic: carriers queue on the session and are served one at a time',
     await echo.close();
   }
 });
+
+test.serial(
+  'basic: a reader that does not read holds the agent back (push() false refuses), then gets every byte',
+  async (t) => {
+    t.timeout(60_000);
+    // 512 KiB the destination sends at once, numbered so a lost, doubled or reordered piece shows.
+    let banner = '';
+    for (let i = 0; banner.length < 512 * 1024; i++) banner += `${String(i).padStart(8, '0')}|`;
+    const server = await startBannerServer(banner);
+    const emulator = await startEmulator({ agentVersion: '3.0.196.0' });
+    const keeper = keeperFor(emulator, { remotePort: server.port }, tuningWith({ clientVersion: '1.1.69' }));
+    try {
+      const carrier = await withTimeout(keeper.acquire(), 20_000, 'the carrier');
+      t.is(carrier.session.mode, 'basic');
+      const refused = (): number => carrier.session.stats.channel.refusedDeliveries;
+      // Nobody reads: the stream's buffer fills, push() says false, the relay refuses further Output.
+      await condition(() => refused() > 0, 20_000, 'a refused delivery');
+      const held = carrier.stream.readableLength;
+      t.true(
+        held <= BASIC_STREAM_BUFFER_BYTES + 1024,
+        `${held} bytes wait in the stream (bound ${BASIC_STREAM_BUFFER_BYTES} + one message)`,
+      );
+      // Reading again re-offers the refused message (retryDelivery): every byte arrives, in order.
+      let got = '';
+      carrier.stream.on('data', (b: Buffer) => (got += b.toString('latin1')));
+      await condition(() => got.length >= banner.length, 40_000, 'the whole banner');
+      t.is(got.length, banner.length);
+      t.true(got === banner, 'the banner arrived intact');
+      t.log(`${refused()} refused deliveries; ${held} bytes held while the reader paused`);
+      carrier.stream.destroy();
+    } finally {
+      await keeper.stop(0);
+      await emulator.close();
+      await server.close();
+    }
+  },
+);
 
 test.serial(
   'stop during acquire: the waiting acquire rejects with PF_ERR_SESSION_CLOSED; no session is left',
