@@ -280,6 +280,14 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     return this.outgoing.size;
   }
 
+  /**
+   * True while the send window has room for one more committed message (`unacked < sendWindowMessages`,
+   * spec §9.6): the producer's test before {@link sendFrom}, owned by the channel that owns the window.
+   */
+  get canSend(): boolean {
+    return this.outgoing.size < this.options.sendWindowMessages;
+  }
+
   /** Whether `pause_publication` is in force (spec §8). */
   get paused(): boolean {
     return this.isPaused;
@@ -362,8 +370,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
    * Like {@link send}, but the payload is written by `fill` straight into the new frame (at most
    * `maxPayloadBytes` at the offset it is given): one allocation per message, no payload copy (issue 7).
    * `fill` returns how many bytes it wrote; when it writes none, nothing is committed and no sequence number
-   * is used. Returns the payload bytes committed (0 = nothing). The window check is the caller's: compare
-   * {@link unacked} with the window before calling, as with `send()`'s return value.
+   * is used. Returns the payload bytes committed (0 = nothing). The window check is the caller's: test
+   * {@link canSend} before calling, as with `send()`'s return value.
    */
   sendFrom(
     payloadType: number,
