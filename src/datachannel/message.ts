@@ -203,7 +203,12 @@ function writePayloadDigest(frame: Buffer, start: number, end: number): void {
 
 /** True when the PayloadDigest field of `frame` is the SHA-256 of `frame[start, end)`. */
 function payloadDigestMatches(frame: Buffer, start: number, end: number): boolean {
-  const digest = payloadDigestLatin1(frame.subarray(start, end));
+  return digestFieldMatches(frame, frame.subarray(start, end));
+}
+
+/** True when the PayloadDigest field of `frame` is the SHA-256 of `payload` (a view of its payload). */
+function digestFieldMatches(frame: Buffer, payload: Buffer): boolean {
+  const digest = payloadDigestLatin1(payload);
   for (let i = 0; i < HEADER.PAYLOAD_DIGEST_BYTES; i++) {
     if (digest.charCodeAt(i) !== frame[HEADER.PAYLOAD_DIGEST_OFFSET + i]) return false;
   }
@@ -309,7 +314,8 @@ export function newMessage(
 /** The known message type whose space-padded form fills the MessageType field exactly, if any. */
 function knownMessageType(frame: Buffer): string | undefined {
   const first = frame[HEADER.MESSAGE_TYPE_OFFSET];
-  for (const [type, padded] of PADDED_TYPE_LIST) {
+  for (let k = 0; k < PADDED_TYPE_LIST.length; k++) {
+    const [type, padded] = PADDED_TYPE_LIST[k] as readonly [string, Buffer];
     if (padded[0] === first && bytesEqualAt(frame, HEADER.MESSAGE_TYPE_OFFSET, padded)) return type;
   }
   return undefined;
@@ -475,7 +481,7 @@ export function decodeInbound(frame: Buffer, options: DecodeOptions = {}): Inbou
 
   const view = frame.subarray(payloadStart, payloadStart + payloadLength);
   if (payloadLength > 0 && options.verifyDigest !== false) {
-    if (!payloadDigestMatches(frame, payloadStart, payloadStart + payloadLength)) {
+    if (!digestFieldMatches(frame, view)) {
       throw new ProtocolError(
         'PF_ERR_DIGEST_MISMATCH',
         `payload digest mismatch on ${messageType}#${sequenceNumber}`,
