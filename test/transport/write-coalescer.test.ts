@@ -197,3 +197,53 @@ test('without a socket (a ws lacking the private field) hold() and flush() do no
   coalescer.watchReads(undefined);
   t.is(coalescer.bursts, 0);
 });
+
+test('over a real ws client: the replies to every message of one read leave in one writev (watchReads around ws)', async (t) => {
+  const { WebSocketServer, default: WebSocket } = await import('ws');
+  const { underlyingSocketOf } = await import('../../src/transport/write-coalescer.js');
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const messages = 10;
+  const echoed = new Promise<Buffer[]>((resolve) => {
+    server.on('connection', (peer) => {
+      const got: Buffer[] = [];
+      peer.on('message', (data: Buffer) => {
+        if (data.toString() === 'go') {
+          // All messages in one socket write: the client reads them in one 'data' event.
+          const raw = underlyingSocketOf(peer);
+          raw?.cork();
+          for (let i = 0; i < messages; i++) peer.send(Buffer.from(`m${i}`));
+          raw?.uncork();
+          return;
+        }
+        got.push(data);
+        if (got.length === messages) resolve(got);
+      });
+    });
+  });
+  const client = new WebSocket(`ws://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  t.teardown(() => client.terminate());
+  await once(client, 'open');
+  const raw = underlyingSocketOf(client) as unknown as net.Socket;
+  const counts = countWrites(raw);
+  const coalescer = new WriteCoalescer(raw);
+  coalescer.watchReads(raw);
+  let received = 0;
+  client.on('message', (data: Buffer) => {
+    received++;
+    coalescer.hold();
+    client.send(Buffer.concat([Buffer.from('re:'), data]));
+  });
+  client.send('go');
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  const baseline = { single: counts.single, vectored: counts.vectored.length };
+  const got = await echoed;
+  t.is(received, messages);
+  t.deepEqual(
+    got.map((b) => b.toString()),
+    Array.from({ length: messages }, (_, i) => `re:m${i}`),
+  );
+  t.is(counts.single - baseline.single, 0, 'no reply went out alone');
+  t.is(counts.vectored.length - baseline.vectored, 1, 'one writev for all replies of the read');
+});
