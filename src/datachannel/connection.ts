@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { TunnelError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeProxy, proxyAgentFor, proxyUrlFor } from '../proxy.js';
+import { WriteCoalescer, underlyingSocketOf } from '../transport/write-coalescer.js';
 import { encodeOpenDataChannel } from './payloads.js';
 import { newMessageId } from './message.js';
 
@@ -63,67 +64,6 @@ function describeAbort(reason: unknown): string {
 function writtenCallback(onWritten: () => void): (err?: Error | null) => void {
   return (err) => {
     if (err === undefined || err === null) onWritten();
-  };
-}
-
-/** The part of a `net.Socket` a {@link WriteCoalescer} uses. */
-export interface CorkableSocket {
-  cork(): void;
-  uncork(): void;
-}
-
-function isCorkable(value: unknown): value is CorkableSocket {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as Partial<CorkableSocket>).cork === 'function' &&
-    typeof (value as Partial<CorkableSocket>).uncork === 'function'
-  );
-}
-
-/**
- * The TCP (or TLS) socket under a `ws` WebSocket, or undefined. `ws` has no public API for it; ws 8 keeps it
- * in the private `_socket` field from the upgrade on (`WebSocket#setSocket`). Read through this one narrow,
- * guarded accessor so a future ws without the field only loses write coalescing, never correctness.
- */
-export function underlyingSocketOf(ws: WebSocket): CorkableSocket | undefined {
-  const socket: unknown = (ws as unknown as { _socket?: unknown })._socket;
-  return isCorkable(socket) ? socket : undefined;
-}
-
-/**
- * Coalesces the socket writes of one synchronous burst into one `writev` (issue 7): the first write of a
- * burst corks the socket and schedules the uncork for `process.nextTick`, i.e. right after the event that
- * caused the burst (a WebSocket read carrying many frames, an ack opening the window) has been handled.
- * Without it every WebSocket frame — each data message and each ack — is its own write syscall. `cork()` is
- * counted, so the cork/uncork pairs ws's Sender issues per frame nest inside ours. Adds no timer and no
- * latency beyond the current tick.
- */
-export class WriteCoalescer {
-  private corked = false;
-
-  constructor(private readonly socket: CorkableSocket | undefined) {}
-
-  /** Call before each write of a burst; idempotent within one tick. */
-  hold(): void {
-    if (this.corked || this.socket === undefined) return;
-    this.corked = true;
-    this.socket.cork();
-    process.nextTick(this.release);
-  }
-
-  /**
-   * Write out what the current burst holds back, now. Call before anything that may destroy the socket
-   * (`terminate()`), which would otherwise discard corked bytes that a plain write would have delivered.
-   */
-  flush(): void {
-    this.release();
-  }
-
-  private readonly release = (): void => {
-    if (!this.corked) return;
-    this.corked = false;
-    this.socket?.uncork();
   };
 }
 
@@ -306,6 +246,9 @@ export class DataChannelConnection extends EventEmitter {
       return;
     }
     this.writes = new WriteCoalescer(underlyingSocketOf(socket));
+    // ws has its 'data' listener on the raw socket since the upgrade: the acks and data frames produced by
+    // the messages of one read leave in one writev (issue 16); a lone write on an idle link goes at once.
+    this.writes.watchReads(underlyingSocketOf(socket));
     this.lastHeardAt = this.now();
     socket.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     socket.on('pong', () => {
@@ -395,6 +338,7 @@ export class DataChannelConnection extends EventEmitter {
       socket.removeAllListeners('error');
       socket.on('error', () => undefined);
       this.writes?.flush();
+      this.writes?.unwatchReads();
       if (reason !== 'closed-by-us') socket.terminate();
     }
     this.emit('down', reason, detail);

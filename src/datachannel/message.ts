@@ -36,8 +36,10 @@ export interface DecodeOptions {
   /**
    * Copy the payload out of the frame (default true). Pass false only when the caller owns the frame
    * buffer and never reuses it: the payload then aliases the frame (spec §4.1, weakness #16).
+   * `'stream-data'` copies only the payload of `*_stream_data` messages: for a caller that reads every
+   * other payload at once and keeps only sequenced data (the reliable channel).
    */
-  copyPayload?: boolean;
+  copyPayload?: boolean | 'stream-data';
 }
 
 /**
@@ -83,6 +85,11 @@ const PADDED_TYPES: ReadonlyMap<string, Buffer> = new Map(
   }),
 );
 const PADDED_TYPE_LIST: readonly (readonly [string, Buffer])[] = [...PADDED_TYPES];
+/**
+ * The payload of every publication-control message: they carry nothing we use. Zero bytes, so sharing one
+ * instance is safe.
+ */
+const EMPTY_PAYLOAD = Buffer.alloc(0);
 
 /**
  * Random bytes for MessageIds, refilled 16 × 256 at a time: one `randomFillSync` per 256 messages instead of
@@ -196,7 +203,12 @@ function writePayloadDigest(frame: Buffer, start: number, end: number): void {
 
 /** True when the PayloadDigest field of `frame` is the SHA-256 of `frame[start, end)`. */
 function payloadDigestMatches(frame: Buffer, start: number, end: number): boolean {
-  const digest = payloadDigestLatin1(frame.subarray(start, end));
+  return digestFieldMatches(frame, frame.subarray(start, end));
+}
+
+/** True when the PayloadDigest field of `frame` is the SHA-256 of `payload` (a view of its payload). */
+function digestFieldMatches(frame: Buffer, payload: Buffer): boolean {
+  const digest = payloadDigestLatin1(payload);
   for (let i = 0; i < HEADER.PAYLOAD_DIGEST_BYTES; i++) {
     if (digest.charCodeAt(i) !== frame[HEADER.PAYLOAD_DIGEST_OFFSET + i]) return false;
   }
@@ -302,19 +314,9 @@ export function newMessage(
 /** The known message type whose space-padded form fills the MessageType field exactly, if any. */
 function knownMessageType(frame: Buffer): string | undefined {
   const first = frame[HEADER.MESSAGE_TYPE_OFFSET];
-  for (const [type, padded] of PADDED_TYPE_LIST) {
-    if (padded[0] !== first) continue;
-    if (
-      frame.compare(
-        padded,
-        0,
-        HEADER.MESSAGE_TYPE_BYTES,
-        HEADER.MESSAGE_TYPE_OFFSET,
-        HEADER.MESSAGE_TYPE_OFFSET + HEADER.MESSAGE_TYPE_BYTES,
-      ) === 0
-    ) {
-      return type;
-    }
+  for (let k = 0; k < PADDED_TYPE_LIST.length; k++) {
+    const [type, padded] = PADDED_TYPE_LIST[k] as readonly [string, Buffer];
+    if (padded[0] === first && bytesEqualAt(frame, HEADER.MESSAGE_TYPE_OFFSET, padded)) return type;
   }
   return undefined;
 }
@@ -333,11 +335,87 @@ function readMessageType(frame: Buffer): string {
 }
 
 /**
+ * One decoded incoming message as the reliable channel's receive path takes it ({@link decodeInbound}): the
+ * fields of {@link ClientMessage}, but the MessageId kept as its 16 wire bytes in four u32 words and rendered
+ * as a string only when read. The string is needed by nothing on the hot path (an ack writes the id's hex
+ * straight from the words, `encodeOutputAcknowledgeMessage` in `payloads.ts`), so a message costs one object
+ * and no string building (issue 16).
+ */
+export class InboundMessage implements ClientMessage {
+  constructor(
+    /** MessageType string (padding stripped). */
+    readonly messageType: string,
+    /** SchemaVersion header field. */
+    readonly schemaVersion: number,
+    /** CreatedDate, Unix time in milliseconds. */
+    readonly createdDate: number,
+    /** SequenceNumber (spec §7.1). */
+    readonly sequenceNumber: number,
+    /** Flags header field (spec §4.4). */
+    readonly flags: number,
+    /** MessageId wire bytes 0–3 as a big-endian u32 (spec §4.5). */
+    readonly idWord0: number,
+    /** MessageId wire bytes 4–7. */
+    readonly idWord1: number,
+    /** MessageId wire bytes 8–11. */
+    readonly idWord2: number,
+    /** MessageId wire bytes 12–15. */
+    readonly idWord3: number,
+    /** PayloadType (spec §4.3). */
+    readonly payloadType: number,
+    /** Payload bytes (a copy unless decoded with `copyPayload: false`). */
+    readonly payload: Buffer,
+  ) {}
+
+  /** MessageId as a lowercase hyphenated UUID string (RFC 4122 byte order), rendered on each read. */
+  get messageId(): string {
+    const wire = Buffer.allocUnsafe(HEADER.MESSAGE_ID_BYTES);
+    wire.writeUInt32BE(this.idWord0, 0);
+    wire.writeUInt32BE(this.idWord1, 4);
+    wire.writeUInt32BE(this.idWord2, 8);
+    wire.writeUInt32BE(this.idWord3, 12);
+    return readMessageId(wire, 0);
+  }
+
+  /** Wire byte `index` (0–15) of the MessageId. */
+  messageIdByte(index: number): number {
+    const word =
+      index < 8 ? (index < 4 ? this.idWord0 : this.idWord1) : index < 12 ? this.idWord2 : this.idWord3;
+    return (word >>> (24 - 8 * (index & 3))) & 0xff;
+  }
+}
+
+/** True when `frame[offset, offset + literal.length)` equals `literal` (a JS loop: cheaper than a native call for 32 bytes). */
+function bytesEqualAt(frame: Buffer, offset: number, literal: Buffer): boolean {
+  for (let i = 0; i < literal.length; i++) if (frame[offset + i] !== literal[i]) return false;
+  return true;
+}
+
+/**
  * Decode one binary frame. Validates per spec §4.1 (stricter than the reference, compatible with it).
  * `pause_publication` / `start_publication` are accepted without header validation.
  * @throws ProtocolError (and nothing else) for any malformed input.
  */
 export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): ClientMessage {
+  const m = decodeInbound(frame, options);
+  return {
+    messageType: m.messageType,
+    schemaVersion: m.schemaVersion,
+    createdDate: m.createdDate,
+    sequenceNumber: m.sequenceNumber,
+    flags: m.flags,
+    messageId: m.messageId,
+    payloadType: m.payloadType,
+    payload: m.payload,
+  };
+}
+
+/**
+ * {@link decodeMessage} for the receive hot path: the same validation and errors, the result an
+ * {@link InboundMessage} (no MessageId string). `copyPayload` defaults to true as there.
+ * @throws ProtocolError (and nothing else) for any malformed input.
+ */
+export function decodeInbound(frame: Buffer, options: DecodeOptions = {}): InboundMessage {
   if (frame.length < HEADER.TOTAL_BYTES) {
     throw new ProtocolError('PF_ERR_FRAME_TOO_SHORT', `frame of ${frame.length} bytes is shorter than 120`);
   }
@@ -351,20 +429,26 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
   const schemaVersion = frame.readUInt32BE(HEADER.SCHEMA_VERSION_OFFSET);
   const flags = readU64(frame, HEADER.FLAGS_OFFSET);
   const payloadType = frame.readUInt32BE(HEADER.PAYLOAD_TYPE_OFFSET);
-  const messageId = readMessageId(frame, HEADER.MESSAGE_ID_OFFSET);
+  const idWord0 = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET);
+  const idWord1 = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 4);
+  const idWord2 = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 8);
+  const idWord3 = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 12);
 
   if (control) {
     // Accepted without validation; their payload carries nothing we use.
-    return {
+    return new InboundMessage(
       messageType,
       schemaVersion,
       createdDate,
-      sequenceNumber: 0,
+      0,
       flags,
-      messageId,
+      idWord0,
+      idWord1,
+      idWord2,
+      idWord3,
       payloadType,
-      payload: Buffer.alloc(0),
-    };
+      EMPTY_PAYLOAD,
+    );
   }
 
   if (headerLength < HEADER.HEADER_LENGTH_VALUE) {
@@ -397,7 +481,7 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
 
   const view = frame.subarray(payloadStart, payloadStart + payloadLength);
   if (payloadLength > 0 && options.verifyDigest !== false) {
-    if (!payloadDigestMatches(frame, payloadStart, payloadStart + payloadLength)) {
+    if (!digestFieldMatches(frame, view)) {
       throw new ProtocolError(
         'PF_ERR_DIGEST_MISMATCH',
         `payload digest mismatch on ${messageType}#${sequenceNumber}`,
@@ -405,21 +489,25 @@ export function decodeMessage(frame: Buffer, options: DecodeOptions = {}): Clien
     }
   }
   let payload = view;
-  if (options.copyPayload !== false) {
+  const copy = options.copyPayload ?? true;
+  if (copy === true || (copy === 'stream-data' && isStreamData(messageType))) {
     // allocUnsafe (pooled below 4 KiB, like Buffer.from) + set is the cheapest copy on Node 20.
     payload = Buffer.allocUnsafe(payloadLength);
     payload.set(view);
   }
-  return {
+  return new InboundMessage(
     messageType,
     schemaVersion,
     createdDate,
     sequenceNumber,
     flags,
-    messageId,
+    idWord0,
+    idWord1,
+    idWord2,
+    idWord3,
     payloadType,
     payload,
-  };
+  );
 }
 
 /** True when the frame's PayloadDigest field is the SHA-256 of its payload (for the emulator's counters). */

@@ -7,7 +7,7 @@ import { ProtocolError } from '../errors.js';
 import type { ActionStatus, FlagCode } from './constants.js';
 import { HEADER, HeaderFlags, MessageType, PayloadType, SCHEMA_VERSION } from './constants.js';
 import { allocateFrame, sealFrame } from './message.js';
-import type { FrameHeader } from './message.js';
+import type { FrameHeader, InboundMessage } from './message.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers for validating parsed JSON without `any`.
@@ -100,6 +100,78 @@ export function encodeAcknowledgeMessage(ack: AcknowledgeContent, createdDate: n
   return sealFrame(frame, ackHeaderFields(createdDate));
 }
 
+/** The ack JSON up to the MessageId for an `output_stream_data` ack, as bytes (the template of every ack we send). */
+const OUTPUT_ACK_PREFIX_BYTES = Buffer.from(
+  `{"AcknowledgedMessageType":"${MessageType.OutputStreamData}","AcknowledgedMessageId":"`,
+  'latin1',
+);
+/** The ack JSON from the end of the MessageId to the sequence number's digits. */
+const ACK_SEQUENCE_KEY_BYTES = Buffer.from('","AcknowledgedMessageSequenceNumber":', 'latin1');
+/** The ack JSON after the digits of a sequential ack. */
+const ACK_SEQUENTIAL_TRUE_END = Buffer.from(',"IsSequentialMessage":true}', 'latin1');
+/** Characters of a MessageId in its hyphenated text form (spec §4.5). */
+const MESSAGE_ID_TEXT_CHARS = 36;
+/** Lowercase hex digit character codes. */
+const HEX_CHAR_CODES = Buffer.from('0123456789abcdef', 'latin1');
+const CHAR_HYPHEN = 0x2d;
+/**
+ * The header fields of the acks {@link encodeOutputAcknowledgeMessage} seals: one shared record whose
+ * `createdDate` is set per ack (sealing is synchronous), instead of one object per ack.
+ */
+const outputAckHeader: FrameHeader = {
+  messageType: MessageType.Acknowledge,
+  schemaVersion: SCHEMA_VERSION,
+  createdDate: 0,
+  sequenceNumber: 0,
+  flags: HeaderFlags.Ack,
+  messageId: undefined,
+  payloadType: PayloadType.None,
+};
+
+/** Decimal digits of a non-negative safe integer. */
+function decimalDigits(value: number): number {
+  let digits = 1;
+  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  return digits;
+}
+
+/**
+ * The ack frame of one received `output_stream_data` message (spec §5, §4.4), built from a prebuilt template:
+ * the JSON's fixed parts are copied, the acked MessageId's hex is written straight from its wire bytes and the
+ * sequence number's digits straight into the frame: no JSON, no strings, one allocation (issue 16). The bytes
+ * are exactly those of {@link encodeAcknowledgeMessage} for `{ output_stream_data, message.messageId,
+ * message.sequenceNumber, true }` (a test checks it).
+ */
+export function encodeOutputAcknowledgeMessage(message: InboundMessage, createdDate: number): Buffer {
+  const seq = message.sequenceNumber;
+  const digits = decimalDigits(seq);
+  const frame = allocateFrame(
+    OUTPUT_ACK_PREFIX_BYTES.length +
+      MESSAGE_ID_TEXT_CHARS +
+      ACK_SEQUENCE_KEY_BYTES.length +
+      digits +
+      ACK_SEQUENTIAL_TRUE_END.length,
+  );
+  let pos = HEADER.PAYLOAD_OFFSET + OUTPUT_ACK_PREFIX_BYTES.copy(frame, HEADER.PAYLOAD_OFFSET);
+  // RFC 4122 byte i is wire byte i + 8 for i < 8, i − 8 after (spec §4.5); hyphens before RFC bytes 4, 6, 8, 10.
+  for (let i = 0; i < HEADER.MESSAGE_ID_BYTES; i++) {
+    if (i === 4 || i === 6 || i === 8 || i === 10) frame[pos++] = CHAR_HYPHEN;
+    const byte = message.messageIdByte(i < 8 ? i + 8 : i - 8);
+    frame[pos++] = HEX_CHAR_CODES[byte >>> 4] as number;
+    frame[pos++] = HEX_CHAR_CODES[byte & 0x0f] as number;
+  }
+  pos += ACK_SEQUENCE_KEY_BYTES.copy(frame, pos);
+  let rest = seq;
+  for (let i = pos + digits - 1; i >= pos; i--) {
+    frame[i] = CHAR_0 + (rest % 10);
+    rest = Math.floor(rest / 10);
+  }
+  pos += digits;
+  ACK_SEQUENTIAL_TRUE_END.copy(frame, pos);
+  outputAckHeader.createdDate = createdDate;
+  return sealFrame(frame, outputAckHeader);
+}
+
 /** Header fields of every ack we send (spec §4.4: seq 0, Flags 3, PayloadType 0, fresh MessageId). */
 function ackHeaderFields(createdDate: number): FrameHeader {
   return {
@@ -174,18 +246,24 @@ function plainStringEnd(payload: Buffer, pos: number): number {
 }
 
 /**
- * Parse an ack in the exact canonical layout (spec §5: compact JSON, reference key order, plain ASCII strings,
- * a non-negative integer of at most 15 digits), without JSON.parse. Undefined for anything else, which then
- * takes the general JSON path: on every input it accepts this returns what the JSON path returns.
+ * Where the variable parts of the canonical ack {@link scanCanonicalAcknowledge} last accepted lie. One
+ * module-level scratch record instead of an object per ack (the scan is synchronous and not re-entrant).
  */
-export function decodeCanonicalAcknowledge(payload: Buffer): AcknowledgeContent | undefined {
-  if (!bytesAt(payload, 0, ACK_TYPE_PREFIX)) return undefined;
+const canonicalAck = { typeStart: 0, typeEnd: 0, idStart: 0, idEnd: 0, seq: 0, sequential: true };
+
+/**
+ * Scan an ack in the exact canonical layout (spec §5: compact JSON, reference key order, plain ASCII strings,
+ * a non-negative integer of at most 15 digits), without JSON.parse and without creating strings; on success
+ * fills {@link canonicalAck} and returns true. Anything else returns false and takes the general JSON path.
+ */
+function scanCanonicalAcknowledge(payload: Buffer): boolean {
+  if (!bytesAt(payload, 0, ACK_TYPE_PREFIX)) return false;
   const typeStart = ACK_TYPE_PREFIX.length;
   const typeEnd = plainStringEnd(payload, typeStart);
-  if (typeEnd < 0 || !bytesAt(payload, typeEnd, ACK_ID_KEY)) return undefined;
+  if (typeEnd < 0 || !bytesAt(payload, typeEnd, ACK_ID_KEY)) return false;
   const idStart = typeEnd + ACK_ID_KEY.length;
   const idEnd = plainStringEnd(payload, idStart);
-  if (idEnd < 0 || !bytesAt(payload, idEnd, ACK_SEQUENCE_KEY)) return undefined;
+  if (idEnd < 0 || !bytesAt(payload, idEnd, ACK_SEQUENCE_KEY)) return false;
   let pos = idEnd + ACK_SEQUENCE_KEY.length;
   const digitsStart = pos;
   let seq = 0;
@@ -195,10 +273,10 @@ export function decodeCanonicalAcknowledge(payload: Buffer): AcknowledgeContent 
     seq = seq * 10 + (c - CHAR_0);
   }
   const digits = pos - digitsStart;
-  if (digits === 0 || digits > ACK_MAX_FAST_DIGITS) return undefined;
+  if (digits === 0 || digits > ACK_MAX_FAST_DIGITS) return false;
   // JSON forbids leading zeros ("07"); leave such input to JSON.parse, which rejects it.
-  if (digits > 1 && payload[digitsStart] === CHAR_0) return undefined;
-  if (!bytesAt(payload, pos, ACK_SEQUENTIAL_KEY)) return undefined;
+  if (digits > 1 && payload[digitsStart] === CHAR_0) return false;
+  if (!bytesAt(payload, pos, ACK_SEQUENTIAL_KEY)) return false;
   pos += ACK_SEQUENTIAL_KEY.length;
   let sequential: boolean;
   if (bytesAt(payload, pos, ACK_TRUE_END)) {
@@ -208,15 +286,42 @@ export function decodeCanonicalAcknowledge(payload: Buffer): AcknowledgeContent 
     sequential = false;
     pos += ACK_FALSE_END.length;
   } else {
-    return undefined;
+    return false;
   }
-  if (pos !== payload.length) return undefined;
+  if (pos !== payload.length) return false;
+  canonicalAck.typeStart = typeStart;
+  canonicalAck.typeEnd = typeEnd;
+  canonicalAck.idStart = idStart;
+  canonicalAck.idEnd = idEnd;
+  canonicalAck.seq = seq;
+  canonicalAck.sequential = sequential;
+  return true;
+}
+
+/**
+ * Parse an ack in the exact canonical layout (see {@link scanCanonicalAcknowledge}) without JSON.parse.
+ * Undefined for anything else, which then takes the general JSON path: on every input it accepts this returns
+ * what the JSON path returns.
+ */
+export function decodeCanonicalAcknowledge(payload: Buffer): AcknowledgeContent | undefined {
+  if (!scanCanonicalAcknowledge(payload)) return undefined;
   return {
-    acknowledgedMessageType: payload.toString('latin1', typeStart, typeEnd),
-    acknowledgedMessageId: payload.toString('latin1', idStart, idEnd),
-    acknowledgedMessageSequenceNumber: seq,
-    isSequentialMessage: sequential,
+    acknowledgedMessageType: payload.toString('latin1', canonicalAck.typeStart, canonicalAck.typeEnd),
+    acknowledgedMessageId: payload.toString('latin1', canonicalAck.idStart, canonicalAck.idEnd),
+    acknowledgedMessageSequenceNumber: canonicalAck.seq,
+    isSequentialMessage: canonicalAck.sequential,
   };
+}
+
+/**
+ * The AcknowledgedMessageSequenceNumber of an ack payload, the one field the reliable channel matches on
+ * (spec §5): the same acceptance and errors as {@link decodeAcknowledge}, but the canonical layout creates no
+ * strings and no object (issue 16).
+ * @throws ProtocolError `PF_ERR_PAYLOAD` when the payload is not a valid ack.
+ */
+export function acknowledgedSequenceNumberOf(payload: Buffer): number {
+  if (scanCanonicalAcknowledge(payload)) return canonicalAck.seq;
+  return decodeAcknowledge(payload).acknowledgedMessageSequenceNumber;
 }
 
 /**

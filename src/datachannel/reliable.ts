@@ -20,10 +20,14 @@ import { EventEmitter } from 'node:events';
 import { ProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HEADER, HeaderFlags, MessageType, SCHEMA_VERSION } from './constants.js';
-import type { ClientMessage } from './message.js';
-import { allocateFrame, decodeMessage, sealFrame } from './message.js';
+import type { ClientMessage, InboundMessage } from './message.js';
+import { allocateFrame, decodeInbound, sealFrame } from './message.js';
 import type { ChannelClosed } from './payloads.js';
-import { decodeAcknowledge, decodeChannelClosed, encodeAcknowledgeMessage } from './payloads.js';
+import {
+  acknowledgedSequenceNumberOf,
+  decodeChannelClosed,
+  encodeOutputAcknowledgeMessage,
+} from './payloads.js';
 import { RTT, RttEstimator } from './rtt.js';
 
 /** Interval at which the I/O layer is expected to call {@link ReliableChannel.tick}, ms (daemon default, spec §7.3). */
@@ -157,6 +161,12 @@ export interface ReliableChannelEvents {
   acked: [seq: number];
 }
 
+/**
+ * How {@link ReliableChannel.receive} decodes: digests always verified (spec §4.1); payloads copied out of the
+ * frame only for sequenced data, which outlives the call (the frame may be a slice of a socket read).
+ */
+const RECEIVE_DECODE = Object.freeze({ verifyDigest: true, copyPayload: 'stream-data' as const });
+
 /** One committed outgoing message (spec §7.3 outgoing buffer entry). */
 interface OutgoingEntry {
   /** Client sequence number, assigned at commit. */
@@ -180,7 +190,7 @@ interface OutgoingEntry {
 
 /** One incoming message held for in-order delivery. */
 interface BufferedIncoming {
-  readonly message: ClientMessage;
+  readonly message: InboundMessage;
   /** False only for an in-order head that `deliver()` refused: it is acked when finally delivered. */
   acked: boolean;
 }
@@ -280,6 +290,14 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     return this.outgoing.size;
   }
 
+  /**
+   * True while the send window has room for one more committed message (`unacked < sendWindowMessages`,
+   * spec §9.6): the producer's test before {@link sendFrom}, owned by the channel that owns the window.
+   */
+  get canSend(): boolean {
+    return this.outgoing.size < this.options.sendWindowMessages;
+  }
+
   /** Whether `pause_publication` is in force (spec §8). */
   get paused(): boolean {
     return this.isPaused;
@@ -362,8 +380,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
    * Like {@link send}, but the payload is written by `fill` straight into the new frame (at most
    * `maxPayloadBytes` at the offset it is given): one allocation per message, no payload copy (issue 7).
    * `fill` returns how many bytes it wrote; when it writes none, nothing is committed and no sequence number
-   * is used. Returns the payload bytes committed (0 = nothing). The window check is the caller's: compare
-   * {@link unacked} with the window before calling, as with `send()`'s return value.
+   * is used. Returns the payload bytes committed (0 = nothing). The window check is the caller's: test
+   * {@link canSend} before calling, as with `send()`'s return value.
    */
   sendFrom(
     payloadType: number,
@@ -415,18 +433,26 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
    */
   receive(frame: Buffer): void {
     this.counters.framesReceived++;
-    let message: ClientMessage;
+    let message: InboundMessage;
     try {
-      message = decodeMessage(frame);
+      // Only sequenced data outlives this call (delivered or buffered): acks and service messages are read
+      // here and dropped, so their payload may alias the frame.
+      message = decodeInbound(frame, RECEIVE_DECODE);
     } catch (err) {
       this.protocolError(err, 'dropped malformed frame');
       return;
     }
     switch (message.messageType) {
       case MessageType.OutputStreamData:
-        this.withDeliveryHold(() => this.onData(message));
+        // Inline, not through withDeliveryHold(): no closure per message on the hottest path.
+        this.deliveryHold++;
+        try {
+          this.onData(message);
+        } finally {
+          this.deliveryHold--;
+        }
         if (this.isPaused) this.clearPause();
-        else this.pump(this.deps.now());
+        else if (this.firstUnsentSeq < this.nextSeq) this.pump(this.deps.now());
         break;
       case MessageType.Acknowledge:
         this.onAcknowledge(message);
@@ -521,7 +547,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   // Incoming sequenced data (spec §7.2)
 
   /** Handle one `output_stream_data` message; may advance `expected` and deliver buffered successors. */
-  private onData(message: ClientMessage): void {
+  private onData(message: InboundMessage): void {
     const seq = message.sequenceNumber;
     if (seq > this.highestSeen) this.highestSeen = seq;
     if (seq < this.expected) {
@@ -565,7 +591,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   }
 
   /** Offer one in-order message to the owner; counts refusals. */
-  private offer(message: ClientMessage): boolean {
+  private offer(message: InboundMessage): boolean {
     if (this.deps.deliver(message)) return true;
     this.counters.refusedDeliveries++;
     return false;
@@ -584,17 +610,9 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   }
 
   /** Ack one received sequenced message, ahead of any data (spec §5, §7.4). Not sent while detached. */
-  private sendAck(message: ClientMessage): void {
+  private sendAck(message: InboundMessage): void {
     if (this.transport === undefined) return;
-    const frame = encodeAcknowledgeMessage(
-      {
-        acknowledgedMessageType: MessageType.OutputStreamData,
-        acknowledgedMessageId: message.messageId,
-        acknowledgedMessageSequenceNumber: message.sequenceNumber,
-        isSequentialMessage: true,
-      },
-      Date.now(),
-    );
+    const frame = encodeOutputAcknowledgeMessage(message, Date.now());
     this.counters.acksSent++;
     this.write(frame);
   }
@@ -603,10 +621,10 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   // Incoming acks and service messages (spec §5, §8, §10.1)
 
   /** Handle an `acknowledge`: match by sequence number only, Karn's rule, open the window. */
-  private onAcknowledge(message: ClientMessage): void {
+  private onAcknowledge(message: InboundMessage): void {
     let seq: number;
     try {
-      seq = decodeAcknowledge(message.payload).acknowledgedMessageSequenceNumber;
+      seq = acknowledgedSequenceNumberOf(message.payload);
     } catch (err) {
       this.protocolError(err, 'dropped malformed acknowledge');
       return;
@@ -679,7 +697,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   }
 
   /** `channel_closed`: an unparseable payload still ends the session, with an empty reason. */
-  private onChannelClosed(message: ClientMessage): void {
+  private onChannelClosed(message: InboundMessage): void {
     let closed: ChannelClosed;
     try {
       closed = decodeChannelClosed(message.payload);

@@ -12,7 +12,7 @@ import { HEADER, MessageType, PayloadType } from '../datachannel/constants.js';
 import { decodeMessage, encodeMessage, newMessage } from '../datachannel/message.js';
 import type { OpenDataChannelInput } from '../datachannel/payloads.js';
 import { decodeAcknowledge, encodeChannelClosed } from '../datachannel/payloads.js';
-import { WriteCoalescer, underlyingSocketOf } from '../datachannel/connection.js';
+import { WriteCoalescer, underlyingSocketOf } from '../transport/write-coalescer.js';
 import type { Logger } from '../log.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from './agent.js';
 import type { StartSessionInput } from './api.js';

@@ -23,7 +23,7 @@
 import type net from 'node:net';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
-import { WriteCoalescer } from '../datachannel/connection.js';
+import { WriteCoalescer } from '../transport/write-coalescer.js';
 import { SmuxCommand, SmuxFrameDecoder, encodeFrame } from '../mux/frame.js';
 import type { SmuxFrame } from '../mux/frame.js';
 

@@ -592,7 +592,7 @@ export class TunnelSession extends EventEmitter {
     // smux bytes go straight into each Output frame: one allocation per message, no payload copy (issue 7).
     const fill = (target: Buffer, offset: number, maxBytes: number): number =>
       smux.pullOutgoingInto(target, offset, maxBytes);
-    while (smux.hasOutgoing && this.channel.unacked < this.tuning.sendWindowMessages) {
+    while (smux.hasOutgoing && this.channel.canSend) {
       if (this.channel.sendFrom(PayloadType.Output, MAX_OUTPUT_PAYLOAD_BYTES, fill) === 0) break;
     }
   }

@@ -2,6 +2,7 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import {
   allocateFrame,
+  decodeInbound,
   decodeMessage,
   encodeMessage,
   sealFrame,
@@ -212,4 +213,57 @@ test('decodeMessage and frameDigestMatches: a change to any one bit of the 32-by
   const decoded = decodeMessage(frame);
   frame[120] = (frame[120] as number) ^ 0xff;
   t.true(decoded.payload.equals(payload));
+});
+
+test('decodeInbound: the fields of decodeMessage, the MessageId rendered from its wire bytes, the same errors', (t) => {
+  for (const vector of [...vectors.messages, ...vectors.invalid_messages]) {
+    const frame = Buffer.from(vector.hex, 'hex');
+    let plain: unknown;
+    let plainError: unknown;
+    try {
+      plain = decodeMessage(frame);
+    } catch (err) {
+      plainError = (err as ProtocolError).code;
+    }
+    try {
+      const inbound = decodeInbound(frame);
+      t.deepEqual(
+        {
+          messageType: inbound.messageType,
+          schemaVersion: inbound.schemaVersion,
+          createdDate: inbound.createdDate,
+          sequenceNumber: inbound.sequenceNumber,
+          flags: inbound.flags,
+          messageId: inbound.messageId,
+          payloadType: inbound.payloadType,
+          payload: inbound.payload,
+        },
+        plain as never,
+        vector.name,
+      );
+      t.is(plainError, undefined, vector.name);
+      t.is(inbound.messageId, readMessageId(frame, 64), vector.name);
+      for (let i = 0; i < 16; i++) t.is(inbound.messageIdByte(i), frame[64 + i] as number, vector.name);
+    } catch (err) {
+      t.is((err as ProtocolError).code as unknown, plainError, vector.name);
+    }
+  }
+});
+
+test("decodeInbound with copyPayload 'stream-data': sequenced data is copied, other payloads alias the frame", (t) => {
+  for (const vector of vectors.messages) {
+    const frame = Buffer.from(vector.hex, 'hex');
+    let inbound;
+    try {
+      inbound = decodeInbound(frame, { copyPayload: 'stream-data' });
+    } catch {
+      continue;
+    }
+    if (inbound.payload.length === 0) continue;
+    // Flip the frame's last payload byte: an alias sees it, a copy does not.
+    const before = inbound.payload[inbound.payload.length - 1];
+    frame[frame.length - 1] = (frame[frame.length - 1] as number) ^ 0xff;
+    const aliases = inbound.payload[inbound.payload.length - 1] !== before;
+    t.is(aliases, !inbound.messageType.endsWith('_stream_data'), vector.name);
+  }
 });

@@ -3,6 +3,7 @@ import { FlagCode, MessageType } from '../../src/datachannel/constants.js';
 import {
   FLAG_PAYLOAD_BYTES,
   acknowledgeJson,
+  acknowledgedSequenceNumberOf,
   decodeAcknowledge,
   decodeCanonicalAcknowledge,
   decodeChannelClosed,
@@ -19,10 +20,13 @@ import {
   encodeHandshakeRequest,
   encodeHandshakeResponse,
   encodeOpenDataChannel,
+  encodeOutputAcknowledgeMessage,
   sessionTypeAction,
   sessionTypeOf,
 } from '../../src/datachannel/payloads.js';
-import { decodeMessage, encodeMessage } from '../../src/datachannel/message.js';
+import { decodeInbound, decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/message.js';
+import { HEADER, HeaderFlags, PayloadType } from '../../src/datachannel/constants.js';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { ProtocolError } from '../../src/errors.js';
 import { messageVector } from '../helpers/vectors.js';
 
@@ -333,4 +337,115 @@ test('acknowledgeJson and encodeAcknowledgeMessage: the concatenation path write
     }
   }
   t.pass();
+});
+
+test('encodeOutputAcknowledgeMessage (template ack) writes the bytes of encodeAcknowledgeMessage, only the fresh MessageId differs', (t) => {
+  const seqs = [0, 1, 9, 10, 99, 100, 4095, 65_536, 999_999_999_999_999, Number.MAX_SAFE_INTEGER];
+  for (let i = 0; i < 300; i++) seqs.push(Math.floor(Math.random() * 2 ** (1 + (i % 53))));
+  for (const seq of seqs) {
+    // Random MessageIds cover every hex digit in every position, upper case on the wire never occurs.
+    const messageId = randomUUID();
+    const received = decodeInbound(
+      encodeMessage(
+        newMessage({
+          messageType: MessageType.OutputStreamData,
+          sequenceNumber: seq,
+          flags: HeaderFlags.Data,
+          payloadType: PayloadType.Output,
+          payload: randomBytes(1 + (seq % 1024)),
+          messageId,
+        }),
+      ),
+    );
+    t.is(received.messageId, messageId);
+    const createdDate = 1_700_000_000_000 + (seq % 1000);
+    const template = encodeOutputAcknowledgeMessage(received, createdDate);
+    const oracle = encodeAcknowledgeMessage(
+      {
+        acknowledgedMessageType: MessageType.OutputStreamData,
+        acknowledgedMessageId: messageId,
+        acknowledgedMessageSequenceNumber: seq,
+        isSequentialMessage: true,
+      },
+      createdDate,
+    );
+    const idEnd = HEADER.MESSAGE_ID_OFFSET + HEADER.MESSAGE_ID_BYTES;
+    t.is(template.length, oracle.length, `seq ${seq}`);
+    t.true(
+      template.subarray(0, HEADER.MESSAGE_ID_OFFSET).equals(oracle.subarray(0, HEADER.MESSAGE_ID_OFFSET)),
+    );
+    t.true(template.subarray(idEnd).equals(oracle.subarray(idEnd)), `seq ${seq}: digest, type, length, JSON`);
+    const decoded = decodeMessage(template);
+    t.deepEqual(decodeAcknowledge(decoded.payload), {
+      acknowledgedMessageType: MessageType.OutputStreamData,
+      acknowledgedMessageId: messageId,
+      acknowledgedMessageSequenceNumber: seq,
+      isSequentialMessage: true,
+    });
+  }
+  // Two acks of one message still get two fresh MessageIds (spec 4.5).
+  const one = decodeInbound(agentData(7));
+  const first = encodeOutputAcknowledgeMessage(one, 1);
+  const second = encodeOutputAcknowledgeMessage(one, 1);
+  t.false(
+    first
+      .subarray(HEADER.MESSAGE_ID_OFFSET, HEADER.MESSAGE_ID_OFFSET + HEADER.MESSAGE_ID_BYTES)
+      .equals(second.subarray(HEADER.MESSAGE_ID_OFFSET, HEADER.MESSAGE_ID_OFFSET + HEADER.MESSAGE_ID_BYTES)),
+  );
+});
+
+/** An agent data frame with sequence number `seq`. */
+function agentData(seq: number): Buffer {
+  return encodeMessage(
+    newMessage({
+      messageType: MessageType.OutputStreamData,
+      sequenceNumber: seq,
+      flags: HeaderFlags.Data,
+      payloadType: PayloadType.Output,
+      payload: Buffer.from('x'),
+    }),
+  );
+}
+
+test('acknowledgedSequenceNumberOf accepts and rejects exactly what decodeAcknowledge does, on canonical, non-canonical and hostile payloads', (t) => {
+  const canonical =
+    '{"AcknowledgedMessageType":"output_stream_data","AcknowledgedMessageId":"x","AcknowledgedMessageSequenceNumber":5,"IsSequentialMessage":true}';
+  const texts = [
+    canonical,
+    canonical.replace('true}', 'false}'),
+    canonical.replace('{', '{ '),
+    canonical.replace(':5,', ':5.0,'),
+    canonical.replace(':5,', ':1234567890123456,'),
+    canonical.replace(':5,', ':-5,'),
+    canonical.replace(':5,', ':05,'),
+    canonical.replace(':5,', ':,'),
+    canonical.replace('true}', 'tru}'),
+    canonical.slice(0, -1),
+    canonical.replace(':5,', ':9007199254740993,'),
+    '{"AcknowledgedMessageSequenceNumber":3}',
+    '[]',
+    '',
+  ];
+  for (let i = 0; i < 2000; i++) {
+    const bytes = Buffer.from(canonical, 'latin1');
+    bytes[Math.floor(Math.random() * bytes.length)] = Math.floor(Math.random() * 256);
+    texts.push(bytes.toString('latin1'));
+  }
+  for (const text of texts) {
+    const payload = Buffer.from(text, 'latin1');
+    let expected: number | string;
+    try {
+      expected = decodeAcknowledge(payload).acknowledgedMessageSequenceNumber;
+    } catch (err) {
+      expected = (err as ProtocolError).code;
+    }
+    let actual: number | string;
+    try {
+      actual = acknowledgedSequenceNumberOf(payload);
+    } catch (err) {
+      t.true(err instanceof ProtocolError, text);
+      actual = (err as ProtocolError).code;
+    }
+    t.is(actual, expected, text);
+  }
 });

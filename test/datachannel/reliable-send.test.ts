@@ -103,3 +103,22 @@ test('a message lost while later ones are acked is resent after their round trip
   t.deepEqual(h.sentSeqs, [0, 1, 2, 3, 1], 'message 1 resent well before the 200 ms RTO');
   t.is(h.ch.stats.rackResends, 1);
 });
+
+test('canSend is the window: false once un-acked + queued reach sendWindowMessages, true again after an ack', (t) => {
+  const h = queueingHarness(4);
+  const committed: boolean[] = [];
+  while (h.ch.canSend) committed.push(h.ch.send(PayloadType.Output, Buffer.alloc(10)));
+  t.deepEqual(committed, [true, true, true, false], "send() returns false on the window's last message");
+  t.is(h.ch.unacked, 4);
+  t.false(h.ch.canSend);
+  // sendFrom() leaves the window check to the caller: canSend is that check.
+  h.flush(4);
+  h.ch.receive(agentAck(0));
+  t.is(h.ch.unacked, 3);
+  t.true(h.ch.canSend);
+  t.is(
+    h.ch.sendFrom(PayloadType.Output, 1024, (target, offset) => target.write('x', offset)),
+    1,
+  );
+  t.false(h.ch.canSend);
+});

@@ -226,13 +226,6 @@ export const EMULATOR_MAY_IMPORT = new Set([
   'src/errors.ts',
 ]);
 
-/**
- * Until the write coalescer leaves `src/datachannel/connection.ts` for `src/transport/write-coalescer.ts`
- * (issue 12, a separate change), the emulator may take exactly these two names from the client's connection
- * module, and nothing else from it.
- */
-export const EMULATOR_CONNECTION_NAMES = new Set(['WriteCoalescer', 'underlyingSocketOf']);
-
 /** The rules of docs/architecture.md, "Who imports whom". */
 export const LAYER_RULES: readonly ImportRule[] = [
   {
@@ -256,11 +249,7 @@ export const LAYER_RULES: readonly ImportRule[] = [
     from: under('src/emulator'),
     forbids: (edge) => {
       if (!edge.to.startsWith('src/') || under('src/emulator')(edge.to)) return false;
-      if (EMULATOR_MAY_IMPORT.has(edge.to)) return false;
-      if (edge.to === 'src/datachannel/connection.ts') {
-        return edge.names.length === 0 || !edge.names.every((name) => EMULATOR_CONNECTION_NAMES.has(name));
-      }
-      return true;
+      return !EMULATOR_MAY_IMPORT.has(edge.to);
     },
   },
 ];
