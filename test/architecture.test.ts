@@ -73,7 +73,7 @@ test('the rules catch what they forbid (the checker itself)', (t) => {
   const fine: ImportGraph = {
     files: [],
     edges: [
-      edge('src/emulator/session.ts', 'src/datachannel/connection.ts', [
+      edge('src/emulator/session.ts', 'src/transport/write-coalescer.ts', [
         'WriteCoalescer',
         'underlyingSocketOf',
       ]),
