@@ -40,6 +40,31 @@ export const RELIABLE_TICK_MS = 50;
 export const PAUSE_PROBE_MS = 60_000;
 
 /**
+ * After HandshakeComplete the agent neither acks nor consumes in-order Output until its port plugin is set
+ * up (spec §6.4, "the first smux SYN/PSH is often resent once"). Meanwhile the oldest message sent after the
+ * handshake is resent this often instead of waiting out the 200 ms RTO floor, ms (our default): the first
+ * connection of a new session then waits for the agent's set-up, not for our timer. Cost: a few copies of one
+ * message per session start; the agent drops the copies it has consumed already (seq < expected).
+ */
+export const NOT_READY_PROBE_MS = 20;
+
+/** How long after the handshake {@link NOT_READY_PROBE_MS} probing lasts at most, ms (our default). */
+export const NOT_READY_PROBE_WINDOW_MS = 1_000;
+
+/**
+ * Most probe copies per session start (our default): 10 × 20 ms covers the 200 ms RTO floor, after which the
+ * ordinary timer takes over, so a slow link is never fed more than 10 extra copies of one message.
+ */
+export const NOT_READY_PROBE_LIMIT = 10;
+
+/**
+ * Probing happens only while at most this many messages are in flight (our default): a connection's SYN and
+ * its first data. A bulk upload that starts at once fills the window; its head is left to the RTO, so probe
+ * copies never pile up in a slow uplink in front of a window of data.
+ */
+export const NOT_READY_PROBE_MAX_IN_FLIGHT = 2;
+
+/**
  * Most bytes the transport may hold not yet written out (ws `bufferedAmount`) before the channel stops
  * handing it new messages, bytes (our default). Resends and acks are not held back by it, but at most one
  * copy of a message ever waits in the transport, so the transport holds at most this plus one window of
@@ -130,6 +155,8 @@ export interface ReliableChannelStats {
   resendsHeldQueued: number;
   /** Largest `queuedBytes()` of the transport seen right after a write, bytes. */
   peakQueuedBytes: number;
+  /** Resends by the post-handshake not-ready probe ({@link NOT_READY_PROBE_MS}), a subset of `resends`. */
+  notReadyProbes: number;
 }
 
 /** Events of {@link ReliableChannel} and their arguments. */
@@ -225,6 +252,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     rackResends: 0,
     resendsHeldQueued: 0,
     peakQueuedBytes: 0,
+    notReadyProbes: 0,
   };
 
   private transport: ChannelTransport | undefined;
@@ -264,6 +292,14 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   private isPaused = false;
   private pausedAt = 0;
   private lastProbeAt = 0;
+  /**
+   * Not-ready probing (see {@link NOT_READY_PROBE_MS}): the first sequence number sent after the handshake,
+   * and when probing ends, ms; -1 = not probing.
+   */
+  private notReadyFromSeq = -1;
+  private notReadyUntil = -1;
+  /** The message the probe resent (its acks then say nothing about which copy arrived: no RACK). */
+  private notReadyProbedSeq = -1;
   /** Start of the current "no ack progress" period (only time attached and unpaused counts). */
   private progressAt = 0;
   private stallReported = false;
@@ -474,6 +510,46 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     }
   }
 
+  /**
+   * The handshake is complete: until the agent acks the first message sent from now on (or
+   * {@link NOT_READY_PROBE_WINDOW_MS} pass), {@link probeNotReady} resends it every {@link NOT_READY_PROBE_MS}.
+   */
+  expectNotReady(): void {
+    this.notReadyFromSeq = this.nextSeq;
+    this.notReadyUntil = this.deps.now() + NOT_READY_PROBE_WINDOW_MS;
+  }
+
+  /**
+   * Resend the first message sent after the handshake if the agent has not acked it and its latest copy left
+   * the transport {@link NOT_READY_PROBE_MS} ago or more; call every {@link NOT_READY_PROBE_MS}. Returns false
+   * once probing is over (the message was acked, the window passed), so the caller can stop its timer.
+   */
+  probeNotReady(): boolean {
+    if (this.notReadyFromSeq < 0) return false;
+    const now = this.deps.now();
+    const entry = this.outgoing.get(this.notReadyFromSeq);
+    const acked = entry === undefined && this.notReadyFromSeq < this.firstUnsentSeq;
+    if (
+      acked ||
+      now >= this.notReadyUntil ||
+      this.isPaused ||
+      this.counters.notReadyProbes >= NOT_READY_PROBE_LIMIT
+    ) {
+      this.notReadyFromSeq = -1;
+      return false;
+    }
+    // Nothing sent yet, detached, or the previous copy has not left the transport: wait for the next call.
+    if (entry === undefined || this.transport === undefined || entry.seq >= this.firstUnsentSeq) return true;
+    if (entry.lastSentAt < 0 || now - entry.lastSentAt < NOT_READY_PROBE_MS) return true;
+    if (this.inFlight > NOT_READY_PROBE_MAX_IN_FLIGHT) return true;
+    this.notReadyProbedSeq = entry.seq;
+    entry.attempts++;
+    this.counters.resends++;
+    this.counters.notReadyProbes++;
+    this.transmit(entry);
+    return true;
+  }
+
   /** Resend scan, give-up and wedge checks; call every 50 ms. Detached time counts for none of them. */
   tick(): void {
     if (this.transport === undefined) return;
@@ -648,7 +724,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
           entry.link === this.linkGeneration &&
           (entry.lastSentAt > this.rackSentAt ||
             (entry.lastSentAt === this.rackSentAt && entry.seq > this.rackSeq)) &&
-          (entry.attempts === 0 || rttMs >= this.minRttMs)
+          (entry.attempts === 0 || (rttMs >= this.minRttMs && entry.seq !== this.notReadyProbedSeq))
         ) {
           this.rackSentAt = entry.lastSentAt;
           this.rackSeq = entry.seq;

@@ -23,7 +23,7 @@ import { HandshakeMachine, nodeHandshakeTimer } from '../datachannel/handshake.j
 import type { ClientMessage } from '../datachannel/message.js';
 import type { ChannelClosed, HandshakeComplete } from '../datachannel/payloads.js';
 import { decodeFlag, encodeFlag } from '../datachannel/payloads.js';
-import { RELIABLE_TICK_MS, ReliableChannel } from '../datachannel/reliable.js';
+import { NOT_READY_PROBE_MS, RELIABLE_TICK_MS, ReliableChannel } from '../datachannel/reliable.js';
 import type { ClientModeDecision } from '../datachannel/version.js';
 import { AwsSessionError, ProtocolError, TunnelError, describeError, isPfError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -114,6 +114,8 @@ export class TunnelSession extends EventEmitter {
   /** The handshake (spec §6); its decision sets the mode once the request is answered. */
   private readonly handshake: HandshakeMachine;
   private tickTimer: NodeJS.Timeout | undefined;
+  /** Runs the reliable channel's post-handshake not-ready probe (spec §6.4) until it reports it is over. */
+  private notReadyTimer: NodeJS.Timeout | undefined;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private readonly abort = new AbortController();
   private openWaiter: { resolve: () => void; reject: (err: Error) => void } | undefined;
@@ -513,6 +515,17 @@ export class TunnelSession extends EventEmitter {
     }
     if (decision.mux) this.setUpMux(decision);
     else this.setUpBasic();
+    // The agent sets up its port plugin now and ignores our first Output until it is done (spec §6.4): probe
+    // it quickly, so the connection that started this session waits for the agent, not for the RTO floor.
+    this.channel.expectNotReady();
+    this.notReadyTimer = setInterval(
+      () =>
+        this.guard('not-ready probe', () => {
+          if (!this.channel.probeNotReady()) clearInterval(this.notReadyTimer);
+        }),
+      NOT_READY_PROBE_MS,
+    );
+    this.notReadyTimer.unref();
     this.setState(SessionState.Open);
     this.openedAt = performance.now();
     // The one info line of a session's start (issue 13: one line per session event).
@@ -909,6 +922,7 @@ export class TunnelSession extends EventEmitter {
     this.endReason = reason;
     this.abort.abort(new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
     clearInterval(this.tickTimer);
+    clearInterval(this.notReadyTimer);
     clearInterval(this.keepAliveTimer);
     this.handshake.stop();
     this.openWaiter?.reject(err ?? new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));

@@ -10,7 +10,14 @@ import {
   encodeFlag,
 } from '../../src/datachannel/payloads.js';
 import type { ReliableChannelOptions } from '../../src/datachannel/reliable.js';
-import { PAUSE_PROBE_MS, ReliableChannel } from '../../src/datachannel/reliable.js';
+import {
+  NOT_READY_PROBE_LIMIT,
+  NOT_READY_PROBE_MAX_IN_FLIGHT,
+  NOT_READY_PROBE_MS,
+  NOT_READY_PROBE_WINDOW_MS,
+  PAUSE_PROBE_MS,
+  ReliableChannel,
+} from '../../src/datachannel/reliable.js';
 import { ProtocolError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
 import { CREATED, agentAck, agentData, serviceMessage } from './frames.js';
@@ -953,4 +960,92 @@ test('sendFrom commits what fill wrote (a short fill is trimmed), in sequence wi
   t.true(resent.length >= 3);
   t.true(resent[0]?.equals(h.raw[0] as Buffer));
   t.true(resent[1]?.equals(h.raw[1] as Buffer));
+});
+
+// ---------------------------------------------------------------------------------------------
+// The not-ready window after HandshakeComplete (spec 6.4)
+
+test('not-ready probe: the first message after the handshake is resent every 20 ms until the agent acks it, not after the 200 ms RTO', (t) => {
+  const h = harness();
+  // The handshake response, acked at once: the channel has an RTT sample and the 200 ms RTO floor.
+  h.ch.send(PayloadType.HandshakeResponse, Buffer.from('{}'));
+  h.ch.receive(agentAck(0));
+  h.ch.expectNotReady();
+  h.take();
+  h.ch.send(PayloadType.Output, Buffer.from('syn'));
+  t.deepEqual(dataSeqs(h.take()), [1]);
+  // Called more often than it may resend: only one copy per NOT_READY_PROBE_MS since the last one left.
+  const copies: number[] = [];
+  for (let at = 5; at <= 100; at += 5) {
+    h.clock.now += 5;
+    t.true(h.ch.probeNotReady(), `still probing at +${at} ms`);
+    for (const seq of dataSeqs(h.take())) copies.push(seq === 1 ? at : -seq);
+  }
+  t.deepEqual(copies, [20, 40, 60, 80, 100]);
+  t.is(h.ch.stats.notReadyProbes, 5);
+  t.is(h.ch.stats.resends, 5);
+  // The agent is ready and acks: probing ends, and nothing more is resent by it.
+  h.ch.receive(agentAck(1));
+  h.clock.now += NOT_READY_PROBE_MS;
+  t.false(h.ch.probeNotReady());
+  t.false(h.ch.probeNotReady());
+  t.deepEqual(dataSeqs(h.take()), []);
+});
+
+test('not-ready probe: a later message is never probed, probing ends after its window, and a copy still in the transport is not doubled', (t) => {
+  const written = new Map<number, () => void>();
+  const sent: number[] = [];
+  const h = harness({}, false);
+  h.ch.attach({
+    send: (frame: Buffer, onWritten?: () => void) => {
+      const message = decodeMessage(frame);
+      if (message.messageType !== MessageType.InputStreamData) return;
+      sent.push(message.sequenceNumber);
+      if (onWritten) written.set(message.sequenceNumber, onWritten);
+    },
+    queuedBytes: () => 0,
+  });
+  h.ch.expectNotReady();
+  // Nothing sent yet: probing waits (and does not end) until the first message goes out.
+  h.clock.now += 100;
+  t.true(h.ch.probeNotReady());
+  h.ch.send(PayloadType.Output, Buffer.from('a'));
+  h.ch.send(PayloadType.Output, Buffer.from('b'));
+  // Copy of seq 0 has not left the transport: no second copy however long it waits.
+  h.clock.now += 200;
+  t.true(h.ch.probeNotReady());
+  t.deepEqual(sent, [0, 1]);
+  written.get(0)?.();
+  h.clock.now += NOT_READY_PROBE_MS;
+  t.true(h.ch.probeNotReady());
+  t.deepEqual(sent, [0, 1, 0], 'only the head is probed');
+  // Past the window the probe stops for good; the RTO timer takes over.
+  h.clock.now += NOT_READY_PROBE_WINDOW_MS;
+  t.false(h.ch.probeNotReady());
+  t.deepEqual(sent, [0, 1, 0]);
+});
+
+test('not-ready probe: at most 10 copies, and none while a window of data is in flight behind the head (a bulk upload on a slow uplink)', (t) => {
+  const lone = harness();
+  lone.ch.expectNotReady();
+  lone.ch.send(PayloadType.Output, Buffer.from('syn'));
+  lone.take();
+  for (let i = 0; i < 40; i++) {
+    lone.clock.now += NOT_READY_PROBE_MS;
+    lone.ch.probeNotReady();
+  }
+  t.is(lone.ch.stats.notReadyProbes, NOT_READY_PROBE_LIMIT);
+  t.is(dataSeqs(lone.take()).length, NOT_READY_PROBE_LIMIT);
+
+  const bulk = harness();
+  bulk.ch.expectNotReady();
+  for (let i = 0; i <= NOT_READY_PROBE_MAX_IN_FLIGHT; i++)
+    bulk.ch.send(PayloadType.Output, Buffer.from(`m${i}`));
+  bulk.take();
+  for (let i = 0; i < 5; i++) {
+    bulk.clock.now += NOT_READY_PROBE_MS;
+    t.true(bulk.ch.probeNotReady());
+  }
+  t.is(bulk.ch.stats.notReadyProbes, 0);
+  t.deepEqual(dataSeqs(bulk.take()), []);
 });
