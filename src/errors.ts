@@ -90,6 +90,19 @@ export const ERROR_CODES = {
     domain: 'tunnel',
     text: 'a connection was reset: its reader left too much waiting',
   },
+  // tunnel: dynamic forwarding (src/socks/)
+  PF_ERR_SOCKS_HANDSHAKE: {
+    domain: 'tunnel',
+    text: 'a SOCKS5 or HTTP CONNECT client sent a malformed or unsupported request, failed auth, or was too slow',
+  },
+  PF_ERR_SOCKS_NOT_ALLOWED: {
+    domain: 'tunnel',
+    text: "a CONNECT destination is not in the listener's allow list",
+  },
+  PF_ERR_SOCKS_LIMIT: {
+    domain: 'tunnel',
+    text: 'a CONNECT needed a new destination session while maxSessions destinations were busy',
+  },
   // control: the control socket and metrics endpoint (src/control/, src/metrics/)
   PF_ERR_CONTROL_SOCKET: {
     domain: 'control',
