@@ -90,6 +90,11 @@ export const ERROR_CODES = {
     domain: 'tunnel',
     text: 'a connection was reset: its reader left too much waiting',
   },
+  PF_ERR_QUEUE_FULL: {
+    domain: 'tunnel',
+    text: 'a basic-mode session already has its most connections waiting; one more was refused',
+  },
+  PF_ERR_ABORTED: { domain: 'tunnel', text: 'a connection stopped waiting for a session (it closed first)' },
   // tunnel: dynamic forwarding (src/socks/)
   PF_ERR_SOCKS_HANDSHAKE: {
     domain: 'tunnel',

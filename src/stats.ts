@@ -12,6 +12,7 @@
 import { documentFor } from './config/types.js';
 import type { ForwardConfig, SocksConfig } from './config/types.js';
 import type { ReliableChannelStats } from './datachannel/reliable.js';
+import type { BasicRelayStats } from './forward/basic.js';
 import type { SessionInputStats } from './forward/input-guard.js';
 import type { SmuxSessionStats } from './mux/session.js';
 
@@ -60,6 +61,8 @@ export interface SessionStats {
   channel: ReliableChannelStats;
   /** smux counters (`src/mux/session.ts`); `null` in basic mode or before open. */
   mux: SmuxSessionStats | null;
+  /** Basic-mode relay counters (`src/forward/basic.ts`); `null` in mux mode or before open. */
+  basic: BasicRelayStats | null;
   /** Session-layer input checks (`src/forward/input-guard.ts`). */
   input: SessionInputStats;
 }

@@ -1,7 +1,9 @@
 /**
  * Basic (non-multiplexed) mode relay (spec §9.3): one local connection at a time, raw bytes both ways as
- * Output payloads. When the local connection ends we send Flag DisconnectToPort and serve the next one;
- * the agent redials its destination when our next data arrives.
+ * Output payloads. Each connection gets a {@link BasicStream}, a Duplex like an smux stream, so the front
+ * end never branches on the mode (docs/architecture.md, "The forward layer"). Streams queue behind the
+ * active one; when the active stream ends (our `end()` or a destroy) we send Flag DisconnectToPort and
+ * serve the next one; the agent redials its destination when our next data arrives.
  *
  * Agent Output carries no connection id, so the boundary between one connection's data and the next is
  * taken from the order of events on the data channel (spec §9.3; emulated agent `agent-basic.ts`
@@ -15,13 +17,14 @@
  * connection. Limitation: if the link drops and the flag's ack is lost with it, the next connection's
  * first bytes may reach us on the new link before the re-ack and be discarded (lost, never misdelivered).
  */
-import type { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { FlagCode, MAX_OUTPUT_PAYLOAD_BYTES } from '../datachannel/constants.js';
+import { TunnelError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 /** What the relay needs from its session. */
 export interface BasicRelayDeps {
-  /** Commit one Output payload; false = send window full (pause the source until resume()). */
+  /** Commit one Output payload; false = send window full (hold the writer until resume()). */
   send(payload: Buffer): boolean;
   /** Commit one Flag message; returns the sequence number it was given. */
   sendFlag(flag: FlagCode): number;
@@ -33,17 +36,86 @@ export interface BasicRelayDeps {
 /** Local connections waiting for their turn, at most (our default; older ones are served first). */
 export const BASIC_QUEUE_LIMIT = 64;
 
+/**
+ * Buffer of each side of a {@link BasicStream}, bytes (our default, Node's own default for sockets): agent
+ * Output past it is refused (the reliable channel re-offers it on `retryDelivery`), local bytes past it
+ * pause the writer.
+ */
+export const BASIC_STREAM_BUFFER_BYTES = 16 * 1024;
+
+/** The relay's counters, for the stats tree (`src/stats.ts`). */
+export interface BasicRelayStats {
+  /** Connections served so far (the active one included). */
+  served: number;
+  /** Connections waiting behind the active one (at most {@link BASIC_QUEUE_LIMIT}). */
+  queued: number;
+  /** Bytes of agent Output discarded because their connection had ended (never given to the next), bytes. */
+  discardedBytes: number;
+}
+
+/** A write the relay has not finished: not this stream's turn yet, or the send window is full. */
+interface HeldWrite {
+  /** Bytes still to send; undefined once sent (only the callback waits, for the window). */
+  chunk: Buffer | undefined;
+  callback: (err?: Error | null) => void;
+}
+
+/**
+ * One local connection's bytes over a basic-mode session: write = towards the destination, read = from it,
+ * `end()` = the connection is over (DisconnectToPort), after which the readable side ends too. Queued
+ * streams hold their first write until their turn.
+ */
+export class BasicStream extends Duplex {
+  /** Held write, or undefined. Read and written only by the relay. */
+  held: HeldWrite | undefined;
+
+  constructor(
+    /** 1-based number of this connection on its session (for logs). */
+    readonly id: number,
+    private readonly relay: BasicRelay,
+  ) {
+    super({
+      allowHalfOpen: true,
+      readableHighWaterMark: BASIC_STREAM_BUFFER_BYTES,
+      writableHighWaterMark: BASIC_STREAM_BUFFER_BYTES,
+    });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.held = { chunk, callback };
+    this.relay.flush(this);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    this.relay.finish(this);
+    callback();
+  }
+
+  override _read(): void {
+    this.relay.readable(this);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.relay.finish(this);
+    callback(err);
+  }
+}
+
 /** Serialises local connections over one basic-mode session. */
 export class BasicRelay {
-  private active: Socket | undefined;
-  private readonly waiting: Socket[] = [];
+  private active: BasicStream | undefined;
+  private readonly waiting: BasicStream[] = [];
+  /** The send window was full at the latest write; the active stream's write waits for resume(). */
   private windowFull = false;
-  private socketFull = false;
+  /** The active stream's readable buffer is full (push() said false) until its next _read(). */
+  private readFull = false;
   private destroyed = false;
   /** Sequence number of the latest DisconnectToPort not yet acked by the agent. */
   private pendingDisconnectSeq: number | undefined;
   /** Agent Output below this sequence number belongs to a connection that has ended. */
   private discardBelowSeq = 0;
+  /** Streams handed out (numbers them). */
+  private opened = 0;
   /** Connections served so far. */
   served = 0;
   /** Bytes of agent Output discarded because their connection had ended (never given to the next). */
@@ -51,26 +123,26 @@ export class BasicRelay {
 
   constructor(private readonly deps: BasicRelayDeps) {}
 
-  /** Queue a local connection; it is served when the previous one ends. Over the limit it is closed. */
-  attach(socket: Socket): void {
-    if (this.destroyed) {
-      socket.destroy();
-      return;
-    }
+  /**
+   * A stream for one more connection, served when the ones before it have ended.
+   * @throws TunnelError `PF_ERR_SESSION_CLOSED` once the session ended, `PF_ERR_QUEUE_FULL` when
+   * {@link BASIC_QUEUE_LIMIT} connections already wait.
+   */
+  open(): BasicStream {
+    if (this.destroyed) throw new TunnelError('PF_ERR_SESSION_CLOSED', 'session is not open for new streams');
     if (this.waiting.length >= BASIC_QUEUE_LIMIT) {
       this.deps.logger.warn(
         `basic mode: ${BASIC_QUEUE_LIMIT} connections already waiting; closing a new one`,
       );
-      socket.destroy();
-      return;
+      throw new TunnelError(
+        'PF_ERR_QUEUE_FULL',
+        `basic mode: ${BASIC_QUEUE_LIMIT} connections already wait for this session (BASIC_QUEUE_LIMIT)`,
+      );
     }
-    socket.pause();
-    this.waiting.push(socket);
-    socket.once('close', () => {
-      const index = this.waiting.indexOf(socket);
-      if (index >= 0) this.waiting.splice(index, 1);
-    });
+    const stream = new BasicStream(++this.opened, this);
+    this.waiting.push(stream);
     if (!this.active) this.serveNext();
+    return stream;
   }
 
   /** Connections waiting behind the active one. */
@@ -78,36 +150,51 @@ export class BasicRelay {
     return this.waiting.length;
   }
 
+  /** The relay's branch of the stats tree: a fresh snapshot per read. */
+  get stats(): BasicRelayStats {
+    return { served: this.served, queued: this.waiting.length, discardedBytes: this.discardedBytes };
+  }
+
   private serveNext(): void {
-    const socket = this.waiting.shift();
-    if (!socket) return;
-    this.active = socket;
+    const stream = this.waiting.shift();
+    if (!stream) return;
+    this.active = stream;
+    this.readFull = false;
     this.served++;
-    socket.on('data', (chunk: Buffer) => this.onLocalData(chunk));
-    socket.once('end', () => this.finishActive(socket));
-    socket.once('close', () => this.finishActive(socket));
-    socket.on('error', (err) => this.deps.logger.debug(`local connection error: ${err.message}`));
-    socket.on('drain', () => {
-      this.socketFull = false;
-      this.deps.retryDelivery();
-    });
-    if (!this.windowFull) socket.resume();
+    this.flush(stream);
     // Data the agent sent while nobody was connected was refused; offer it to this connection.
     this.deps.retryDelivery();
   }
 
-  private onLocalData(chunk: Buffer): void {
-    for (let offset = 0; offset < chunk.length; offset += MAX_OUTPUT_PAYLOAD_BYTES) {
-      const piece = chunk.subarray(offset, offset + MAX_OUTPUT_PAYLOAD_BYTES);
-      if (!this.deps.send(piece)) this.windowFull = true;
+  /** Send what `stream` holds, if it is its turn and the window has room (called by the stream and resume()). */
+  flush(stream: BasicStream): void {
+    const held = stream.held;
+    if (stream !== this.active || this.windowFull || !held) return;
+    const chunk = held.chunk;
+    held.chunk = undefined;
+    if (chunk) {
+      for (let offset = 0; offset < chunk.length; offset += MAX_OUTPUT_PAYLOAD_BYTES) {
+        if (!this.deps.send(chunk.subarray(offset, offset + MAX_OUTPUT_PAYLOAD_BYTES)))
+          this.windowFull = true;
+      }
     }
-    if (this.windowFull) this.active?.pause();
+    // The payloads are committed either way; a full window holds the writer (backpressure) until resume().
+    if (this.windowFull) return;
+    stream.held = undefined;
+    held.callback();
   }
 
   /** The send window has room again. */
   resume(): void {
     this.windowFull = false;
-    this.active?.resume();
+    if (this.active) this.flush(this.active);
+  }
+
+  /** `stream` wants more: offer the agent Output refused while its buffer was full. */
+  readable(stream: BasicStream): void {
+    if (stream !== this.active || !this.readFull) return;
+    this.readFull = false;
+    this.deps.retryDelivery();
   }
 
   /**
@@ -130,30 +217,41 @@ export class BasicRelay {
     this.discardBelowSeq = Math.max(this.discardBelowSeq, highestReceivedSeq + 1);
   }
 
-  /** Agent data for the active connection; false refuses it (no connection, or the socket is full). */
+  /**
+   * Agent data for the active connection; false refuses it (no connection, or its buffer is full: push()
+   * said false, and the stream's next read re-offers it through `retryDelivery`).
+   */
   deliver(payload: Buffer): boolean {
-    const socket = this.active;
-    if (!socket || this.socketFull || socket.destroyed || !socket.writable) return false;
-    if (!socket.write(payload)) this.socketFull = true;
+    const stream = this.active;
+    if (!stream || this.readFull || stream.destroyed) return false;
+    if (!stream.push(payload)) this.readFull = true;
     return true;
   }
 
-  private finishActive(socket: Socket): void {
-    if (this.active !== socket) return;
+  /**
+   * `stream` is over (its `end()`, or it was destroyed): a waiting one leaves the queue; the active one
+   * ends its readable side, DisconnectToPort tells the agent, and the next connection is served.
+   */
+  finish(stream: BasicStream): void {
+    const index = this.waiting.indexOf(stream);
+    if (index >= 0) {
+      this.waiting.splice(index, 1);
+      if (!stream.destroyed) stream.push(null);
+      return;
+    }
+    if (this.active !== stream) return;
     this.active = undefined;
-    this.socketFull = false;
-    socket.removeAllListeners('data');
-    socket.removeAllListeners('drain');
-    if (!socket.destroyed) socket.end();
+    this.readFull = false;
+    if (!stream.destroyed) stream.push(null);
     if (!this.destroyed) this.pendingDisconnectSeq = this.deps.sendFlag(FlagCode.DisconnectToPort);
     this.serveNext();
   }
 
-  /** Close every connection (session ended). */
-  destroy(): void {
+  /** Reset every connection with `err` (the session ended). */
+  destroy(err: Error): void {
     this.destroyed = true;
-    this.active?.destroy();
+    const streams = [...(this.active ? [this.active] : []), ...this.waiting.splice(0)];
     this.active = undefined;
-    for (const socket of this.waiting.splice(0)) socket.destroy();
+    for (const stream of streams) stream.destroy(err);
   }
 }

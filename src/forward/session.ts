@@ -68,6 +68,12 @@ export type SessionEndReason =
   | 'api-error'
   | 'protocol-error';
 
+/** The parts of a forward's config one session reads (the keeper's `SessionSpec` is a superset). */
+export type TunnelSessionSpec = Pick<
+  ForwardConfig,
+  'target' | 'remotePort' | 'host' | 'documentName' | 'parameters' | 'reason' | 'keepAlive'
+>;
+
 /** What a session needs from outside. */
 export interface TunnelSessionDeps {
   ssm: SsmApi;
@@ -157,7 +163,7 @@ export class TunnelSession extends EventEmitter {
   private linkProgressMark = -1;
 
   constructor(
-    private readonly forward: ForwardConfig,
+    private readonly forward: TunnelSessionSpec,
     private readonly tuning: TuningConfig,
     private readonly boundLocalPort: number,
     private readonly deps: TunnelSessionDeps,
@@ -255,6 +261,7 @@ export class TunnelSession extends EventEmitter {
         : null,
       channel: { ...this.channel.stats },
       mux,
+      basic: this.basic ? this.basic.stats : null,
       input: { ...this.input.stats },
     };
   }
@@ -651,14 +658,16 @@ export class TunnelSession extends EventEmitter {
   }
 
   /**
-   * Open a multiplexed stream for one local connection (mux mode).
-   * @throws TunnelError when the session is not open in mux mode.
+   * A stream for one local connection, the same Duplex in both modes: an smux stream (mux mode), or a
+   * place in the basic relay's queue, served when the connections before it have ended (basic mode).
+   * @throws TunnelError `PF_ERR_SESSION_CLOSED` when the session is not open, `PF_ERR_QUEUE_FULL` when
+   * a basic session's queue is full.
    */
   openStream(): Duplex {
-    if (this.stateValue === SessionState.Closing || this.stateValue === SessionState.Closed || !this.smux) {
-      throw new TunnelError('PF_ERR_SESSION_CLOSED', 'session is not open for new streams');
-    }
-    return this.smux.openStream();
+    const usable = this.stateValue !== SessionState.Closing && this.stateValue !== SessionState.Closed;
+    if (usable && this.smux) return this.smux.openStream();
+    if (usable && this.basic) return this.basic.open();
+    throw new TunnelError('PF_ERR_SESSION_CLOSED', 'session is not open for new streams');
   }
 
   /** Consume one unpaired ConnectToPortError; true if there was one. */
@@ -965,7 +974,7 @@ export class TunnelSession extends EventEmitter {
     this.openWaiter?.reject(err ?? new TunnelError('PF_ERR_SESSION_CLOSED', `session ended: ${reason}`));
     this.openWaiter = undefined;
     this.smux?.destroy(new TunnelError('PF_ERR_STREAM_RESET', `session ended (${reason})`));
-    this.basic?.destroy();
+    this.basic?.destroy(new TunnelError('PF_ERR_STREAM_RESET', `session ended (${reason})`));
     this.connection?.close();
     this.channel.detach();
     this.setState(SessionState.Closed);

@@ -139,6 +139,7 @@ test('the text view stays within 100 columns with long names, addresses and erro
             lastError: { message: 'e'.repeat(300), at: new Date(0).toISOString() },
             channel: {} as DaemonStats['forwards'][number]['sessions'][number]['channel'],
             mux: null,
+            basic: null,
             input: {} as DaemonStats['forwards'][number]['sessions'][number]['input'],
           },
         ],
