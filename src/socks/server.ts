@@ -20,7 +20,8 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { ForwardConfig, SocksConfig } from '../config/types.js';
+import type { SocksConfig } from '../config/types.js';
+import type { SessionSpec } from '../forward/keeper.js';
 import { documentFor } from '../config/types.js';
 import { TunnelError, describeError } from '../errors.js';
 import { RepeatFilter } from '../log.js';
@@ -49,29 +50,7 @@ export const CONNECT_TIMEOUT_MS = 45_000;
  */
 export const CONFIRM_WAIT_MS = 300;
 
-/** The SSM session spec a keeper serves (the fields of {@link ForwardConfig} a session needs). */
-export type SessionSpec = Pick<
-  ForwardConfig,
-  | 'name'
-  | 'target'
-  | 'pick'
-  | 'remotePort'
-  | 'host'
-  | 'region'
-  | 'profile'
-  | 'endpoint'
-  | 'ecsEndpoint'
-  | 'documentName'
-  | 'parameters'
-  | 'reason'
-  | 'eager'
-  | 'idleStopMs'
-  | 'sessions'
-  | 'keepAlive'
-  | 'allowInsecureEndpoint'
->;
-
-/** A stream to the destination, as the keeper hands it out (src/forward/keeper.ts `Carrier`). */
+/** A stream to the destination, as the keeper hands it out (the part of src/forward/keeper.ts `Carrier` used here). */
 export interface SocksCarrier {
   /** write = to the destination, read = from it, end() = FIN, 'end' = remote FIN; destroy to reset. */
   readonly stream: Duplex;
@@ -676,6 +655,20 @@ export class SocksServer extends EventEmitter {
     target.keeper
       .stop(0)
       .catch((err: unknown) => this.log.debug(`stopping ${target.key}: ${describeError(err)}`));
+  }
+
+  /**
+   * Stop accepting now and free the port (a reload about to bind it again); open connections keep running
+   * until {@link stop}.
+   */
+  async stopAccepting(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    this.listening = false;
+    // close() drops the listening handle now; its callback waits for connections, so wait one turn instead.
+    server.close();
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   /**
