@@ -322,6 +322,7 @@ export class SocksServer extends EventEmitter {
       ): void => {
         socket.off('data', onData);
         socket.off('close', onClose);
+        socket.off('end', onEnd);
         socket.pause();
         clearTimeout(timer);
         resolve(value);
@@ -367,8 +368,17 @@ export class SocksServer extends EventEmitter {
         fail('client closed during the handshake');
         finish(undefined);
       };
+      // EOF before a complete request: nothing more can come (allowHalfOpen would keep the socket open).
+      const onEnd = (): void => {
+        this.counters.handshakeFailures++;
+        this.counters.connectionsFailed++;
+        fail('client sent EOF before a complete request [PF_ERR_SOCKS_HANDSHAKE]');
+        finish(undefined);
+        socket.destroy();
+      };
       socket.on('data', onData);
       socket.once('close', onClose);
+      socket.once('end', onEnd);
       socket.resume();
     });
     if (!request || socket.destroyed) return;

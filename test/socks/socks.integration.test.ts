@@ -1,0 +1,273 @@
+/**
+ * End-to-end dynamic forwarding: real curl (`--socks5-hostname`, `--proxy http://… -p`) through the
+ * SocksServer, SessionKeepers and the emulator (real agent pace: 1 KiB messages 1 ms apart) to two HTTP
+ * servers under two host names the emulated agent resolves. Bytes are checked by SHA-256; StartSession
+ * calls are counted on the emulator.
+ */
+import test from 'ava';
+import {
+  HOST_MAP,
+  curl,
+  rawExchange,
+  refusingPort,
+  sha256,
+  socksConnectBytes,
+  startBodyServer,
+  startSocksRig,
+  withTimeout,
+} from './fixtures.js';
+import { Reply } from '../../src/socks/socks5.js';
+import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST } from '../../src/config/types.js';
+
+/** 192 KiB: ~190 agent messages at 1 ms each, several smux windows of the paced agent. */
+const BODY_BYTES = 192 * 1024;
+
+test('curl --socks5-hostname reaches two hosts by name through one session each, reused by later connections', async (t) => {
+  t.timeout(90_000);
+  const alpha = await startBodyServer(BODY_BYTES);
+  const beta = await startBodyServer(BODY_BYTES);
+  const rig = await startSocksRig();
+  try {
+    const proxy = `127.0.0.1:${rig.port}`;
+    const a = await curl(['--socks5-hostname', proxy, `http://alpha.test:${alpha.port}/`]);
+    t.is(a.code, 0, a.stderr);
+    t.is(sha256(a.stdout), alpha.sha256);
+    const b = await curl(['--socks5-hostname', proxy, `http://beta.test:${beta.port}/`]);
+    t.is(b.code, 0, b.stderr);
+    t.is(sha256(b.stdout), beta.sha256);
+    t.is(rig.emulator.sessions.size, 2, 'one StartSession per distinct destination');
+    // Three more to alpha in parallel: the same session carries them (warm path).
+    const again = await Promise.all(
+      [1, 2, 3].map(() => curl(['--socks5-hostname', proxy, `http://alpha.test:${alpha.port}/`])),
+    );
+    for (const r of again) t.is(sha256(r.stdout), alpha.sha256, r.stderr);
+    t.is(rig.emulator.sessions.size, 2, 'later connections to a destination share its session');
+    t.is(alpha.requests, 4);
+    const sessions = [...rig.emulator.sessions.values()];
+    t.deepEqual(
+      sessions.map((s) => [s.document, s.parameters['host']?.[0], s.parameters['portNumber']?.[0]]),
+      [
+        [DOCUMENT_REMOTE_HOST, 'alpha.test', String(alpha.port)],
+        [DOCUMENT_REMOTE_HOST, 'beta.test', String(beta.port)],
+      ],
+      'the name goes to the agent unresolved (socks5h)',
+    );
+    const stats = rig.server.stats;
+    t.is(stats.destinations.length, 2);
+    t.like(stats.destinations[0], { host: 'alpha.test', port: alpha.port, connectionsTotal: 4 });
+    t.is(stats.destinations[0]?.sessions.length, 1);
+    t.true(stats.bytesDown >= 5 * BODY_BYTES);
+  } finally {
+    await rig.close();
+    await alpha.close();
+    await beta.close();
+  }
+});
+
+test('curl --proxy http://… --proxytunnel (HTTP CONNECT) reaches both hosts with the bytes intact', async (t) => {
+  t.timeout(90_000);
+  const alpha = await startBodyServer(BODY_BYTES);
+  const beta = await startBodyServer(BODY_BYTES);
+  const rig = await startSocksRig();
+  try {
+    const proxy = `http://127.0.0.1:${rig.port}`;
+    const [a, b] = await Promise.all([
+      curl(['--proxy', proxy, '--proxytunnel', `http://alpha.test:${alpha.port}/`]),
+      curl(['--proxy', proxy, '--proxytunnel', `http://beta.test:${beta.port}/`]),
+    ]);
+    t.is(a.code, 0, a.stderr);
+    t.is(b.code, 0, b.stderr);
+    t.is(sha256(a.stdout), alpha.sha256);
+    t.is(sha256(b.stdout), beta.sha256);
+    t.is(rig.emulator.sessions.size, 2);
+    // Plain proxying is out of scope: a clear 405.
+    const get = await curl(['--proxy', proxy, '--include', `http://alpha.test:${alpha.port}/`]);
+    t.regex(get.stdout.toString(), /^HTTP\/1\.1 405 Method Not Allowed/);
+    t.regex(get.stdout.toString(), /CONNECT-only proxy/);
+    t.is(rig.emulator.sessions.size, 2, 'a refused GET starts no session');
+  } finally {
+    await rig.close();
+    await alpha.close();
+    await beta.close();
+  }
+});
+
+test('a loopback destination uses the plain document with no host parameter', async (t) => {
+  const alpha = await startBodyServer(16 * 1024);
+  const rig = await startSocksRig();
+  try {
+    const r = await curl(['--socks5-hostname', `127.0.0.1:${rig.port}`, `http://localhost:${alpha.port}/`]);
+    t.is(r.code, 0, r.stderr);
+    t.is(sha256(r.stdout), alpha.sha256);
+    const [session] = [...rig.emulator.sessions.values()];
+    t.is(session?.document, DOCUMENT_LOCAL);
+    t.is(session?.parameters['host'], undefined);
+    t.is(rig.server.stats.destinations[0]?.document, DOCUMENT_LOCAL);
+  } finally {
+    await rig.close();
+    await alpha.close();
+  }
+});
+
+test('the allow list refuses with 0x02 (SOCKS) and 403 (HTTP) and starts no session', async (t) => {
+  const alpha = await startBodyServer(1024);
+  const rig = await startSocksRig({ allow: [`alpha.test:${alpha.port}`] });
+  try {
+    const denied = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'beta.test', type: 'domain', port: alpha.port }),
+    );
+    t.is(denied.bytes.toString('hex'), '0500' + '05020001000000000000');
+    t.true(denied.closed);
+    const deniedPort = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'alpha.test', type: 'domain', port: alpha.port + 1 }),
+    );
+    t.is(deniedPort.bytes[3], Reply.NotAllowed);
+    const http = await curl([
+      '--proxy',
+      `http://127.0.0.1:${rig.port}`,
+      '-p',
+      `http://beta.test:${alpha.port}/`,
+    ]);
+    t.not(http.code, 0);
+    t.regex(http.stderr, /403/);
+    t.is(rig.emulator.sessions.size, 0);
+    t.is(rig.server.stats.notAllowed, 3);
+    const ok = await curl(['--socks5-hostname', `127.0.0.1:${rig.port}`, `http://alpha.test:${alpha.port}/`]);
+    t.is(sha256(ok.stdout), alpha.sha256, ok.stderr);
+  } finally {
+    await rig.close();
+    await alpha.close();
+  }
+});
+
+test('a refused destination answers 0x05 connection refused (SOCKS) and 502 (HTTP)', async (t) => {
+  const closed = await refusingPort();
+  const rig = await startSocksRig();
+  try {
+    const socks = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'alpha.test', type: 'domain', port: closed }),
+    );
+    t.is(socks.bytes.subarray(2).toString('hex'), '05050001000000000000', 'greeting 0500, then refused');
+    t.true(socks.closed);
+    const viaCurl = await curl([
+      '--socks5-hostname',
+      `127.0.0.1:${rig.port}`,
+      `http://alpha.test:${closed}/`,
+    ]);
+    t.is(viaCurl.code, 97, 'curl: SOCKS proxy handshake failed');
+    t.regex(viaCurl.stderr, /SOCKS5 connection to alpha\.test\. \(5\)/, 'curl names reply code 5');
+    const http = await curl(['--proxy', `http://127.0.0.1:${rig.port}`, '-p', `http://beta.test:${closed}/`]);
+    t.regex(http.stderr, /502/);
+    t.is(rig.server.stats.refused, 3);
+  } finally {
+    await rig.close();
+  }
+});
+
+test('username/password on loopback: curl with the right credentials gets through, wrong ones are refused', async (t) => {
+  const alpha = await startBodyServer(8 * 1024);
+  const rig = await startSocksRig({ username: 'alice', password: 'correct horse' });
+  try {
+    const good = await curl([
+      '--proxy',
+      `socks5h://alice:correct%20horse@127.0.0.1:${rig.port}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.is(good.code, 0, good.stderr);
+    t.is(sha256(good.stdout), alpha.sha256);
+    const bad = await curl([
+      '--proxy',
+      `socks5h://alice:wrong@127.0.0.1:${rig.port}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.not(bad.code, 0);
+    const none = await curl([
+      '--socks5-hostname',
+      `127.0.0.1:${rig.port}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.not(none.code, 0, 'no credentials offered: method 0xFF');
+    const httpGood = await curl([
+      '--proxy',
+      `http://alice:correct%20horse@127.0.0.1:${rig.port}`,
+      '-p',
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.is(sha256(httpGood.stdout), alpha.sha256, httpGood.stderr);
+    const httpBad = await curl([
+      '--proxy',
+      `http://127.0.0.1:${rig.port}`,
+      '-p',
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.regex(httpBad.stderr, /407/);
+    t.is(rig.server.stats.handshakeFailures, 3);
+    t.is(alpha.requests, 2);
+  } finally {
+    await rig.close();
+    await alpha.close();
+  }
+});
+
+test('maxSessions bounds distinct destinations: a busy set refuses a new one (0x01, 503); an idle one makes room', async (t) => {
+  t.timeout(60_000);
+  const alpha = await startBodyServer(1024);
+  const rig = await startSocksRig({ maxSessions: 1 });
+  try {
+    // Hold a connection to alpha open (a raw client that sends nothing after the CONNECT).
+    const held = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'alpha.test', type: 'domain', port: alpha.port }),
+      {
+        untilBytes: 12,
+      },
+    );
+    t.is(held.bytes.subarray(2, 4).toString('hex'), '0500', 'success');
+    const busy = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'beta.test', type: 'domain', port: alpha.port }),
+    );
+    t.is(busy.bytes[3], Reply.GeneralFailure);
+    const http = await curl([
+      '--proxy',
+      `http://127.0.0.1:${rig.port}`,
+      '-p',
+      `http://beta.test:${alpha.port}/`,
+    ]);
+    t.regex(http.stderr, /503/);
+    t.is(rig.server.stats.limitReached, 2);
+    // A second connection to the held destination is not a new destination.
+    const same = await curl([
+      '--socks5-hostname',
+      `127.0.0.1:${rig.port}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.is(sha256(same.stdout), alpha.sha256, same.stderr);
+    held.socket.destroy();
+    await withTimeout(
+      new Promise<void>((resolve) => {
+        const check = (): void => {
+          if (rig.server.stats.destinations[0]?.connectionsActive === 0) resolve();
+          else setImmediate(check);
+        };
+        check();
+      }),
+      10_000,
+      'alpha to go idle',
+    );
+    const now = await curl(['--socks5-hostname', `127.0.0.1:${rig.port}`, `http://beta.test:${alpha.port}/`]);
+    t.is(sha256(now.stdout), alpha.sha256, now.stderr);
+    t.deepEqual(
+      rig.server.stats.destinations.map((d) => d.host),
+      ['beta.test'],
+      'the idle destination was stopped to make room',
+    );
+    t.true(Object.keys(HOST_MAP).includes('beta.test'));
+  } finally {
+    await rig.close();
+    await alpha.close();
+  }
+});
