@@ -165,9 +165,14 @@ function socksLines(s: SocksStats): string[] {
       formatBytes(s.bytesUp),
       formatBytes(s.bytesDown),
     ]),
-    fit(
-      `  → SOCKS5/HTTP CONNECT via ${s.target} (${s.auth === 'username' ? 'username/password' : 'no auth'}; ${s.destinations.length} of ${s.maxSessions} destinations; refused: ${s.notAllowed} by allow list, ${s.refused} by the agent, ${s.limitReached} at maxSessions, ${s.handshakeFailures} bad handshakes)`,
-      STATUS_WIDTH,
+    ...wrap(
+      [
+        s.auth === 'username' ? 'username/password' : 'no auth',
+        `${s.destinations.length}/${s.maxSessions} destinations`,
+        `refused: ${s.notAllowed} by allow list, ${s.refused} by the agent, ${s.limitReached} at maxSessions, ${s.handshakeFailures} bad handshakes`,
+      ],
+      `  → SOCKS5/HTTP CONNECT via ${s.target}: `,
+      '    ',
     ),
   ];
   if (s.error) lines.push(fit(`  not listening: ${s.error}`, STATUS_WIDTH));
