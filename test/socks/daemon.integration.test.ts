@@ -87,8 +87,8 @@ test('a socks entry runs with the daemon: status shows it and its destinations, 
     t.regex(summaryLine(stats), /^0 forwards · 1 session open/);
     const screen = renderStatus(stats);
     t.regex(screen, /^proxy +127\.0\.0\.1:\d+ +listening +[01] +1 +0 /m);
-    t.regex(screen, /^  → SOCKS5\/HTTP CONNECT via i-0123456789abcdef0: no auth, 1\/16 destinations,$/m);
-    t.regex(screen, /^    refused: 0 by allow list, 0 by the agent, 0 at maxSessions, 0 bad handshakes$/m);
+    t.regex(screen, /^ {2}→ SOCKS5\/HTTP CONNECT via i-0123456789abcdef0: no auth, 1\/16 destinations,$/m);
+    t.regex(screen, /^ {4}refused: 0 by allow list, 0 by the agent, 0 at maxSessions, 0 bad handshakes$/m);
     t.regex(
       screen,
       new RegExp(`^  alpha\\.test:${alpha.port}: [01] open, 1 total; session emulator-\\w+ open$`, 'm'),
