@@ -44,11 +44,14 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
 export const CONNECT_TIMEOUT_MS = 45_000;
 /**
  * How long the first connection to a destination waits for the agent to report a failed dial before the
- * reply says success, ms (our default). The agent's ConnectToPortError comes one round trip after the
- * stream opens (its dial of a refused port fails at once); 300 ms covers a 100 ms RTT region with margin.
- * Only the first connection per destination pays it (see the module comment).
+ * reply says success, ms (our default). The agent's ConnectToPortError comes one round trip after our SYN
+ * reaches it, but the first stream of a new session is usually sent inside the agent's post-handshake
+ * not-ready window, where it neither acks nor consumes (spec §6.4): the SYN then waits for one resend (RTO
+ * 200-1000 ms, src/datachannel/rtt.ts). 1 s covers a resend at the RTO cap; data from the destination
+ * ends the wait at once (server-speaks-first protocols), and only the first connection per destination
+ * pays it (see the module comment).
  */
-export const CONFIRM_WAIT_MS = 300;
+export const CONFIRM_WAIT_MS = 1_000;
 
 /** A stream to the destination, as the keeper hands it out (the part of src/forward/keeper.ts `Carrier` used here). */
 export interface SocksCarrier {

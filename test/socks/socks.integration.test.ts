@@ -17,6 +17,7 @@ import {
   withTimeout,
 } from './fixtures.js';
 import { Reply } from '../../src/socks/socks5.js';
+import { HANDSHAKE_TIMEOUT_MS } from '../../src/socks/server.js';
 import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST } from '../../src/config/types.js';
 
 /** 192 KiB: ~190 agent messages at 1 ms each, several smux windows of the paced agent. */
@@ -269,5 +270,78 @@ test('maxSessions bounds distinct destinations: a busy set refuses a new one (0x
   } finally {
     await rig.close();
     await alpha.close();
+  }
+});
+
+test('bytes a client sends right after its CONNECT (before the reply) reach the destination', async (t) => {
+  const alpha = await startBodyServer(32 * 1024);
+  const rig = await startSocksRig();
+  try {
+    const request = Buffer.from('GET / HTTP/1.0\r\nHost: alpha.test\r\n\r\n');
+    const socks = await rawExchange(
+      rig.port,
+      Buffer.concat([socksConnectBytes({ host: 'alpha.test', type: 'domain', port: alpha.port }), request]),
+    );
+    t.is(socks.bytes.subarray(0, 12).toString('hex'), '0500' + '05000001000000000000');
+    const response = socks.bytes.subarray(12);
+    t.is(sha256(response.subarray(response.indexOf('\r\n\r\n') + 4)), alpha.sha256);
+    const http = await rawExchange(
+      rig.port,
+      Buffer.concat([Buffer.from(`CONNECT alpha.test:${alpha.port} HTTP/1.1\r\n\r\n`), request]),
+    );
+    const text = http.bytes.toString('latin1');
+    t.true(text.startsWith('HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK'), text.slice(0, 80));
+    const body = http.bytes.subarray(http.bytes.indexOf('\r\n\r\n', 40) + 4);
+    t.is(sha256(body), alpha.sha256);
+  } finally {
+    await rig.close();
+    await alpha.close();
+  }
+});
+
+test('a destination that refuses after it was confirmed: that client is closed after its success reply, the next one hears 0x05', async (t) => {
+  const alpha = await startBodyServer(4 * 1024);
+  const rig = await startSocksRig();
+  try {
+    const first = await curl([
+      '--socks5-hostname',
+      `127.0.0.1:${rig.port}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.is(sha256(first.stdout), alpha.sha256, first.stderr);
+    await alpha.close();
+    // Confirmed destination: the reply is success at once (no wait), then the agent's refusal closes it.
+    const optimistic = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'alpha.test', type: 'domain', port: alpha.port }),
+    );
+    t.is(optimistic.bytes.subarray(2).toString('hex'), '05000001000000000000');
+    t.true(optimistic.closed);
+    // That refusal cleared the confirmation: the next connection waits for the truth.
+    const truthful = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'alpha.test', type: 'domain', port: alpha.port }),
+    );
+    t.is(truthful.bytes.subarray(2).toString('hex'), '05050001000000000000');
+    t.is(rig.emulator.sessions.size, 1, 'one destination, one session throughout');
+    t.is(rig.server.stats.refused, 2);
+  } finally {
+    await rig.close();
+  }
+});
+
+test('a client that never completes its greeting is closed after the handshake timeout', async (t) => {
+  t.timeout(30_000);
+  const rig = await startSocksRig();
+  try {
+    const started = performance.now();
+    const stalled = await rawExchange(rig.port, Buffer.from([0x05, 0x02, 0x00]), { timeoutMs: 20_000 });
+    const ms = performance.now() - started;
+    t.true(stalled.closed);
+    t.is(stalled.bytes.length, 0);
+    t.true(ms >= HANDSHAKE_TIMEOUT_MS - 50 && ms < HANDSHAKE_TIMEOUT_MS + 5_000, `${ms} ms`);
+    t.is(rig.server.stats.handshakeFailures, 1);
+  } finally {
+    await rig.close();
   }
 });
