@@ -98,7 +98,7 @@ export const ERROR_CODES = {
   // tunnel: dynamic forwarding (src/socks/)
   PF_ERR_SOCKS_HANDSHAKE: {
     domain: 'tunnel',
-    text: 'a SOCKS5 or HTTP CONNECT client sent a malformed or unsupported request, failed auth, or was too slow',
+    text: 'a SOCKS/HTTP CONNECT client sent a bad request, failed auth or was too slow',
   },
   PF_ERR_SOCKS_NOT_ALLOWED: {
     domain: 'tunnel',
@@ -106,7 +106,7 @@ export const ERROR_CODES = {
   },
   PF_ERR_SOCKS_LIMIT: {
     domain: 'tunnel',
-    text: 'a CONNECT needed a new destination session while maxSessions destinations were busy',
+    text: 'a CONNECT needed a new destination while maxSessions were busy',
   },
   // control: the control socket and metrics endpoint (src/control/, src/metrics/)
   PF_ERR_CONTROL_SOCKET: {
