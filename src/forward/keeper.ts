@@ -288,12 +288,14 @@ export class SessionKeeper extends EventEmitter {
   }
 
   /**
-   * Place the waiting connections, oldest first; called whenever a session opens, a start fails, a carrier
-   * closes or a connection arrives. Each waiter goes where it would be the least loaded: an open session
-   * with no carrier at once; else a start in flight that fewer waiters are counted on than the best open
-   * session's carriers (ties wait for the start); else a new start while fewer than `spec.sessions` live
-   * or start (one at a time after a failure); else the least loaded open session. `failure` is the error
-   * of a start that just failed: no new start is made for it, and a waiter with nowhere else to go gets it.
+   * Place the waiting connections, oldest first; called whenever a connection arrives, a session opens or
+   * ends, a start fails or a carrier closes. Each waiter takes the first of: an open session with no
+   * carrier (at once); a start in flight no waiter is counted on yet (it waits for it); a new start, while
+   * fewer than `spec.sessions` live or start (after a failure only when none is in flight); the start in
+   * flight with the fewest waiters counted on it, unless an open session carries fewer (ties wait); the
+   * least loaded open session. Counting is redone on every pass: a start is bound to no waiter, so each
+   * session that opens takes the oldest waiter. `failure` is the error of a start that just failed: no new
+   * start is made in this pass, and a waiter with nowhere else to go is rejected with it.
    */
   private dispatch(failure?: unknown): void {
     if (this.stopping) return;
