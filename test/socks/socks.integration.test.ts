@@ -5,6 +5,10 @@
  * calls are counted on the emulator.
  */
 import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { startEchoServer } from '../helpers/net.js';
+import type { SocksDestination } from '../../src/socks/socks5.js';
 import {
   HOST_MAP,
   curl,
@@ -343,5 +347,76 @@ test('a client that never completes its greeting is closed after the handshake t
     t.is(rig.server.stats.handshakeFailures, 1);
   } finally {
     await rig.close();
+  }
+});
+
+/** Connect through SOCKS5 to `destination`, send `bytes` random bytes and read them back; SHA-256 both. */
+function socksEcho(
+  proxyPort: number,
+  destination: SocksDestination,
+  bytes: number,
+): Promise<{ sent: string; got: string }> {
+  return new Promise((resolve, reject) => {
+    const data = randomBytes(bytes);
+    const socket = net.connect(proxyPort, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let length = 0;
+    let replied = false;
+    socket.on('error', reject);
+    socket.on('connect', () => socket.write(socksConnectBytes(destination)));
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      length += chunk.length;
+      if (!replied && length >= 12) {
+        const head = Buffer.concat(chunks);
+        if (head[3] !== Reply.Succeeded)
+          return reject(new Error(`reply ${head.subarray(0, 12).toString('hex')}`));
+        replied = true;
+        chunks.length = 0;
+        chunks.push(head.subarray(12));
+        length -= 12;
+        socket.write(data);
+      }
+      if (replied && length >= bytes) {
+        socket.destroy();
+        resolve({ sent: sha256(data), got: sha256(Buffer.concat(chunks)) });
+      }
+    });
+    socket.on('close', () => reject(new Error(`closed after ${length} bytes`)));
+  });
+}
+
+test('IPv4 and IPv6 address destinations, and 100 concurrent connections × 64 KiB echoed intact through one paced session', async (t) => {
+  t.timeout(90_000);
+  const echo = await startEchoServer();
+  const rig = await startSocksRig();
+  try {
+    const v4 = await socksEcho(rig.port, { host: '127.0.0.1', type: 'ipv4', port: echo.port }, 4096);
+    t.is(v4.got, v4.sent);
+    const v6 = await socksEcho(rig.port, { host: '::1', type: 'ipv6', port: echo.port }, 4096);
+    t.is(v6.got, v6.sent);
+    // 127.0.0.1 and ::1 are loopback: the plain document, two destinations (they are named differently).
+    t.deepEqual(
+      [...rig.emulator.sessions.values()].map((s) => [s.document, s.parameters['host']]),
+      [
+        [DOCUMENT_LOCAL, undefined],
+        [DOCUMENT_LOCAL, undefined],
+      ],
+    );
+    const results = await withTimeout(
+      Promise.all(
+        Array.from({ length: 100 }, () =>
+          socksEcho(rig.port, { host: '127.0.0.1', type: 'ipv4', port: echo.port }, 64 * 1024),
+        ),
+      ),
+      80_000,
+      '100 echoes through SOCKS',
+    );
+    for (const r of results) t.is(r.got, r.sent);
+    t.is(rig.emulator.sessions.size, 2, 'the 100 connections shared the 127.0.0.1 session');
+    t.is(rig.server.stats.destinations.find((d) => d.host === '127.0.0.1')?.connectionsTotal, 101);
+  } finally {
+    await rig.close();
+    await echo.close();
   }
 });
