@@ -618,7 +618,8 @@ async function runDaemon(
       return EXIT_FAILURE;
     }
   }
-  const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
+  const socksNames = (config.socks ?? []).map((e) => e.name);
+  const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}${socksNames.length > 0 ? `; SOCKS on ${socksNames.join(', ')}` : ''}`;
   log.info(`started; ${summary}`);
 
   let listening = config.forwards.length;

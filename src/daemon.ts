@@ -273,7 +273,9 @@ export class Daemon {
    * warning naming the fix rather than at the first connection. The daemon keeps running either way:
    * lazy forwards try again on the next connection, eager ones retry with backoff.
    */
-  private async checkSetup(forwards: readonly ForwardConfig[]): Promise<void> {
+  private async checkSetup(
+    forwards: readonly Pick<ForwardConfig, 'name' | 'region' | 'profile' | 'endpoint'>[],
+  ): Promise<void> {
     const byApi = new Map<SsmApi, string[]>();
     for (const f of forwards) {
       const api = this.deps.ssmFor(f);
@@ -339,7 +341,7 @@ export class Daemon {
       throw err;
     }
     this.warnExposed();
-    await this.checkSetup(this.config.forwards);
+    await this.checkSetup([...this.config.forwards, ...(this.config.socks ?? [])]);
     this.deps.logger.info(`${this.forwards.size} forward(s) running`);
     // In the background: a slow or unreachable API must not delay the listeners.
     if (this.ledger) this.orphanSweep = this.sweepOrphans(this.ledger);
