@@ -33,6 +33,7 @@ import { REFERENCE_CEILING_BYTES_PER_SECOND, measureEmulatorPacedRate } from './
 import { cpuSeconds, memoryStatus, resetPeakRss, RssSampler } from './processes.js';
 import { evaluateTargets, key, megabytesPerSecond, renderTable } from './report.js';
 import type { Measurement, Path, StepResult, Usage } from './report.js';
+import { describeSocksFirstByte, measureSocksFirstByte, medianMs } from './socks.js';
 import { INJECTED_LATENCY_MS, startStack } from './stack.js';
 import { STRIPING_STEPS, renderStripingTable, stripingForwards } from './striping.js';
 import type { EmulatorName, ForwardName, Stack } from './stack.js';
@@ -179,6 +180,24 @@ function median(values: readonly number[]): number {
 }
 
 const STEPS: readonly Step[] = [
+  {
+    // Issue 15: SOCKS5 cold/warm first byte, in processes of its own (bench/socks.ts).
+    name: 'socks',
+    timeoutMs: () => 180_000,
+    async run(ctx) {
+      const r = await measureSocksFirstByte({ coldSamples: 5, warmSamples: ctx.sizes.warmSamples });
+      for (const [id, path, values] of [
+        ['socks-first-byte-cold', 'tunnel', r.coldMs],
+        ['socks-first-byte-cold-server-first', 'tunnel', r.coldServerFirstMs],
+        ['socks-first-byte-warm', 'tunnel', r.warmMs],
+        ['socks-first-byte-warm', 'direct', r.directMs],
+      ] as const) {
+        const details = { samples: values.length, minMs: Math.min(...values), maxMs: Math.max(...values) };
+        ctx.record({ id, path, value: medianMs(values), unit: 'ms', details });
+      }
+      process.stderr.write(`${describeSocksFirstByte(r)}\n`);
+    },
+  },
   {
     name: 'first-byte',
     timeoutMs: () => 60_000,

@@ -17,10 +17,15 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Argv, Options } from 'yargs';
-import { overlayFlags, FORWARD_SPEC_EXAMPLE, FORWARD_SPEC_SYNTAX } from './config/flags.js';
+import {
+  overlayFlags,
+  DYNAMIC_SPEC_SYNTAX,
+  FORWARD_SPEC_EXAMPLE,
+  FORWARD_SPEC_SYNTAX,
+} from './config/flags.js';
 import type { FlagValues } from './config/flags.js';
 import { CONFIG_ENV, readConfigFile, resolveConfigPath } from './config/load.js';
-import type { DaemonConfig, ForwardConfig } from './config/types.js';
+import type { DaemonConfig, ForwardConfig, SocksConfig } from './config/types.js';
 import { didYouMean, verifyConfig } from './config/verify.js';
 import { Daemon } from './daemon.js';
 import type { DaemonDeps, SsmLocation } from './daemon.js';
@@ -166,6 +171,13 @@ export const OPTIONS = {
     requiresArg: true,
     description: `Add a forward, ssh -L style: ${FORWARD_SPEC_SYNTAX} (repeatable; IPv6 in [brackets])`,
   },
+  dynamic: {
+    alias: 'D',
+    type: 'string',
+    array: true,
+    requiresArg: true,
+    description: `Add a SOCKS5 + HTTP CONNECT proxy, ssh -D style: ${DYNAMIC_SPEC_SYNTAX} (repeatable); each CONNECT reaches host:port as seen from the target`,
+  },
   eager: {
     alias: 'E',
     type: 'boolean',
@@ -288,6 +300,7 @@ interface Args {
   pickAny?: boolean;
   reason?: string;
   forward?: string[];
+  dynamic?: string[];
   eager?: boolean;
   keepAlive?: boolean;
   idleStopMs?: number | null;
@@ -516,6 +529,7 @@ function flagValues(argv: Args): FlagValues {
     pickAny: argv.pickAny,
     reason: argv.reason,
     forward: argv.forward,
+    dynamic: argv.dynamic,
     eager: argv.eager,
     keepAlive: argv.keepAlive,
     idleStopMs: number(argv.idleStopMs),
@@ -555,6 +569,13 @@ export function describeForward(f: ForwardConfig): string {
     .filter(Boolean)
     .join(', ');
   return `${f.name}: ${listen} -> ${f.host ?? 'localhost'}:${f.remotePort} via ${f.target}${aws ? ` (${aws})` : ''} [${mode}]`;
+}
+
+/** One line per `socks:` entry for check-config (never the password). */
+export function describeSocks(e: SocksConfig): string {
+  const listen = e.bind.includes(':') ? `[${e.bind}]:${e.localPort}` : `${e.bind}:${e.localPort}`;
+  const auth = e.username !== undefined ? `user ${e.username}` : 'no auth';
+  return `${e.name}: ${listen} SOCKS5/HTTP CONNECT -> any allowed host:port via ${e.target} [allow ${e.allow.join(' ')}; ${auth}; up to ${e.maxSessions} destinations]`;
 }
 
 /** A cache of SSM clients per region/profile/endpoint, so forwards sharing them share connections. */
@@ -643,7 +664,8 @@ async function runDaemon(
       return EXIT_FAILURE;
     }
   }
-  const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}`;
+  const socksNames = (config.socks ?? []).map((e) => e.name);
+  const summary = `forwarding ${config.forwards.length} port(s): ${config.forwards.map((f) => f.name).join(', ')}${socksNames.length > 0 ? `; SOCKS on ${socksNames.join(', ')}` : ''}`;
   log.info(`started; ${summary}`);
 
   let listening = config.forwards.length;
@@ -787,7 +809,8 @@ async function statusCommand(io: MainIo, args: Args, configPath: string | undefi
 
 /** check-config: validate the file and/or the flags and print a summary. */
 async function checkConfig(io: MainIo, configPath: string | undefined, flags: FlagValues): Promise<number> {
-  const flagsDefineForwards = flags.port !== undefined || (flags.forward?.length ?? 0) > 0;
+  const flagsDefineForwards =
+    flags.port !== undefined || (flags.forward?.length ?? 0) > 0 || (flags.dynamic?.length ?? 0) > 0;
   if (configPath === undefined && !flagsDefineForwards) {
     throw new ConfigError(
       'PF_ERR_CONFIG_FILE',
@@ -799,6 +822,7 @@ async function checkConfig(io: MainIo, configPath: string | undefined, flags: Fl
   const lines = [
     `${what}: OK, ${config.forwards.length} forward(s); log ${config.log.level}/${config.log.format}`,
     ...config.forwards.map((f) => `  ${describeForward(f)}`),
+    ...(config.socks ?? []).map((e) => `  ${describeSocks(e)}`),
   ];
   io.stdout.write(`${lines.join('\n')}\n`);
   return EXIT_OK;

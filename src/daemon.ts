@@ -21,7 +21,8 @@ import { SpillStore } from './mux/spill.js';
 import { SessionLedger } from './ledger.js';
 import type { LedgerEntry } from './ledger.js';
 import type { TunnelSession } from './forward/session.js';
-import type { ForwardTargets } from './targets/resolve.js';
+import type { ForwardTargets, TargetLocation } from './targets/resolve.js';
+import { SocksDaemonPart } from './socks/daemon-part.js';
 import { STATS_SCHEMA, failedForwardStats } from './stats.js';
 import type { DaemonStats, Readiness } from './stats.js';
 
@@ -91,7 +92,7 @@ export interface DaemonDeps {
   /** Builds the SSM client for a forward (region/profile/endpoint come from the forward). */
   ssmFor: (where: SsmLocation) => SsmApi;
   /** Builds what resolves a forward's target at each session start (`src/targets/resolve.ts`). */
-  targetsFor?: (forward: ForwardConfig) => ForwardTargets;
+  targetsFor?: (where: TargetLocation & Pick<ForwardConfig, 'pick'>) => ForwardTargets;
   /** HTTP User-Agent for data-channel upgrades. Default `pf-daemon`. */
   userAgent?: string;
   /**
@@ -129,6 +130,8 @@ export class Daemon {
   /** Settles when the running reload has started its forwards (stop() waits for that, not for its drain). */
   private reloadStarting: Promise<void> = Promise.resolve();
   private stopPromise: Promise<void> | undefined;
+  /** The SOCKS listeners (`socks:`, `-D`): started, reloaded and stopped with the forwards. */
+  private readonly socks: SocksDaemonPart;
   /** Settles when sessions left by a crashed daemon have been terminated (started by start()). */
   orphanSweep: Promise<void> = Promise.resolve();
 
@@ -139,6 +142,15 @@ export class Daemon {
     this.config = config;
     this.spill = new SpillStore({ directory: os.tmpdir(), limitBytes: config.tuning.spillLimitBytes });
     this.ledger = deps.ledgerDir ? new SessionLedger(deps.ledgerDir, deps.logger.child('ledger')) : undefined;
+    this.socks = new SocksDaemonPart({
+      logger: deps.logger,
+      ssmFor: deps.ssmFor,
+      ...(deps.targetsFor ? { targetsFor: deps.targetsFor } : {}),
+      userAgent: deps.userAgent ?? 'pf-daemon',
+      spill: this.spill,
+      repeats: this.repeats,
+      record: (session, where) => this.record(session, where),
+    });
   }
 
   /** The listening forwards by name. */
@@ -191,6 +203,7 @@ export class Daemon {
         if (running) return running.stats;
         return failedForwardStats(f, this.notListening.get(f.name) ?? 'not started');
       }),
+      ...((this.config.socks?.length ?? 0) > 0 ? { socks: this.socks.stats(this.config.socks ?? []) } : {}),
     };
   }
 
@@ -202,11 +215,15 @@ export class Daemon {
       if (running?.address) continue;
       reasons.push(`forward ${f.name} is not listening: ${this.notListening.get(f.name) ?? 'not started'}`);
     }
+    reasons.push(...this.socks.notReady(this.config.socks ?? []));
     return { ready: reasons.length === 0, reasons };
   }
 
   /** Keep an open session in the ledger until it closes. */
-  private record(session: TunnelSession, forward: ForwardConfig): void {
+  private record(
+    session: TunnelSession,
+    forward: Pick<ForwardConfig, 'target' | 'region' | 'profile' | 'endpoint'>,
+  ): void {
     const ledger = this.ledger;
     const sessionId = session.sessionId;
     if (!ledger || !sessionId) return;
@@ -256,7 +273,9 @@ export class Daemon {
    * warning naming the fix rather than at the first connection. The daemon keeps running either way:
    * lazy forwards try again on the next connection, eager ones retry with backoff.
    */
-  private async checkSetup(forwards: readonly ForwardConfig[]): Promise<void> {
+  private async checkSetup(
+    forwards: readonly Pick<ForwardConfig, 'name' | 'region' | 'profile' | 'endpoint'>[],
+  ): Promise<void> {
     const byApi = new Map<SsmApi, string[]>();
     for (const f of forwards) {
       const api = this.deps.ssmFor(f);
@@ -315,8 +334,14 @@ export class Daemon {
       }
       this.forwards.set(forwardConfig.name, forward);
     }
+    try {
+      await this.socks.start(this.config.socks ?? [], this.config.tuning);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     this.warnExposed();
-    await this.checkSetup(this.config.forwards);
+    await this.checkSetup([...this.config.forwards, ...(this.config.socks ?? [])]);
     this.deps.logger.info(`${this.forwards.size} forward(s) running`);
     // In the background: a slow or unreachable API must not delay the listeners.
     if (this.ledger) this.orphanSweep = this.sweepOrphans(this.ledger);
@@ -341,8 +366,9 @@ export class Daemon {
     const all = [...this.owned];
     const graceMs = this.config.tuning.drainGraceMs;
     const deadlineMs = graceMs + STOP_DEADLINE_SLACK_MS;
-    const stopped = Promise.all(
-      all.map((forward) =>
+    const stopped = Promise.all([
+      this.socks.stopAll(graceMs),
+      ...all.map((forward) =>
         forward.stop(graceMs).then(
           () => this.owned.delete(forward),
           (err: unknown) =>
@@ -351,8 +377,9 @@ export class Daemon {
             ),
         ),
       ),
-    );
+    ]);
     if (!(await within(stopped, deadlineMs))) {
+      this.socks.abandonAll();
       const late = all.filter((f) => this.owned.has(f));
       this.deps.logger.warn(
         `stop deadline (${deadlineMs} ms) passed with ${late.length} forward(s) still closing (${late.map((f) => f.config.name).join(', ')}): resetting their connections and closing their sessions without waiting`,
@@ -392,6 +419,7 @@ export class Daemon {
     let startPhaseDone!: () => void;
     this.reloadStarting = new Promise<void>((resolve) => (startPhaseDone = resolve));
     const toStop: Forward[] = [];
+    let socksDraining: Promise<void> = Promise.resolve();
     try {
       const changedTuning = (Object.keys(config.tuning) as (keyof TuningConfig)[]).filter(
         (key) => !isDeepStrictEqual(config.tuning[key], this.config.tuning[key]),
@@ -447,6 +475,9 @@ export class Daemon {
       }
       // Old listeners nobody took over (their successor failed, or a stop cut the reload short).
       for (const old of byAddress.values()) await old.stopAccepting();
+      if (this.stateValue === DaemonState.Running) {
+        socksDraining = (await this.socks.reload(config.socks ?? [], config.tuning, restartAll)).drained;
+      }
     } finally {
       startPhaseDone();
     }
@@ -460,8 +491,9 @@ export class Daemon {
     }
     // The old forwards drain after their successors listen. stop() may join these stops (they are shared).
     const graceMs = config.tuning.drainGraceMs;
-    await Promise.all(
-      toStop.map((forward) =>
+    await Promise.all([
+      socksDraining,
+      ...toStop.map((forward) =>
         forward.stop(graceMs).then(
           () => this.owned.delete(forward),
           (err: unknown) =>
@@ -470,7 +502,7 @@ export class Daemon {
             ),
         ),
       ),
-    );
+    ]);
     return summary;
   }
 }

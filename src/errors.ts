@@ -95,6 +95,19 @@ export const ERROR_CODES = {
     text: 'a basic-mode session already has its most connections waiting; one more was refused',
   },
   PF_ERR_ABORTED: { domain: 'tunnel', text: 'a connection stopped waiting for a session (it closed first)' },
+  // tunnel: dynamic forwarding (src/socks/)
+  PF_ERR_SOCKS_HANDSHAKE: {
+    domain: 'tunnel',
+    text: 'a SOCKS/HTTP CONNECT client sent a bad request, failed auth or was too slow',
+  },
+  PF_ERR_SOCKS_NOT_ALLOWED: {
+    domain: 'tunnel',
+    text: "a CONNECT destination is not in the listener's allow list",
+  },
+  PF_ERR_SOCKS_LIMIT: {
+    domain: 'tunnel',
+    text: 'a CONNECT needed a new destination while maxSessions were busy',
+  },
   // control: the control socket and metrics endpoint (src/control/, src/metrics/)
   PF_ERR_CONTROL_SOCKET: {
     domain: 'control',

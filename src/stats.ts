@@ -10,7 +10,7 @@
  * every socket anyway: `bytesRead`/`bytesWritten`), never per-chunk listeners.
  */
 import { documentFor } from './config/types.js';
-import type { ForwardConfig } from './config/types.js';
+import type { ForwardConfig, SocksConfig } from './config/types.js';
 import type { ReliableChannelStats } from './datachannel/reliable.js';
 import type { BasicRelayStats } from './forward/basic.js';
 import type { SessionInputStats } from './forward/input-guard.js';
@@ -122,6 +122,60 @@ export interface ForwardStats {
   sessions: ForwardSessionStats[];
 }
 
+/** One destination of a SOCKS listener: its keeper's sessions and the connections to it. */
+export interface SocksDestinationStats {
+  /** Destination host as clients named it (canonical: lower case, IPv6 compressed), unresolved. */
+  host: string;
+  /** Destination port. */
+  port: number;
+  /** SSM document of its sessions (the plain one for loopback destinations). */
+  document: string;
+  /** Client connections to it now. */
+  connectionsActive: number;
+  /** Client connections to it since the destination was opened. */
+  connectionsTotal: number;
+  /** Its live sessions. */
+  sessions: SessionStats[];
+}
+
+/** One dynamic-forwarding listener (`socks:`, `-D`; src/socks/server.ts). */
+export interface SocksStats {
+  name: string;
+  bind: string;
+  /** Bound port once listening, else the configured one. */
+  localPort: number;
+  /** `bind:localPort` once listening; `null` otherwise. */
+  listen: string | null;
+  target: string;
+  state: ForwardState;
+  /** Why it is not listening (state `failed`); `null` otherwise. */
+  error: string | null;
+  /** `username` when RFC 1929 / Basic credentials are required, else `none`. */
+  auth: 'username' | 'none';
+  /** Most distinct destinations at once. */
+  maxSessions: number;
+  /** Client connections accepted. */
+  connectionsAccepted: number;
+  /** Client connections open now. */
+  connectionsActive: number;
+  /** Connections refused or failed before or while connecting (every reason below, and session failures). */
+  connectionsFailed: number;
+  /** Malformed, unsupported, unauthenticated or too slow handshakes. */
+  handshakeFailures: number;
+  /** CONNECTs refused by the allow list. */
+  notAllowed: number;
+  /** CONNECTs refused because maxSessions destinations were busy. */
+  limitReached: number;
+  /** CONNECTs the agent reported it could not connect (ConnectToPortError). */
+  refused: number;
+  /** Bytes read from clients (handshakes included), bytes. */
+  bytesUp: number;
+  /** Bytes written to clients (replies included), bytes. */
+  bytesDown: number;
+  /** Destinations with a session keeper now. */
+  destinations: SocksDestinationStats[];
+}
+
 /** The whole daemon. */
 export interface DaemonStats {
   /** {@link STATS_SCHEMA}. */
@@ -138,6 +192,8 @@ export interface DaemonStats {
   configFile: string | null;
   /** Every configured forward, in config order. */
   forwards: ForwardStats[];
+  /** Every configured SOCKS listener, in config order (absent when none is configured). */
+  socks?: SocksStats[];
 }
 
 /** Readiness: every configured forward listens. */
@@ -173,6 +229,15 @@ export function totalsOf(stats: DaemonStats): StatsTotals {
     bytesUp: 0,
     bytesDown: 0,
   };
+  for (const s of stats.socks ?? []) {
+    totals.connections += s.connectionsActive;
+    totals.bytesUp += s.bytesUp;
+    totals.bytesDown += s.bytesDown;
+    for (const d of s.destinations)
+      totals.sessionsOpen += d.sessions.filter(
+        (x) => x.state === 'open' || x.state === 'reconnecting',
+      ).length;
+  }
   for (const f of stats.forwards) {
     if (f.state !== 'listening') totals.failedForwards++;
     totals.sessionsOpen += f.sessions.filter((s) => s.state === 'open' || s.state === 'reconnecting').length;
@@ -233,6 +298,31 @@ export function failedForwardStats(config: ForwardConfig, error: string): Forwar
     bytesUp: 0,
     bytesDown: 0,
     sessions: [],
+  };
+}
+
+/** The stats of a configured SOCKS listener that is not running. */
+export function failedSocksStats(config: SocksConfig, error: string): SocksStats {
+  return {
+    name: config.name,
+    bind: config.bind,
+    localPort: config.localPort,
+    listen: null,
+    target: config.target,
+    state: 'failed',
+    error,
+    auth: config.username !== undefined ? 'username' : 'none',
+    maxSessions: config.maxSessions,
+    connectionsAccepted: 0,
+    connectionsActive: 0,
+    connectionsFailed: 0,
+    handshakeFailures: 0,
+    notAllowed: 0,
+    limitReached: 0,
+    refused: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+    destinations: [],
   };
 }
 

@@ -6,7 +6,7 @@
  *   every forward that does not set its own value; `--pick-any` sets `defaults.pick: any` and each
  *   `--parameter key=value` adds to `defaults.parameters`;
  * - `--port` (with `--local-port`, `--host`) and each `--forward SPEC` define forwards that **replace** the
- *   file's `forwards:` list;
+ *   file's `forwards:` list; each `-D SPEC` defines a SOCKS listener, and they replace the file's `socks:`;
  * - `--log-level`, `--log-format` set `log.*`;
  * - `--control-socket` sets `controlSocket`, `--metrics` sets `metrics.listen`.
  * Problems in flag-provided values are reported `from --flag` instead of with a file position.
@@ -37,6 +37,8 @@ export interface FlagValues {
   reason?: string | undefined;
   /** `--forward` specs, in order. */
   forward?: readonly string[] | undefined;
+  /** `-D`/`--dynamic` specs (SOCKS5/HTTP CONNECT listeners), in order. */
+  dynamic?: readonly string[] | undefined;
   eager?: boolean | undefined;
   keepAlive?: boolean | undefined;
   idleStopMs?: number | undefined;
@@ -124,6 +126,39 @@ export function parseForwardSpec(spec: string): Record<string, unknown> {
   if (bind !== undefined) forward['bind'] = bind;
   if (target !== undefined) forward['target'] = target;
   return forward;
+}
+
+/** Example used in `-D` messages and help. */
+export const DYNAMIC_SPEC_EXAMPLE = '1080@i-0123456789abcdef0';
+/** Grammar of `-D`, for messages and help. */
+export const DYNAMIC_SPEC_SYNTAX = '[bind:]localPort[@target]';
+
+/**
+ * Parse an ssh `-D`-style spec into a raw `socks:` entry: `[bind:]localPort[@target]` (IPv6 bind in
+ * brackets: `[::1]:1080@i-…`). Without `@target`, `defaults.target` / `--target` applies. Ranges and the
+ * exposure rules are {@link verifyConfig}'s job.
+ *
+ * @throws ConfigError `PF_ERR_CONFIG` naming the spec and the accepted form
+ */
+export function parseDynamicSpec(spec: string): Record<string, unknown> {
+  const fail = (why: string): ConfigError =>
+    new ConfigError(
+      'PF_ERR_CONFIG',
+      `-D ${JSON.stringify(spec)}: ${why}; expected ${DYNAMIC_SPEC_SYNTAX}, e.g. -D ${DYNAMIC_SPEC_EXAMPLE}`,
+    );
+  const at = spec.indexOf('@');
+  const left = at < 0 ? spec : spec.slice(0, at);
+  const target = at < 0 ? undefined : spec.slice(at + 1);
+  if (target !== undefined && target === '') throw fail('empty target after @');
+  const parts = splitColons(left);
+  if (!parts || parts.some((p) => p === '')) throw fail('empty or unbalanced field');
+  if (parts.length > 2) throw fail(`${parts.length} colon-separated fields`);
+  const portText = parts[parts.length - 1] ?? '';
+  if (!/^\d{1,5}$/.test(portText)) throw fail(`localPort ${JSON.stringify(portText)} is not a port number`);
+  const entry: Record<string, unknown> = { localPort: Number(portText) };
+  if (parts.length === 2) entry['bind'] = parts[0];
+  if (target !== undefined) entry['target'] = target;
+  return entry;
 }
 
 /** `defaults.*` keys each flag sets, with the flag's spelling for messages. */
@@ -249,6 +284,9 @@ export function overlayFlags(
     forwardOrigins.push(`--forward ${spec}`);
   }
   if (forwards.length > 0) raw['forwards'] = forwards;
+  const dynamic = (flags.dynamic ?? []).map(parseDynamicSpec);
+  // -D replaces the file's socks: list, as --forward replaces forwards:.
+  if (dynamic.length > 0) raw['socks'] = dynamic;
 
   const source: ConfigSource = {
     locate(path: ConfigPath, what: 'value' | 'key'): string | undefined {
@@ -259,6 +297,10 @@ export function overlayFlags(
       if (typeof first === 'string' && typeof second === 'string') {
         const flag = fromFlag.get(`${first}.${second}`);
         if (flag) return `from ${flag}`;
+      }
+      if (first === 'socks' && dynamic.length > 0) {
+        const spec = typeof second === 'number' ? flags.dynamic?.[second] : undefined;
+        return spec !== undefined ? `from -D ${spec}` : 'from the command line';
       }
       if (first === 'forwards' && forwards.length > 0) {
         return typeof second === 'number' && forwardOrigins[second]

@@ -86,6 +86,65 @@ export interface ForwardConfig {
   allowInsecureEndpoint: boolean;
 }
 
+/**
+ * One dynamic-forwarding listener (`-D`, `socks:`; `src/socks/`): SOCKS5 and HTTP CONNECT on one port, each
+ * CONNECT reaching `host:port` as seen from `target`, one SSM session per distinct destination.
+ */
+export interface SocksConfig {
+  /** Unique name (shared namespace with forwards), used in logs and stats. Default `socks:<localPort>@<target>`. */
+  name: string;
+  /** Where the sessions go, in the forms of {@link ForwardConfig.target}. */
+  target: string;
+  /** Several targets match: as {@link ForwardConfig.pick}. */
+  pick?: TargetPick;
+  /** Local bind address. Default `127.0.0.1`. Not loopback ⇒ `allow` and `username`/`password` are required. */
+  bind: string;
+  /** Local listening port, 0–65535 (0 = any free port). Default 1080. */
+  localPort: number;
+  /** AWS region, as for forwards. */
+  region?: string;
+  /** Named AWS profile, as for forwards. */
+  profile?: string;
+  /** SSM API endpoint override, as for forwards. */
+  endpoint?: string;
+  /** ECS API endpoint override, as for forwards. */
+  ecsEndpoint?: string;
+  /**
+   * Destinations clients may ask for: rules of `src/socks/allow.ts` (`cidr[:ports]`, `name[:ports]`,
+   * `*.domain[:ports]`, `*`). Default `['*']` on a loopback bind; required otherwise.
+   */
+  allow: readonly string[];
+  /** Most distinct destinations (each one SSM session) open at once, 1–256. Default 16. */
+  maxSessions: number;
+  /** RFC 1929 username (1–255 bytes) clients must send; with `password`. Required on a non-loopback bind. */
+  username?: string;
+  /** RFC 1929 password (1–255 bytes); never logged. */
+  password?: string;
+  /** StartSession `Reason`, as for forwards. */
+  reason?: string;
+  /** A destination's session ends after this many ms with no connection to it; 0 = never. Default 600000. */
+  idleStopMs: number;
+  /** smux keep-alive NOPs on each destination's session, as for forwards. Default false. */
+  keepAlive: boolean;
+  /** After a client EOF, ms of remote silence before FIN, as {@link ForwardConfig.halfCloseLingerMs}. Default 2000. */
+  halfCloseLingerMs: number;
+  /** Accept a plain-http endpoint to a non-loopback host, as for forwards. Default false. */
+  allowInsecureEndpoint: boolean;
+}
+
+/** Documented defaults of a `socks:` entry's optional behaviour. */
+export const defaultSocks = Object.freeze({
+  bind: '127.0.0.1',
+  localPort: 1080,
+  maxSessions: 16,
+  idleStopMs: 600_000,
+  keepAlive: false,
+  halfCloseLingerMs: 2_000,
+  allowInsecureEndpoint: false,
+  /** Allow list of a loopback listener without one: everything the target can reach. */
+  loopbackAllow: Object.freeze(['*']) as readonly string[],
+});
+
 /** How a target form that matches several instances or tasks is settled. */
 export type TargetPick = 'one' | 'any';
 
@@ -165,6 +224,8 @@ export interface MetricsConfig {
 /** The whole resolved configuration. */
 export interface DaemonConfig {
   forwards: ForwardConfig[];
+  /** Dynamic-forwarding listeners (`socks:`, `-D`); `verifyConfig` always sets it, hand-built configs may omit it. */
+  socks?: SocksConfig[];
   log: LogConfig;
   tuning: TuningConfig;
   /**

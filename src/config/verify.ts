@@ -19,12 +19,21 @@ import { ConfigError } from '../errors.js';
 import type { LogFormat, LogLevel } from '../log.js';
 import { isLoopbackHost } from '../targets/destination.js';
 import { INSTANCE_ID_PATTERN, TARGET_FORMS, parseTarget } from '../targets/spec.js';
-import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST, defaultForward, defaultLog, defaultTuning } from './types.js';
+import { parseAllowRule } from '../socks/allow.js';
+import {
+  DOCUMENT_LOCAL,
+  DOCUMENT_REMOTE_HOST,
+  defaultForward,
+  defaultLog,
+  defaultSocks,
+  defaultTuning,
+} from './types.js';
 import type {
   DaemonConfig,
   ForwardConfig,
   LogConfig,
   MetricsConfig,
+  SocksConfig,
   TargetPick,
   TuningConfig,
 } from './types.js';
@@ -338,7 +347,66 @@ const METRICS_CHECKS = {
       : 'must be host:port with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464',
 } satisfies Record<keyof MetricsConfig, Check>;
 
-const TOP_KEYS = ['defaults', 'log', 'tuning', 'forwards', 'controlSocket', 'metrics'] as const;
+const TOP_KEYS = ['defaults', 'log', 'tuning', 'forwards', 'socks', 'controlSocket', 'metrics'] as const;
+
+/** Most distinct destinations one `socks:` entry may hold sessions to at once (our limit). */
+export const MAX_SOCKS_SESSIONS = 256;
+/** Longest RFC 1929 username or password, bytes (one length byte, RFC 1929 §2). */
+export const SOCKS_CREDENTIAL_MAX_BYTES = 255;
+
+const checkCredential: Check = (v) =>
+  typeof v === 'string' && v.length > 0 && Buffer.byteLength(v) <= SOCKS_CREDENTIAL_MAX_BYTES
+    ? undefined
+    : `must be a string of 1-${SOCKS_CREDENTIAL_MAX_BYTES} bytes (RFC 1929)`;
+
+const checkAllow: Check = (v) => {
+  if (!Array.isArray(v) || v.length === 0) {
+    return `must be a non-empty list of rules, e.g. [${'"10.0.0.0/8:5432", "*.internal:80,443"'}] ("*" allows everything)`;
+  }
+  for (const item of v) {
+    if (typeof item !== 'string') return 'every rule must be a string such as 10.0.0.0/8:5432 or *.internal';
+    const rule = parseAllowRule(item);
+    if (typeof rule === 'string') return `rule ${JSON.stringify(item)}: ${rule}`;
+  }
+  return undefined;
+};
+
+/** Checks of the fields a `socks:` entry may carry. */
+const SOCKS_CHECKS = {
+  name: FORWARD_CHECKS.name,
+  target: FORWARD_CHECKS.target,
+  pick: FORWARD_CHECKS.pick,
+  bind: FORWARD_CHECKS.bind,
+  localPort: FORWARD_CHECKS.localPort,
+  region: FORWARD_CHECKS.region,
+  profile: FORWARD_CHECKS.profile,
+  endpoint: FORWARD_CHECKS.endpoint,
+  ecsEndpoint: FORWARD_CHECKS.ecsEndpoint,
+  allow: checkAllow,
+  maxSessions: integer(1, MAX_SOCKS_SESSIONS, ' (distinct destinations at once)'),
+  username: checkCredential,
+  password: checkCredential,
+  reason: FORWARD_CHECKS.reason,
+  idleStopMs: FORWARD_CHECKS.idleStopMs,
+  keepAlive: boolean,
+  halfCloseLingerMs: FORWARD_CHECKS.halfCloseLingerMs,
+  allowInsecureEndpoint: boolean,
+} satisfies Record<keyof SocksConfig, Check>;
+type SocksKey = keyof typeof SOCKS_CHECKS;
+/** `defaults` keys a `socks:` entry inherits (the AWS context and session behaviour; bind is not inherited). */
+const SOCKS_DEFAULT_KEYS = [
+  'target',
+  'pick',
+  'region',
+  'profile',
+  'endpoint',
+  'ecsEndpoint',
+  'reason',
+  'idleStopMs',
+  'keepAlive',
+  'halfCloseLingerMs',
+  'allowInsecureEndpoint',
+] as const satisfies readonly (SocksKey & ForwardKey)[];
 
 function isMapping(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -464,7 +532,7 @@ function documentFits(
  * Cross-field rule: a plain-http endpoint to a host that is not loopback carries the session token in
  * clear, so it needs `allowInsecureEndpoint: true`. Returns the problem, or undefined.
  */
-function insecureEndpoint(f: ForwardConfig): string | undefined {
+function insecureEndpoint(f: Pick<ForwardConfig, 'endpoint' | 'allowInsecureEndpoint'>): string | undefined {
   if (!f.endpoint || f.allowInsecureEndpoint) return undefined;
   const url = new URL(f.endpoint);
   if (url.protocol !== 'http:' || isLoopbackHost(url.hostname)) return undefined;
@@ -540,15 +608,20 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
 
   const resolved: { forward: ForwardConfig; index: number; named: boolean }[] = [];
   const rawForwards = top['forwards'];
+  const rawSocks = top['socks'];
+  const hasSocks = Array.isArray(rawSocks) && rawSocks.length > 0;
   if (
-    rawForwards === undefined ||
-    rawForwards === null ||
-    (Array.isArray(rawForwards) && rawForwards.length === 0)
+    !hasSocks &&
+    (rawForwards === undefined ||
+      rawForwards === null ||
+      (Array.isArray(rawForwards) && rawForwards.length === 0))
   ) {
     problems.add(
       ['forwards'],
-      'no forwards configured: add at least one under forwards:, or pass --target and --port (or --forward)',
+      'no forwards configured: add at least one under forwards: (or socks:), or pass --target and --port (or --forward, or -D 1080)',
     );
+  } else if (rawForwards === undefined || rawForwards === null) {
+    // Only socks: entries.
   } else if (!Array.isArray(rawForwards)) {
     problems.add(['forwards'], 'must be a list of forwards (each item starting with "- ")', {
       got: rawForwards,
@@ -661,9 +734,138 @@ export function verifyConfig(raw: unknown, source?: ConfigSource): DaemonConfig 
     seenListeners.push({ forward: f, index });
   }
 
+  const socks = verifySocks(problems, defaults, rawSocks, seenNames, seenListeners);
+
   if (problems.list.length > 0) throw new ConfigProblemsError(problems.list);
-  const config: DaemonConfig = { forwards: resolved.map((r) => r.forward), log, tuning };
+  const config: DaemonConfig = { forwards: resolved.map((r) => r.forward), socks, log, tuning };
   if (controlSocketOk) config.controlSocket = controlSocket as string;
   if (typeof metricsRaw.listen === 'string') config.metrics = { listen: metricsRaw.listen };
   return deepFreeze(config);
+}
+
+/**
+ * The `socks:` entries: each field checked, `defaults` applied (AWS context and session behaviour), and the
+ * cross-field rules of exposure: a listener reachable from other machines must have an `allow` list and
+ * `username`/`password` (an open SOCKS proxy into a VPC is worse than an open port forward: it reaches every
+ * host the instance can). Names share one namespace with forwards; listeners must not collide with theirs.
+ */
+function verifySocks(
+  problems: Problems,
+  defaults: Partial<Record<ForwardKey, unknown>>,
+  raw: unknown,
+  seenNames: Map<string, number>,
+  seenListeners: { forward: Pick<ForwardConfig, 'bind' | 'localPort' | 'name'>; index: number }[],
+): SocksConfig[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) {
+    problems.add(['socks'], 'must be a list of socks entries (each item starting with "- ")', { got: raw });
+    return [];
+  }
+  const out: SocksConfig[] = [];
+  const names = new Map<string, number>();
+  const listeners: { entry: SocksConfig; index: number }[] = [];
+  raw.forEach((item: unknown, index) => {
+    const path = ['socks', index] as const;
+    if (!isMapping(item)) {
+      problems.add(path, 'must be a mapping with at least target (unless defaults.target is set)', {
+        got: item,
+      });
+      return;
+    }
+    const before = problems.list.length;
+    const own = section(problems, path, item, SOCKS_CHECKS);
+    const inherited: Partial<Record<SocksKey, unknown>> = {};
+    for (const key of SOCKS_DEFAULT_KEYS) if (defaults[key] !== undefined) inherited[key] = defaults[key];
+    const merged = { ...inherited, ...own };
+    if (merged.target === undefined && (item['target'] === undefined || item['target'] === null)) {
+      problems.add(
+        [...path, 'target'],
+        'required: set target here or defaults.target, pass --target i-0123456789abcdef0, or write -D 1080@i-0123456789abcdef0',
+      );
+    }
+    if (problems.list.length > before) return;
+    const bind = (merged.bind as string | undefined) ?? defaultSocks.bind;
+    const exposed = !isLoopbackHost(bind);
+    if (exposed && merged.allow === undefined) {
+      problems.add(
+        [...path, 'allow'],
+        `required when bind (${bind}) is not loopback: list the destinations clients may reach, e.g. allow: ["10.0.0.0/8:5432", "*.internal:443"]`,
+      );
+    }
+    if ((merged.username === undefined) !== (merged.password === undefined)) {
+      problems.add(
+        [...path, merged.username === undefined ? 'username' : 'password'],
+        'username and password go together: set both (RFC 1929 username/password authentication) or neither',
+      );
+    } else if (exposed && merged.username === undefined) {
+      problems.add(
+        [...path, 'username'],
+        `required when bind (${bind}) is not loopback: set username and password, or bind 127.0.0.1`,
+      );
+    }
+    if (problems.list.length > before) return;
+    const target = merged.target as string;
+    const localPort = (merged.localPort as number | undefined) ?? defaultSocks.localPort;
+    const entry: SocksConfig = {
+      name: (merged.name as string | undefined) ?? `socks:${localPort}@${target}`,
+      target,
+      bind,
+      localPort,
+      allow: [...((merged.allow as string[] | undefined) ?? defaultSocks.loopbackAllow)],
+      maxSessions: (merged.maxSessions as number | undefined) ?? defaultSocks.maxSessions,
+      idleStopMs: (merged.idleStopMs as number | undefined) ?? defaultSocks.idleStopMs,
+      keepAlive: (merged.keepAlive as boolean | undefined) ?? defaultSocks.keepAlive,
+      halfCloseLingerMs: (merged.halfCloseLingerMs as number | undefined) ?? defaultSocks.halfCloseLingerMs,
+      allowInsecureEndpoint:
+        (merged.allowInsecureEndpoint as boolean | undefined) ?? defaultSocks.allowInsecureEndpoint,
+    };
+    for (const key of [
+      'region',
+      'profile',
+      'endpoint',
+      'ecsEndpoint',
+      'reason',
+      'username',
+      'password',
+    ] as const) {
+      const value = merged[key];
+      if (typeof value === 'string') entry[key] = value;
+    }
+    if (merged.pick !== undefined) entry.pick = merged.pick as TargetPick;
+    const insecure = insecureEndpoint(entry);
+    if (insecure)
+      problems.add([...path, own.endpoint !== undefined ? 'endpoint' : 'allowInsecureEndpoint'], insecure);
+    const earlier = names.get(entry.name);
+    const forwardIndex = seenNames.get(entry.name);
+    if (earlier !== undefined || forwardIndex !== undefined) {
+      problems.add(
+        [...path, 'name'],
+        `name "${entry.name}" is already used by ${earlier !== undefined ? `socks[${earlier}]` : `forwards[${forwardIndex}]`}; names must be unique (set name:)`,
+      );
+      return;
+    }
+    names.set(entry.name, index);
+    if (entry.localPort !== 0) {
+      const clash =
+        listeners.find(
+          (l) => l.entry.localPort === entry.localPort && bindsCollide(l.entry.bind, entry.bind),
+        ) ?? undefined;
+      const forwardClash = seenListeners.find(
+        (s) => s.forward.localPort === entry.localPort && bindsCollide(s.forward.bind, entry.bind),
+      );
+      if (clash || forwardClash) {
+        const who = clash
+          ? `socks[${clash.index}] ("${clash.entry.name}")`
+          : `forwards[${forwardClash?.index}] ("${forwardClash?.forward.name}")`;
+        problems.add(
+          [...path, 'localPort'],
+          `${entry.bind}:${entry.localPort} is already used by ${who}; pick another localPort or bind`,
+        );
+        return;
+      }
+      listeners.push({ entry, index });
+    }
+    out.push(entry);
+  });
+  return out;
 }

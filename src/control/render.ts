@@ -4,7 +4,7 @@
  * rates line per forward, computed from two snapshots. Pure functions of the stats tree (`src/stats.ts`).
  */
 import { formatDuration, summaryLine } from '../stats.js';
-import type { DaemonStats, ForwardStats, SessionStats } from '../stats.js';
+import type { DaemonStats, ForwardStats, SessionStats, SocksStats } from '../stats.js';
 
 /** Widest line the text view writes, columns. */
 export const STATUS_WIDTH = 100;
@@ -152,6 +152,43 @@ function forwardLines(f: ForwardStats, rates: ForwardRates | undefined): string[
   return lines;
 }
 
+/** One row per SOCKS listener (same columns as forwards), then one line per live destination. */
+function socksLines(s: SocksStats): string[] {
+  const lines = [
+    row([
+      s.name,
+      s.listen ?? `${s.bind}:${s.localPort}`,
+      s.state,
+      String(s.connectionsActive),
+      String(s.connectionsAccepted),
+      String(s.connectionsFailed),
+      formatBytes(s.bytesUp),
+      formatBytes(s.bytesDown),
+    ]),
+    ...wrap(
+      [
+        s.auth === 'username' ? 'username/password' : 'no auth',
+        `${s.destinations.length}/${s.maxSessions} destinations`,
+        `refused: ${s.notAllowed} by allow list, ${s.refused} by the agent, ${s.limitReached} at maxSessions, ${s.handshakeFailures} bad handshakes`,
+      ],
+      `  → SOCKS5/HTTP CONNECT via ${s.target}: `,
+      '    ',
+    ),
+  ];
+  if (s.error) lines.push(fit(`  not listening: ${s.error}`, STATUS_WIDTH));
+  for (const d of s.destinations) {
+    const where = d.host.includes(':') ? `[${d.host}]:${d.port}` : `${d.host}:${d.port}`;
+    const sessions = d.sessions.map((x) => `${x.id ?? '(starting)'} ${x.state}`).join(', ') || 'no session';
+    lines.push(
+      fit(
+        `  ${where}: ${d.connectionsActive} open, ${d.connectionsTotal} total; session ${sessions}`,
+        STATUS_WIDTH,
+      ),
+    );
+  }
+  return lines;
+}
+
 /**
  * The status screen. With `before` (the previous snapshot, `--watch`) each forward gets a rates line.
  * @returns lines joined with `\n`, each at most {@link STATUS_WIDTH} columns, ending with `\n`
@@ -171,5 +208,6 @@ export function renderStatus(stats: DaemonStats, before?: DaemonStats): string {
     row(COLUMNS.map(([name]) => name)),
   ];
   for (const f of stats.forwards) lines.push(...forwardLines(f, rates.get(f.name)));
+  for (const s of stats.socks ?? []) lines.push(...socksLines(s));
   return `${lines.join('\n')}\n`;
 }

@@ -9,7 +9,7 @@
  * their standard names (`process_*`, `nodejs_*`), so stock dashboards work.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { DaemonStats, ForwardStats } from '../stats.js';
+import type { DaemonStats, ForwardStats, SocksStats } from '../stats.js';
 
 /** Prefix of every pf-daemon metric. */
 export const METRIC_PREFIX = 'pf_daemon_';
@@ -111,6 +111,47 @@ export function createDaemonMetrics(version: string, processMetrics = true): Dae
   gaugeOf('send_buffered_bytes', 'Upload bytes queued before the data channel, bytes.', (f) =>
     f.sessions.reduce((sum, s) => sum + s.bufferedUpBytes, 0),
   );
+  // SOCKS listeners (src/socks/): labelled by entry name only, never by destination (clients choose those).
+  const socks = (): readonly SocksStats[] => current?.socks ?? [];
+  const socksGauge = (name: string, help: string, value: (s: SocksStats) => number): void => {
+    new Gauge({
+      name: METRIC_PREFIX + name,
+      help,
+      labelNames: ['socks'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of socks()) this.set({ socks: s.name }, value(s));
+      },
+    });
+  };
+  socksGauge(
+    'socks_active_connections',
+    'SOCKS/HTTP CONNECT client connections open now.',
+    (s) => s.connectionsActive,
+  );
+  socksGauge(
+    'socks_destinations',
+    'Distinct destinations with a session keeper now.',
+    (s) => s.destinations.length,
+  );
+  new Counter({
+    name: `${METRIC_PREFIX}socks_connections_total`,
+    help: 'SOCKS/HTTP CONNECT client connections accepted, and those refused by reason.',
+    labelNames: ['socks', 'result'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of socks()) {
+        this.inc({ socks: s.name, result: 'accepted' }, s.connectionsAccepted);
+        this.inc({ socks: s.name, result: 'failed' }, s.connectionsFailed);
+        this.inc({ socks: s.name, result: 'not_allowed' }, s.notAllowed);
+        this.inc({ socks: s.name, result: 'refused' }, s.refused);
+        this.inc({ socks: s.name, result: 'limit' }, s.limitReached);
+        this.inc({ socks: s.name, result: 'bad_handshake' }, s.handshakeFailures);
+      }
+    },
+  });
   const reconnectSeconds = new Histogram({
     name: `${METRIC_PREFIX}session_reconnect_seconds`,
     help: 'Time from link loss to link up of each successful reconnect, seconds.',
