@@ -106,3 +106,30 @@ export function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<
     );
   });
 }
+
+/**
+ * `promise`, or undefined once `ms` pass or `signal` aborts, whichever comes first; never rejects because of
+ * the wait itself. The stops of forwards, keepers and SOCKS listeners bound each of their waits with it.
+ */
+export async function boundedWait<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  ms = Infinity,
+): Promise<T | undefined> {
+  if (signal.aborted) return undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<undefined>((resolve) => {
+        onAbort = () => resolve(undefined);
+        signal.addEventListener('abort', onAbort, { once: true });
+        if (Number.isFinite(ms)) timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  }
+}

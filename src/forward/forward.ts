@@ -7,12 +7,12 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { documentFor } from '../config/types.js';
 import { TunnelError, describeError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { corkPerTick } from './local-socket.js';
+import { boundedWait } from './backoff.js';
+import { closeAfterFlush, corkPerTick, lingerHalfClose } from './local-socket.js';
 import { SessionKeeper } from './keeper.js';
 import type { Carrier, KeeperDeps } from './keeper.js';
 import type { TunnelSession } from './session.js';
@@ -302,10 +302,10 @@ export class Forward extends EventEmitter {
     const holdWrites = corkPerTick(socket);
     stream.on('data', holdWrites);
     // pipe() gives backpressure both ways: a slow local reader pauses the stream, a full stream pauses the
-    // socket. The local EOF is not passed on at once: see halfClose().
+    // socket. The local EOF is not passed on at once: see lingerHalfClose() in local-socket.ts.
     socket.pipe(stream, { end: false });
     stream.pipe(socket);
-    socket.once('end', () => this.halfClose(stream));
+    socket.once('end', () => lingerHalfClose(stream, this.config.halfCloseLingerMs));
     stream.once('end', () => {
       // ConnectToPortError does not name its stream (spec §9.4): pair it with the next end of a stream
       // that never received data (pipe() has written everything the stream delivered to the socket).
@@ -327,36 +327,6 @@ export class Forward extends EventEmitter {
       if (!stream.destroyed) stream.destroy();
     });
     socket.resume();
-  }
-
-  /**
-   * The local side sent EOF. smux v1 has no half-close (spec §9.4), and basic mode's DisconnectToPort
-   * closes the destination too: our FIN makes the agent close the destination completely, losing a reply
-   * it has not sent yet. So the FIN waits until the remote ends the stream, or `halfCloseLingerMs` pass
-   * without a byte from the remote (each chunk restarts the wait).
-   */
-  private halfClose(stream: Duplex): void {
-    const lingerMs = this.config.halfCloseLingerMs;
-    if (lingerMs <= 0 || stream.readableEnded || stream.destroyed) {
-      stream.end();
-      return;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const finish = (): void => {
-      clearTimeout(timer);
-      stream.off('data', restart);
-      stream.off('end', finish);
-      stream.off('close', finish);
-      if (!stream.destroyed && !stream.writableEnded) stream.end();
-    };
-    const restart = (): void => {
-      clearTimeout(timer);
-      timer = setTimeout(finish, lingerMs);
-    };
-    stream.on('data', restart);
-    stream.once('end', finish);
-    stream.once('close', finish);
-    restart();
   }
 
   /** Local connections open now. */
@@ -388,23 +358,7 @@ export class Forward extends EventEmitter {
 
   /** `promise`, or undefined once `ms` pass or the forward is abandoned, whichever comes first. */
   private async bounded<T>(promise: Promise<T>, ms = Infinity): Promise<T | undefined> {
-    const signal = this.abandoned.signal;
-    if (signal.aborted) return undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let onAbort: (() => void) | undefined;
-    try {
-      return await Promise.race([
-        promise,
-        new Promise<undefined>((resolve) => {
-          onAbort = () => resolve(undefined);
-          signal.addEventListener('abort', onAbort, { once: true });
-          if (Number.isFinite(ms)) timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-      if (onAbort) signal.removeEventListener('abort', onAbort);
-    }
+    return boundedWait(promise, this.abandoned.signal, ms);
   }
 
   private async stopOnce(graceMs: number): Promise<void> {
@@ -432,21 +386,4 @@ export class Forward extends EventEmitter {
     await this.bounded(keeperStopped);
     await this.bounded(closed);
   }
-}
-
-/**
- * The remote ended the stream: the destination is closed completely (v1 has no half-close, spec §9.4), so
- * nothing will ever read what the local client still sends. pipe() has ended the local socket's write side;
- * once that has flushed what the agent sent, destroy the socket, so a client still uploading gets an error
- * instead of blocking on a socket nobody reads, and the keeper's idle stop is no longer held up by it. Until
- * then the client's bytes are read and dropped: they keep our receive queue short, so the close is a FIN
- * rather than a reset that could cut off the tail of the response still in the kernel.
- */
-function closeAfterFlush(socket: Socket, stream: Duplex): void {
-  if (socket.destroyed) return;
-  socket.unpipe(stream);
-  socket.resume();
-  if (!socket.writableEnded) socket.end();
-  if (socket.writableFinished) socket.destroy();
-  else socket.once('finish', () => socket.destroy());
 }

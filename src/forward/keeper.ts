@@ -24,7 +24,7 @@ import type { SsmApi } from '../ssm/types.js';
 import type { ForwardTargets } from '../targets/resolve.js';
 import { formatDuration } from '../stats.js';
 import type { ForwardSessionStats, ForwardStats } from '../stats.js';
-import { API_BACKOFF, backoffDelayMs, delay } from './backoff.js';
+import { API_BACKOFF, backoffDelayMs, boundedWait, delay } from './backoff.js';
 import type { BackoffPolicy } from './backoff.js';
 import { TunnelSession } from './session.js';
 import type { SessionEndReason } from './session.js';
@@ -548,23 +548,7 @@ export class SessionKeeper extends EventEmitter {
 
   /** `promise`, or undefined once `ms` pass or the keeper is abandoned, whichever comes first. */
   private async bounded<T>(promise: Promise<T>, ms = Infinity): Promise<T | undefined> {
-    const signal = this.abandoned.signal;
-    if (signal.aborted) return undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let onAbort: (() => void) | undefined;
-    try {
-      return await Promise.race([
-        promise,
-        new Promise<undefined>((resolve) => {
-          onAbort = () => resolve(undefined);
-          signal.addEventListener('abort', onAbort, { once: true });
-          if (Number.isFinite(ms)) timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-      if (onAbort) signal.removeEventListener('abort', onAbort);
-    }
+    return boundedWait(promise, this.abandoned.signal, ms);
   }
 
   private async stopOnce(graceMs: number): Promise<void> {

@@ -7,6 +7,7 @@
  * it, and the rest of the burst leaves as one `writev` on `process.nextTick`.
  */
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /** Identity of the current tick: advanced by one shared `process.nextTick`, not one per socket. */
 let tickEpoch = 0;
@@ -48,4 +49,50 @@ export function corkPerTick(socket: Socket): () => void {
     socket.cork();
     process.nextTick(release);
   };
+}
+
+/**
+ * The local side sent EOF. smux v1 has no half-close (spec §9.4), and basic mode's DisconnectToPort closes
+ * the destination too: our FIN makes the agent close the destination completely, losing a reply it has not
+ * sent yet. So the FIN waits until the remote ends the stream, or `lingerMs` pass without a byte from the
+ * remote (each chunk restarts the wait); 0 = FIN at once. Used by both front ends (forward.ts, socks/server.ts).
+ */
+export function lingerHalfClose(stream: Duplex, lingerMs: number): void {
+  if (lingerMs <= 0 || stream.readableEnded || stream.destroyed) {
+    stream.end();
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const finish = (): void => {
+    clearTimeout(timer);
+    stream.off('data', restart);
+    stream.off('end', finish);
+    stream.off('close', finish);
+    if (!stream.destroyed && !stream.writableEnded) stream.end();
+  };
+  const restart = (): void => {
+    clearTimeout(timer);
+    timer = setTimeout(finish, lingerMs);
+  };
+  stream.on('data', restart);
+  stream.once('end', finish);
+  stream.once('close', finish);
+  restart();
+}
+
+/**
+ * The remote ended the stream: the destination is closed completely (v1 has no half-close, spec §9.4), so
+ * nothing will ever read what the local client still sends. pipe() has ended the local socket's write side;
+ * once that has flushed what the agent sent, destroy the socket, so a client still uploading gets an error
+ * instead of blocking on a socket nobody reads, and the keeper's idle stop is no longer held up by it. Until
+ * then the client's bytes are read and dropped: they keep our receive queue short, so the close is a FIN
+ * rather than a reset that could cut off the tail of the response still in the kernel.
+ */
+export function closeAfterFlush(socket: Socket, stream: Duplex): void {
+  if (socket.destroyed) return;
+  socket.unpipe(stream);
+  socket.resume();
+  if (!socket.writableEnded) socket.end();
+  if (socket.writableFinished) socket.destroy();
+  else socket.once('finish', () => socket.destroy());
 }

@@ -22,6 +22,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { SocksConfig } from '../config/types.js';
 import type { SessionSpec } from '../forward/keeper.js';
+import { boundedWait } from '../forward/backoff.js';
+import { closeAfterFlush, lingerHalfClose } from '../forward/local-socket.js';
 import { documentFor } from '../config/types.js';
 import { TunnelError, describeError } from '../errors.js';
 import { RepeatFilter } from '../log.js';
@@ -556,7 +558,7 @@ export class SocksServer extends EventEmitter {
     const writtenBefore = socket.bytesWritten;
     socket.pipe(stream, { end: false });
     stream.pipe(socket);
-    socket.once('end', () => halfClose(stream, this.config.halfCloseLingerMs));
+    socket.once('end', () => lingerHalfClose(stream, this.config.halfCloseLingerMs));
     stream.once('end', () => {
       if (socket.bytesWritten === writtenBefore && carrier.takeDestinationRefusal()) {
         // Answered success already (a confirmed destination): the next connection waits for the truth again.
@@ -730,62 +732,6 @@ export class SocksServer extends EventEmitter {
 
   /** `promise`, or undefined once `ms` pass or the listener is abandoned. */
   private async bounded<T>(promise: Promise<T>, ms = Infinity): Promise<T | undefined> {
-    const signal = this.abandoned.signal;
-    if (signal.aborted) return undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let onAbort: (() => void) | undefined;
-    try {
-      return await Promise.race([
-        promise,
-        new Promise<undefined>((resolve) => {
-          onAbort = () => resolve(undefined);
-          signal.addEventListener('abort', onAbort, { once: true });
-          if (Number.isFinite(ms)) timer = setTimeout(() => resolve(undefined), Math.max(0, ms));
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-      if (onAbort) signal.removeEventListener('abort', onAbort);
-    }
+    return boundedWait(promise, this.abandoned.signal, ms);
   }
-}
-
-/**
- * The client sent EOF: hold the FIN until the destination ends the stream or `lingerMs` pass without a
- * byte from it (each chunk restarts the wait), as forward.ts does (smux v1 has no half-close, spec §9.4).
- */
-function halfClose(stream: Duplex, lingerMs: number): void {
-  if (lingerMs <= 0 || stream.readableEnded || stream.destroyed) {
-    stream.end();
-    return;
-  }
-  let timer: NodeJS.Timeout | undefined;
-  const finish = (): void => {
-    clearTimeout(timer);
-    stream.off('data', restart);
-    stream.off('end', finish);
-    stream.off('close', finish);
-    if (!stream.destroyed && !stream.writableEnded) stream.end();
-  };
-  const restart = (): void => {
-    clearTimeout(timer);
-    timer = setTimeout(finish, lingerMs);
-  };
-  stream.on('data', restart);
-  stream.once('end', finish);
-  stream.once('close', finish);
-  restart();
-}
-
-/**
- * The agent sent FIN: the destination is closed completely, so flush what it sent, then destroy the client
- * socket (bytes the client still sends are read and dropped until then), as forward.ts does.
- */
-function closeAfterFlush(socket: Socket, stream: Duplex): void {
-  if (socket.destroyed) return;
-  socket.unpipe(stream);
-  socket.resume();
-  if (!socket.writableEnded) socket.end();
-  if (socket.writableFinished) socket.destroy();
-  else socket.once('finish', () => socket.destroy());
 }
