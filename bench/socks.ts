@@ -4,7 +4,7 @@
  *
  * - cold: a destination the listener has never seen (a new host name each sample, mapped to 127.0.0.1 by
  *   the emulator's `--host-map`): StartSession, WebSocket, handshake, the stream, and the first-connection
- *   wait for a ConnectToPortError (src/socks/server.ts `CONFIRM_WAIT_MS`) are all in it;
+ *   wait for a ConnectToPortError (src/socks/server.ts `CONFIRM_GRACE_MS` after the SYN's ack) are all in it;
  * - warm: a destination whose session is open and which has confirmed a connection already;
  * - direct: the same echo server without any proxy, for the added cost.
  *

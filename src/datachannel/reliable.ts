@@ -308,6 +308,12 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** When the current receive gap was first seen (injected clock), ms. */
   private gapSince = 0;
   private wedgeReported = false;
+  /**
+   * Waiters of {@link whenAckedThrough}, ascending `seq`; each is resolved by the ack that leaves no un-acked
+   * message at or below its `seq`. Bounded by the owner (one per connection being opened, see
+   * src/forward/session.ts).
+   */
+  private readonly ackWaiters: { seq: number; resolve: () => void }[] = [];
 
   constructor(options: ReliableChannelOptions, deps: ReliableChannelDeps) {
     super();
@@ -342,6 +348,52 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Sequence number the next `send()` will assign (spec §7.1). */
   get nextSendSequence(): number {
     return this.nextSeq;
+  }
+
+  /** Lowest sequence number not yet acked; {@link nextSendSequence} when every committed message is. */
+  get lowestUnacked(): number {
+    // The map is in sequence order (see the class comment): its first key is the oldest un-acked message.
+    for (const seq of this.outgoing.keys()) return seq;
+    return this.nextSeq;
+  }
+
+  /**
+   * True once every message with sequence number ≤ `seq` has been acked by the peer (spec §5: an ack means the
+   * agent consumed the message, §6.4). False for a `seq` not committed yet. O(1).
+   */
+  ackedThrough(seq: number): boolean {
+    return seq < this.lowestUnacked;
+  }
+
+  /**
+   * Resolves once {@link ackedThrough}(`seq`) holds (at once if it does now). Never rejects: a channel that
+   * dies leaves it pending, so the owner races it with its own end. Resolved from the ack path, which looks
+   * only at the waiters that are due.
+   */
+  whenAckedThrough(seq: number): Promise<void> {
+    if (this.ackedThrough(seq)) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const waiters = this.ackWaiters;
+      let at = waiters.length;
+      // Usually appended (connections open in sequence order); otherwise a short walk back keeps the order.
+      while (at > 0 && (waiters[at - 1] as { seq: number }).seq > seq) at--;
+      waiters.splice(at, 0, { seq, resolve });
+    });
+  }
+
+  /** Waiters of {@link whenAckedThrough} still pending. */
+  get ackWaitersPending(): number {
+    return this.ackWaiters.length;
+  }
+
+  /** Resolve the waiters that {@link ackedThrough} now satisfies (a prefix of the list). */
+  private settleAckWaiters(): void {
+    const waiters = this.ackWaiters;
+    const low = this.lowestUnacked;
+    let due = 0;
+    while (due < waiters.length && (waiters[due] as { seq: number }).seq < low) due++;
+    if (due === 0) return;
+    for (const waiter of waiters.splice(0, due)) waiter.resolve();
   }
 
   /** Next incoming sequence number to be delivered (spec §7.2). */
@@ -734,6 +786,9 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
       this.lastAckProgressAt = now;
       this.progressAt = now;
       this.stallReported = false;
+      if (this.ackWaiters.length > 0 && (this.ackWaiters[0] as { seq: number }).seq < this.lowestUnacked) {
+        this.settleAckWaiters();
+      }
       this.emit('acked', seq);
     }
     if (this.isPaused) this.clearPause();

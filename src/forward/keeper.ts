@@ -99,6 +99,15 @@ export interface Carrier {
    * destination (ConnectToPortError, which names no stream: paired with the next such end, spec §9.4).
    */
   takeDestinationRefusal(): boolean;
+  /**
+   * Resolves once the agent has consumed (acked) the message that carried this connection's open: in mux
+   * mode the Output message with its smux SYN, after which the agent dials and a refused dial comes back as
+   * ConnectToPortError within milliseconds. In basic mode, once every message sent before the call is acked
+   * (there is no per-connection open message; see `TunnelSession.whenStreamOpened`). Rejects
+   * (`PF_ERR_STREAM_RESET`) if the stream closes first, which includes its session ending. Created on the
+   * first call and shared by later ones.
+   */
+  opened(): Promise<void>;
 }
 
 /** The keeper's session counters, the part of a forward's stats branch it owns. */
@@ -368,7 +377,15 @@ export class SessionKeeper extends EventEmitter {
     const id = (stream as Duplex & { id?: number }).id;
     const label = session.mode === 'basic' ? `basic connection ${id}` : `stream ${id}`;
     this.emit('connectionAssigned', session);
-    return { stream, session, label, takeDestinationRefusal: () => session.takeDestinationRefusal() };
+    let opened: Promise<void> | undefined;
+    return {
+      stream,
+      session,
+      label,
+      takeDestinationRefusal: () => session.takeDestinationRefusal(),
+      // Lazy: a carrier nobody asks about creates no promise that could reject unobserved.
+      opened: () => (opened ??= session.whenStreamOpened(stream)),
+    };
   }
 
   /** Begin one session start; it settles the waiters (through {@link dispatch}) when it ends. */

@@ -125,6 +125,14 @@ export class TunnelSession extends EventEmitter {
   private resolveClosed!: () => void;
   /** ConnectToPortError flags not yet paired with a stream's FIN. */
   private unpairedRefusals = 0;
+  /**
+   * Mux streams whose SYN is still in the smux send queue, in open order (the scheduler pulls new streams'
+   * SYNs in that order, src/mux/scheduler.ts), each settled with the sequence number of the Output message
+   * its SYN went out in. Bounded by the open streams.
+   */
+  private readonly synsQueued: { id: number; pulled: (seq: number) => void }[] = [];
+  /** Per stream opened: the sequence number of the message carrying its open (see {@link whenStreamOpened}). */
+  private readonly openSeqs = new WeakMap<Duplex, Promise<number>>();
   /** Successful ResumeSession reconnects. */
   reconnects = 0;
   /** Time from link loss to link up of the latest successful reconnect, ms; -1 before the first. */
@@ -607,7 +615,58 @@ export class TunnelSession extends EventEmitter {
       smux.pullOutgoingInto(target, offset, maxBytes);
     while (smux.hasOutgoing && this.channel.canSend) {
       if (this.channel.sendFrom(PayloadType.Output, MAX_OUTPUT_PAYLOAD_BYTES, fill) === 0) break;
+      if (this.synsQueued.length > 0) this.notePulledSyns(smux, this.channel.nextSendSequence - 1);
     }
+  }
+
+  /**
+   * The message `seq` was just filled: settle the queued SYNs at the head of the list that it took. Only the
+   * head is looked at (SYNs leave in open order); should one leave out of order it is settled with a later
+   * message, which still bounds it from above, so a waiter waits longer, never too little.
+   */
+  private notePulledSyns(smux: SmuxClientSession, seq: number): void {
+    const queued = this.synsQueued;
+    let done = 0;
+    while (done < queued.length && !smux.synQueued((queued[done] as { id: number }).id)) {
+      (queued[done] as { pulled: (seq: number) => void }).pulled(seq);
+      done++;
+    }
+    if (done > 0) queued.splice(0, done);
+  }
+
+  /**
+   * Resolves once the agent has consumed (acked, spec §5, §6.4) the message that carried `stream`'s open:
+   * in mux mode the Output message its smux SYN went out in, after which the agent dials the destination
+   * (spec §9.4) and a refusal follows as ConnectToPortError. In basic mode there is no open message (the
+   * agent's connection belongs to the session, spec §9.3): it resolves once every message sent before the
+   * call is acked, i.e. the agent is past its not-ready window and has taken whatever ended the previous
+   * connection. Rejects with `PF_ERR_STREAM_RESET` if the stream closes first (a session that ends closes
+   * its streams). For a stream this session did not open it resolves like basic mode.
+   */
+  whenStreamOpened(stream: Duplex): Promise<void> {
+    const openSeq = this.openSeqs.get(stream) ?? Promise.resolve(this.channel.nextSendSequence - 1);
+    const channel = this.channel;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const onClose = (): void => {
+        if (settled) return;
+        settled = true;
+        reject(new TunnelError('PF_ERR_STREAM_RESET', 'the stream closed before the agent took its open'));
+      };
+      if (stream.closed || stream.destroyed) {
+        onClose();
+        return;
+      }
+      stream.once('close', onClose);
+      void openSeq
+        .then((seq) => channel.whenAckedThrough(seq))
+        .then(() => {
+          if (settled) return;
+          settled = true;
+          stream.off('close', onClose);
+          resolve();
+        });
+    });
   }
 
   /**
@@ -618,7 +677,15 @@ export class TunnelSession extends EventEmitter {
    */
   openStream(): Duplex {
     const usable = this.stateValue !== SessionState.Closing && this.stateValue !== SessionState.Closed;
-    if (usable && this.smux) return this.smux.openStream();
+    if (usable && this.smux) {
+      const stream = this.smux.openStream();
+      // Its SYN is queued now; the pump settles this with the message that carries it.
+      this.openSeqs.set(
+        stream,
+        new Promise<number>((pulled) => this.synsQueued.push({ id: stream.id, pulled })),
+      );
+      return stream;
+    }
     if (usable && this.basic) return this.basic.open();
     throw new TunnelError('PF_ERR_SESSION_CLOSED', 'session is not open for new streams');
   }

@@ -288,6 +288,14 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     return stream;
   }
 
+  /**
+   * True while stream `id`'s SYN waits in the send queue, not yet pulled; false once pulled and for an id
+   * the session does not track (never opened, or forgotten). Lets the puller tell which pull carried it.
+   */
+  synQueued(id: number): boolean {
+    return this.streams.get(id)?.send.synPending === true;
+  }
+
   /** Queue a NOP (keep-alive, sid 0). At most one is pending; ignored once destroyed. */
   sendNop(): void {
     if (this.isDestroyed) return;

@@ -7,10 +7,12 @@
  * once; past it a destination with no connection is dropped to make room, else the reply says so.
  *
  * When the reply says "succeeded": the agent sends no positive "connected" signal in smux mode, only a
- * ConnectToPortError flag and a FIN when its dial fails (forward.ts pairs them the same way). So the first
- * connection to a destination waits up to {@link CONFIRM_WAIT_MS} after the stream opens: data from the
- * destination, or the wait passing without a FIN, means connected (success); a FIN without data with a
- * ConnectToPortError means refused (0x05 / 502). Once a destination has confirmed a connection, later ones
+ * ConnectToPortError flag and a FIN when its dial fails (forward.ts pairs them the same way). The agent dials
+ * when it consumes the message carrying our SYN, and acks that message as it consumes it (spec §6.4, §9.4).
+ * So the first connection to a destination waits for that ack ({@link SocksCarrier.opened}) plus
+ * {@link CONFIRM_GRACE_MS} for the refusal, at most {@link CONFIRM_WAIT_MS} after the stream opens in all:
+ * data from the destination, or the wait passing without a FIN, means connected (success); a FIN without
+ * data with a ConnectToPortError means refused (0x05 / 502). Once a destination has confirmed a connection, later ones
  * are answered success as soon as the stream opens (no wait on the warm path); a refusal there closes the
  * client after its success reply (as `ssh -D` always does) and makes the next connection wait again.
  *
@@ -45,15 +47,25 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
  */
 export const CONNECT_TIMEOUT_MS = 45_000;
 /**
- * How long the first connection to a destination waits for the agent to report a failed dial before the
- * reply says success, ms (our default). The agent's ConnectToPortError comes one round trip after our SYN
- * reaches it, but the first stream of a new session is usually sent inside the agent's post-handshake
- * not-ready window, where it neither acks nor consumes (spec §6.4): the SYN then waits for one resend (RTO
- * 200-1000 ms, src/datachannel/rtt.ts). 1 s covers a resend at the RTO cap; data from the destination
- * ends the wait at once (server-speaks-first protocols), and only the first connection per destination
- * pays it (see the module comment).
+ * Longest the first connection to a destination waits for the truth before the reply says success, ms (our
+ * default), counted from the stream's open: the bound on the ack of the SYN's message plus
+ * {@link CONFIRM_GRACE_MS}. The first stream of a new session is usually sent inside the agent's
+ * post-handshake not-ready window, where it neither acks nor consumes (spec §6.4); the not-ready probe
+ * (src/datachannel/reliable.ts) resends it until the agent takes it. 1 s covers a resend at the RTO cap
+ * (src/datachannel/rtt.ts) should the probe's copies all be lost.
  */
 export const CONFIRM_WAIT_MS = 1_000;
+
+/**
+ * After the agent acked the message carrying the first connection's SYN, how long to wait for its
+ * ConnectToPortError before the reply says success, ms (our default). The agent dials as it consumes the SYN
+ * and acks that message at the same time; a refused port (RST) fails its dial within a millisecond or two
+ * on the instance and the flag then takes one more message over the same path as the ack, so 120 ms leaves
+ * room for scheduling and a paced link several times over. A dial to an unreachable address (no RST) takes
+ * the agent's connect timeout, tens of seconds: the old fixed 1 s never caught that either; such a client
+ * sees success, then the close (as with `ssh -D`).
+ */
+export const CONFIRM_GRACE_MS = 120;
 
 /** A stream to the destination, as the keeper hands it out (the part of src/forward/keeper.ts `Carrier` used here). */
 export interface SocksCarrier {
@@ -61,6 +73,8 @@ export interface SocksCarrier {
   readonly stream: Duplex;
   /** After 'end' without data: true once if the agent sent ConnectToPortError. */
   takeDestinationRefusal(): boolean;
+  /** Resolves once the agent consumed the message carrying this connection's open; rejects if it closed first. */
+  opened(): Promise<void>;
 }
 
 /** What this front end needs of a session keeper (src/forward/keeper.ts `SessionKeeper` satisfies it). */
@@ -484,9 +498,11 @@ export class SocksServer extends EventEmitter {
       return;
     }
     let settled = false;
+    let grace: NodeJS.Timeout | undefined;
     const cleanup = (): void => {
       settled = true;
       clearTimeout(timer);
+      clearTimeout(grace);
       stream.off('data', onData);
       stream.off('end', onEnd);
       stream.off('error', onError);
@@ -528,13 +544,22 @@ export class SocksServer extends EventEmitter {
       cleanup();
       stream.destroy();
     };
-    const timer = setTimeout(() => {
+    // No FIN within the wait: connected. Nothing is paired with a FIN after this (see relay()).
+    const onConnected = (): void => {
       if (settled) return;
       cleanup();
       target.confirmed = true;
       socket.write(success());
       this.relay(target, socket, carrier, fail);
-    }, CONFIRM_WAIT_MS);
+    };
+    const timer = setTimeout(onConnected, CONFIRM_WAIT_MS);
+    carrier.opened().then(
+      () => {
+        if (!settled) grace = setTimeout(onConnected, CONFIRM_GRACE_MS);
+      },
+      // The stream closed first: its 'end' or 'error' above answers the client.
+      () => undefined,
+    );
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('error', onError);

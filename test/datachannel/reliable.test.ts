@@ -1049,3 +1049,40 @@ test('not-ready probe: at most 10 copies, and none while a window of data is in 
   t.is(bulk.ch.stats.notReadyProbes, 0);
   t.deepEqual(dataSeqs(bulk.take()), []);
 });
+
+test('ackedThrough / whenAckedThrough: a waiter resolves only once every message up to its seq is acked, out-of-order acks and resends included', async (t) => {
+  const h = harness({ sendWindowMessages: 4 });
+  for (const text of ['a', 'b', 'c', 'd', 'e']) h.ch.send(PayloadType.Output, Buffer.from(text));
+  t.false(h.ch.ackedThrough(0));
+  t.false(h.ch.ackedThrough(7), 'a seq not committed yet is not acked');
+  const resolved: number[] = [];
+  // Registered out of order: the list keeps sequence order, each resolves when its own prefix is acked.
+  for (const seq of [2, 0, 4, 1]) void h.ch.whenAckedThrough(seq).then(() => resolved.push(seq));
+  t.is(h.ch.ackWaitersPending, 4);
+  const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+  h.ch.receive(agentAck(1));
+  h.ch.receive(agentAck(2));
+  await settle();
+  t.deepEqual(resolved, [], 'acks of 1 and 2 leave 0 un-acked: nothing is through');
+  t.false(h.ch.ackedThrough(1));
+  h.run(250); // the RTO resends 0 (and 3); its late ack still counts
+  t.true(dataSeqs(h.take()).includes(0));
+  h.ch.receive(agentAck(0));
+  await settle();
+  t.deepEqual(resolved, [0, 1, 2], 'the ack of 0 completes the prefix 0..2');
+  t.true(h.ch.ackedThrough(2));
+  t.false(h.ch.ackedThrough(3));
+  t.is(h.ch.lowestUnacked, 3);
+  // 4 was queued behind the window; it is transmitted after the acks and only its own ack finishes it.
+  h.ch.receive(agentAck(4));
+  await settle();
+  t.is(h.ch.ackWaitersPending, 1);
+  h.ch.receive(agentAck(3));
+  await settle();
+  t.deepEqual(resolved, [0, 1, 2, 4]);
+  t.is(h.ch.ackWaitersPending, 0);
+  t.is(h.ch.lowestUnacked, h.ch.nextSendSequence);
+  await h.ch.whenAckedThrough(4);
+  t.pass('an already-acked prefix resolves at once');
+});

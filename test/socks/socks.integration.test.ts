@@ -277,6 +277,50 @@ test('maxSessions bounds distinct destinations: a busy set refuses a new one (0x
   }
 });
 
+test('a 300 ms agent not-ready window: a first connection is answered success only once the agent took its SYN, and a refused one still hears 0x05', async (t) => {
+  const silent = await startEchoServer();
+  const closed = await refusingPort();
+  const rig = await startSocksRig({}, { notReadyWindowMs: 300 });
+  const agentStats = (): { streamsOpened: number; dialFailures: number } => {
+    const agents = [...rig.emulator.sessions.values()].map((s) => s.agent?.stats);
+    return {
+      streamsOpened: agents.reduce((n, a) => n + (a?.streamsOpened ?? 0), 0),
+      dialFailures: agents.reduce((n, a) => n + (a?.dialFailures ?? 0), 0),
+    };
+  };
+  try {
+    // The echo server says nothing first, so only the confirmation ends the wait.
+    const socket = net.connect(rig.port, '127.0.0.1');
+    socket.write(socksConnectBytes({ host: 'alpha.test', type: 'domain', port: silent.port }));
+    const seen = await withTimeout(
+      new Promise<{ bytes: Buffer; opened: number }>((resolve) => {
+        let bytes = Buffer.alloc(0);
+        socket.on('data', (chunk: Buffer) => {
+          bytes = Buffer.concat([bytes, chunk]);
+          // Read in the same process as the agent: what it had done when our reply arrived.
+          if (bytes.length >= 12) resolve({ bytes, opened: agentStats().streamsOpened });
+        });
+      }),
+      20_000,
+      'the success reply',
+    );
+    socket.destroy();
+    t.is(seen.bytes.subarray(2, 12).toString('hex'), '05000001000000000000');
+    t.is(seen.opened, 1, 'the agent consumed the SYN (and dialed) before the reply said success');
+
+    const refused = await rawExchange(
+      rig.port,
+      socksConnectBytes({ host: 'beta.test', type: 'domain', port: closed }),
+    );
+    t.is(refused.bytes.subarray(2).toString('hex'), '05050001000000000000', 'greeting 0500, then refused');
+    t.is(agentStats().dialFailures, 1);
+    t.is(rig.server.stats.refused, 1);
+  } finally {
+    await rig.close();
+    await silent.close();
+  }
+});
+
 test('bytes a client sends right after its CONNECT (before the reply) reach the destination', async (t) => {
   const alpha = await startBodyServer(32 * 1024);
   const rig = await startSocksRig();
