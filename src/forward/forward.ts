@@ -9,9 +9,10 @@ import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ForwardConfig, TuningConfig } from '../config/types.js';
 import { documentFor } from '../config/types.js';
-import { TunnelError, describeError } from '../errors.js';
+import { describeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { boundedWait } from './backoff.js';
+import { listenOn } from './listen.js';
 import { closeAfterFlush, corkPerTick, lingerHalfClose } from './local-socket.js';
 import { SessionKeeper } from './keeper.js';
 import type { Carrier, KeeperDeps } from './keeper.js';
@@ -175,22 +176,15 @@ export class Forward extends EventEmitter {
     const server = adopt ?? net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     this.server = server;
     if (!adopt) {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', (err: NodeJS.ErrnoException) => {
-          const where = `${this.config.bind}:${this.config.localPort}`;
-          const hint =
-            err.code === 'EADDRINUSE'
-              ? 'another process holds it; choose another --local-port or stop that process'
-              : err.code === 'EACCES'
-                ? 'ports below 1024 need privileges; choose a port >= 1024'
-                : err.code === 'EADDRNOTAVAIL'
-                  ? 'that address is not on this machine; check --bind'
-                  : err.message;
-          this.server = undefined;
-          reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${where}: ${hint}`, { cause: err }));
+      try {
+        await listenOn(server, this.config.localPort, this.config.bind, {
+          port: 'another --local-port',
+          bind: '--bind',
         });
-        server.listen(this.config.localPort, this.config.bind, () => resolve());
-      });
+      } catch (err) {
+        this.server = undefined;
+        throw err;
+      }
     }
     server.on('connection', this.acceptListener);
     server.on('error', this.serverErrorListener);

@@ -8,23 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-
-/** Identity of the current tick: advanced by one shared `process.nextTick`, not one per socket. */
-let tickEpoch = 0;
-let epochAdvanceScheduled = false;
-
-function advanceEpoch(): void {
-  tickEpoch++;
-  epochAdvanceScheduled = false;
-}
-
-function currentEpoch(): number {
-  if (!epochAdvanceScheduled) {
-    epochAdvanceScheduled = true;
-    process.nextTick(advanceEpoch);
-  }
-  return tickEpoch;
-}
+import { currentTickEpoch } from '../transport/tick.js';
 
 /**
  * A function to call before each write to `socket`: the first call of a tick does nothing (the write goes
@@ -39,7 +23,7 @@ export function corkPerTick(socket: Socket): () => void {
     if (socket.writableCorked > 0) socket.uncork();
   };
   return () => {
-    const epoch = currentEpoch();
+    const epoch = currentTickEpoch();
     if (epoch !== lastEpoch) {
       lastEpoch = epoch;
       return;

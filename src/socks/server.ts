@@ -25,9 +25,10 @@ import type { Duplex } from 'node:stream';
 import type { SocksConfig } from '../config/types.js';
 import type { SessionSpec } from '../forward/keeper.js';
 import { boundedWait } from '../forward/backoff.js';
+import { listenOn } from '../forward/listen.js';
 import { closeAfterFlush, lingerHalfClose } from '../forward/local-socket.js';
 import { documentFor } from '../config/types.js';
-import { TunnelError, describeError } from '../errors.js';
+import { describeError } from '../errors.js';
 import { RepeatFilter } from '../log.js';
 import type { Logger } from '../log.js';
 import type { SessionStats, SocksDestinationStats, SocksStats } from '../stats.js';
@@ -254,20 +255,9 @@ export class SocksServer extends EventEmitter {
    */
   async start(): Promise<AddressInfo> {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => {
-        const where = `${this.config.bind}:${this.config.localPort}`;
-        const hint =
-          err.code === 'EADDRINUSE'
-            ? 'another process holds it; choose another port (-D PORT) or stop that process'
-            : err.code === 'EACCES'
-              ? 'ports below 1024 need privileges; choose a port >= 1024'
-              : err.code === 'EADDRNOTAVAIL'
-                ? 'that address is not on this machine; check bind'
-                : err.message;
-        reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${where}: ${hint}`, { cause: err }));
-      });
-      server.listen(this.config.localPort, this.config.bind, () => resolve());
+    await listenOn(server, this.config.localPort, this.config.bind, {
+      port: 'another port (-D PORT)',
+      bind: 'bind',
     });
     this.server = server;
     server.on('connection', (socket: Socket) => this.onConnection(socket));

@@ -7,6 +7,7 @@
  * emulator may import it without one importing the other.
  */
 import type WebSocket from 'ws';
+import { currentTickEpoch } from './tick.js';
 
 /** The part of a `net.Socket` a {@link WriteCoalescer} uses. */
 export interface CorkableSocket {
@@ -55,26 +56,6 @@ function rawSocketOf(ws: WebSocket): unknown {
 export function underlyingSocketOf(ws: WebSocket): (CorkableSocket & Partial<ReadableSocket>) | undefined {
   const socket = rawSocketOf(ws);
   return isCorkable(socket) ? socket : undefined;
-}
-
-/**
- * Identity of the current tick, advanced by one shared `process.nextTick` per tick in which any coalescer
- * wrote (not one per socket or per write): lets a coalescer tell the first write of a tick from the second.
- */
-let tickEpoch = 0;
-let epochAdvanceScheduled = false;
-
-function advanceEpoch(): void {
-  tickEpoch++;
-  epochAdvanceScheduled = false;
-}
-
-function currentEpoch(): number {
-  if (!epochAdvanceScheduled) {
-    epochAdvanceScheduled = true;
-    process.nextTick(advanceEpoch);
-  }
-  return tickEpoch;
 }
 
 /**
@@ -138,7 +119,7 @@ export class WriteCoalescer {
     const socket = this.socket;
     if (this.corked || socket === undefined) return;
     if (!this.inRead && (socket.writableLength ?? 0) === 0) {
-      const epoch = currentEpoch();
+      const epoch = currentTickEpoch();
       if (epoch !== this.lastWriteEpoch) {
         this.lastWriteEpoch = epoch;
         this.immediateWrites++;

@@ -1,0 +1,39 @@
+/**
+ * Binding a front end's listener (forward.ts, socks/server.ts): one place that turns the bind errors users
+ * meet into a `PF_ERR_LISTEN` line naming the address and the fix.
+ */
+import type net from 'node:net';
+import { TunnelError } from '../errors.js';
+
+/** How the user names the port and the bind address of this listener, for the fix in the error line. */
+export interface ListenFix {
+  /** e.g. `another --local-port`, `another port (-D PORT)`. */
+  port: string;
+  /** e.g. `--bind`, `bind`. */
+  bind: string;
+}
+
+/**
+ * Listen on `bind:port` (0 = any free port).
+ * @throws TunnelError `PF_ERR_LISTEN` naming the address and the fix.
+ */
+export function listenOn(server: net.Server, port: number, bind: string, fix: ListenFix): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      const hint =
+        err.code === 'EADDRINUSE'
+          ? `another process holds it; choose ${fix.port} or stop that process`
+          : err.code === 'EACCES'
+            ? 'ports below 1024 need privileges; choose a port >= 1024'
+            : err.code === 'EADDRNOTAVAIL'
+              ? `that address is not on this machine; check ${fix.bind}`
+              : err.message;
+      reject(new TunnelError('PF_ERR_LISTEN', `cannot listen on ${bind}:${port}: ${hint}`, { cause: err }));
+    };
+    server.once('error', onError);
+    server.listen(port, bind, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
