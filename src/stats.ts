@@ -15,6 +15,7 @@ import type { ReliableChannelStats } from './datachannel/reliable.js';
 import type { BasicRelayStats } from './forward/basic.js';
 import type { SessionInputStats } from './forward/input-guard.js';
 import type { SmuxSessionStats } from './mux/session.js';
+import type { Socket } from 'node:net';
 
 /** Version of the `--json` schema; bumped only on a breaking change (see `docs/status.md`). */
 export const STATS_SCHEMA = 1;
@@ -333,4 +334,22 @@ export function formatDuration(ms: number): string {
   const s = Math.floor(ms / 1_000);
   if (s < 3_600) return `${Math.floor(s / 60)} min ${s % 60} s`;
   return `${Math.floor(s / 3_600)} h ${Math.floor((s % 3_600) / 60)} min`;
+}
+
+/**
+ * Bytes a front end has moved: what its closed sockets moved (summed at close) plus the open sockets' own
+ * `bytesRead`/`bytesWritten` now, so the data path carries no counting code (forward.ts, socks/server.ts).
+ */
+export function frontEndBytes(
+  open: Iterable<Socket>,
+  closedUp: number,
+  closedDown: number,
+): { bytesUp: number; bytesDown: number } {
+  let bytesUp = closedUp;
+  let bytesDown = closedDown;
+  for (const socket of open) {
+    bytesUp += socket.bytesRead;
+    bytesDown += socket.bytesWritten;
+  }
+  return { bytesUp, bytesDown };
 }

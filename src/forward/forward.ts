@@ -17,7 +17,7 @@ import { closeAfterFlush, corkPerTick, lingerHalfClose } from './local-socket.js
 import { SessionKeeper } from './keeper.js';
 import type { Carrier, KeeperDeps } from './keeper.js';
 import type { TunnelSession } from './session.js';
-import { hostPort } from '../stats.js';
+import { frontEndBytes, hostPort } from '../stats.js';
 import type { ForwardStats } from '../stats.js';
 
 export { EAGER_RETRY_BACKOFF, SESSION_HEALTHY_AFTER_MS } from './keeper.js';
@@ -124,12 +124,7 @@ export class Forward extends EventEmitter {
    */
   get stats(): ForwardStats {
     const c = this.counters;
-    let bytesUp = c.bytesUp;
-    let bytesDown = c.bytesDown;
-    for (const socket of this.sockets) {
-      bytesUp += socket.bytesRead;
-      bytesDown += socket.bytesWritten;
-    }
+    const { bytesUp, bytesDown } = frontEndBytes(this.sockets, c.bytesUp, c.bytesDown);
     const keeper = this.keeperValue;
     const totals = keeper?.totals ?? {
       sessionsStarted: 0,

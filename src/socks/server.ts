@@ -32,7 +32,7 @@ import { describeError } from '../errors.js';
 import { RepeatFilter } from '../log.js';
 import type { Logger } from '../log.js';
 import type { SessionStats, SocksDestinationStats, SocksStats } from '../stats.js';
-import { hostPort } from '../stats.js';
+import { frontEndBytes, hostPort } from '../stats.js';
 import { canonicalHost, isLoopbackHost } from '../targets/destination.js';
 import { AllowList } from './allow.js';
 import { HttpConnectParser, httpResponse } from './http-connect.js';
@@ -211,12 +211,7 @@ export class SocksServer extends EventEmitter {
   /** This listener's branch of the stats tree (`src/stats.ts`). */
   get stats(): SocksStats {
     const c = this.counters;
-    let bytesUp = c.closedBytesUp;
-    let bytesDown = c.closedBytesDown;
-    for (const socket of this.sockets) {
-      bytesUp += socket.bytesRead;
-      bytesDown += socket.bytesWritten;
-    }
+    const { bytesUp, bytesDown } = frontEndBytes(this.sockets, c.closedBytesUp, c.closedBytesDown);
     const destinations: SocksDestinationStats[] = [...this.destinations.values()].map((d) => ({
       host: d.host,
       port: d.port,
