@@ -59,6 +59,20 @@ test('add writes this process file with mode 0600; removing the last session del
   await t.throwsAsync(stat(ledger.path), { code: 'ENOENT' });
 });
 
+/** A session started straight through the API, as a killed daemon would have left it. */
+function startLeftover(ssm: ReturnType<typeof emulatorSsm>, remotePort: number) {
+  return ssm.startSession({
+    target: 'i-0123456789abcdef0',
+    documentName: 'AWS-StartPortForwardingSession',
+    parameters: { portNumber: [String(remotePort)] },
+  });
+}
+
+/** A daemon on `config` whose SSM client is `ssm` and whose ledger lives in `ledgerDir`. */
+function daemonOn(config: DaemonConfig, ssm: ReturnType<typeof emulatorSsm>, ledgerDir: string): Daemon {
+  return new Daemon(config, { logger: silentLogger, ssmFor: () => ssm, ledgerDir });
+}
+
 function daemonConfig(remotePort: number, endpoint: string): DaemonConfig {
   return {
     forwards: [forwardConfig({ name: 'db', remotePort, endpoint })],
@@ -73,11 +87,7 @@ test('a session left open by a killed daemon is terminated when the next daemon 
   const dir = await mkdtemp(join(tmpdir(), 'pf-ledger-'));
   const ssm = emulatorSsm(emulator);
   try {
-    const leftover = await ssm.startSession({
-      target: 'i-0123456789abcdef0',
-      documentName: 'AWS-StartPortForwardingSession',
-      parameters: { portNumber: [String(echo.port)] },
-    });
+    const leftover = await startLeftover(ssm, echo.port);
     const dead = deadPid();
     await mkdir(dir, { recursive: true });
     await writeFile(
@@ -92,11 +102,7 @@ test('a session left open by a killed daemon is terminated when the next daemon 
         },
       ]),
     );
-    const daemon = new Daemon(daemonConfig(echo.port, emulator.endpoint), {
-      logger: silentLogger,
-      ssmFor: () => ssm,
-      ledgerDir: dir,
-    });
+    const daemon = daemonOn(daemonConfig(echo.port, emulator.endpoint), ssm, dir);
     await daemon.start();
     try {
       await daemon.orphanSweep;
@@ -231,22 +237,14 @@ test('a failed TerminateSession keeps the orphan; the next start terminates it',
   const dir = await mkdtemp(join(tmpdir(), 'pf-ledger-'));
   const ssm = emulatorSsm(emulator);
   try {
-    const leftover = await ssm.startSession({
-      target: 'i-0123456789abcdef0',
-      documentName: 'AWS-StartPortForwardingSession',
-      parameters: { portNumber: [String(echo.port)] },
-    });
+    const leftover = await startLeftover(ssm, echo.port);
     const dead = deadPid();
     await writeFile(
       join(dir, `${dead}.json`),
       JSON.stringify([entryOf(leftover.sessionId, dead, { endpoint: emulator.endpoint })]),
     );
     emulator.faults.apiErrors.push({ op: 'TerminateSession', code: 'AccessDeniedException', count: 1 });
-    const first = new Daemon(daemonConfig(echo.port, emulator.endpoint), {
-      logger: silentLogger,
-      ssmFor: () => ssm,
-      ledgerDir: dir,
-    });
+    const first = daemonOn(daemonConfig(echo.port, emulator.endpoint), ssm, dir);
     await first.start();
     await first.orphanSweep;
     await first.stop();
@@ -258,11 +256,7 @@ test('a failed TerminateSession keeps the orphan; the next start terminates it',
       [leftover.sessionId],
       'the entry is kept for a retry',
     );
-    const second = new Daemon(daemonConfig(echo.port, emulator.endpoint), {
-      logger: silentLogger,
-      ssmFor: () => ssm,
-      ledgerDir: dir,
-    });
+    const second = daemonOn(daemonConfig(echo.port, emulator.endpoint), ssm, dir);
     await second.start();
     await second.orphanSweep;
     await second.stop();

@@ -37,14 +37,31 @@ function agentOf(emulator: Emulator): EmulatedAgent {
 
 const sidOf = (stream: Duplex): number => (stream as Duplex & { id: number }).id;
 
+/**
+ * Runs `body` against a keeper whose sessions go to an emulator with the not-ready window above, forwarding to
+ * `destination` (an echo server started here, or a given port); everything is stopped afterwards.
+ */
+async function withKeeper(
+  destination: 'echo' | number,
+  body: (keeper: SessionKeeper, emulator: Emulator) => Promise<void>,
+): Promise<void> {
+  const echo = destination === 'echo' ? await startEchoServer() : undefined;
+  const emulator = await startEmulator({ notReadyWindowMs: NOT_READY_WINDOW_MS });
+  const keeper = keeperFor(emulator, echo?.port ?? (destination as number));
+  try {
+    await body(keeper, emulator);
+  } finally {
+    await keeper.stop(0);
+    await emulator.close();
+    await echo?.close();
+  }
+}
+
 test.serial(
   'mux: opened() resolves only after the agent consumed the SYN, which it holds back during its not-ready window',
   async (t) => {
     t.timeout(60_000);
-    const echo = await startEchoServer();
-    const emulator = await startEmulator({ notReadyWindowMs: NOT_READY_WINDOW_MS });
-    const keeper = keeperFor(emulator, echo.port);
-    try {
+    await withKeeper('echo', async (keeper, emulator) => {
       const carrier = await withTimeout(keeper.acquire(), 20_000, 'the carrier');
       t.is(carrier.session.mode, 'mux');
       const agent = agentOf(emulator);
@@ -63,11 +80,7 @@ test.serial(
       t.deepEqual(events, [`agent consumed SYN ${sid}`, 'opened']);
       t.false(carrier.takeDestinationRefusal());
       carrier.stream.destroy();
-    } finally {
-      await keeper.stop(0);
-      await emulator.close();
-      await echo.close();
-    }
+    });
   },
 );
 
@@ -75,10 +88,7 @@ test.serial(
   'mux: a SYN queued behind a full send window (1 MiB upload inside the not-ready window) is opened only after the agent consumed it, not when what was sent before it is acked',
   async (t) => {
     t.timeout(60_000);
-    const echo = await startEchoServer();
-    const emulator = await startEmulator({ notReadyWindowMs: NOT_READY_WINDOW_MS });
-    const keeper = keeperFor(emulator, echo.port);
-    try {
+    await withKeeper('echo', async (keeper, emulator) => {
       const bulk = await withTimeout(keeper.acquire(), 20_000, 'the bulk carrier');
       const agent = agentOf(emulator);
       const events: string[] = [];
@@ -104,11 +114,7 @@ test.serial(
       );
       bulk.stream.destroy();
       late.stream.destroy();
-    } finally {
-      await keeper.stop(0);
-      await emulator.close();
-      await echo.close();
-    }
+    });
   },
 );
 
@@ -116,10 +122,7 @@ test.serial(
   'mux: opened() of a refused destination resolves once the agent took the SYN, and the refusal follows; a stream closed first rejects with PF_ERR_STREAM_RESET',
   async (t) => {
     t.timeout(60_000);
-    const port = await refusingPort();
-    const emulator = await startEmulator({ notReadyWindowMs: NOT_READY_WINDOW_MS });
-    const keeper = keeperFor(emulator, port);
-    try {
+    await withKeeper(await refusingPort(), async (keeper, emulator) => {
       const carrier = await withTimeout(keeper.acquire(), 20_000, 'the carrier');
       const agent = agentOf(emulator);
       const events: string[] = [];
@@ -139,9 +142,6 @@ test.serial(
       gone.stream.destroy();
       const error = await t.throwsAsync(gone.opened());
       t.true(isPfError(error, 'PF_ERR_STREAM_RESET'), String(error));
-    } finally {
-      await keeper.stop(0);
-      await emulator.close();
-    }
+    });
   },
 );
