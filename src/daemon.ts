@@ -14,6 +14,7 @@ import { isLoopbackHost } from './targets/destination.js';
 import type { DaemonConfig, ForwardConfig, TuningConfig } from './config/types.js';
 import { describeError } from './errors.js';
 import { Forward } from './forward/forward.js';
+import { listenerKey } from './forward/listen.js';
 import { RepeatFilter } from './log.js';
 import type { Logger } from './log.js';
 import type { SsmApi } from './ssm/types.js';
@@ -82,10 +83,6 @@ async function within<T>(promise: Promise<T>, ms: number): Promise<{ value: T } 
 }
 
 /** Key of a listener address, or undefined for `localPort: 0` (never shared). */
-function listenerKey(f: ForwardConfig): string | undefined {
-  return f.localPort === 0 ? undefined : `${f.bind}|${f.localPort}`;
-}
-
 /** What the daemon needs from outside. */
 export interface DaemonDeps {
   logger: Logger;

@@ -32,6 +32,7 @@ import {
   withTimeout,
 } from './forward/fixtures.js';
 import { captureLog } from './helpers/log.js';
+import { freePort } from './helpers/net.js';
 
 const { Daemon, STOP_DEADLINE_SLACK_MS } = lifecycle;
 type Daemon = lifecycle.Daemon;
@@ -74,15 +75,6 @@ async function startSilentServer(): Promise<{
         server.close(() => resolve());
       }),
   };
-}
-
-/** A port that was free a moment ago (for forwards that need a fixed localPort). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 test.serial(

@@ -5,6 +5,15 @@
 import type net from 'node:net';
 import { TunnelError } from '../errors.js';
 
+/**
+ * The address a listener keeps across a reload, or undefined for an ephemeral port (0), which no successor
+ * can ask for: a forward or SOCKS entry replaced by one with the same key takes the old listener over
+ * (`src/daemon.ts`, `src/socks/daemon-part.ts`), so the port never refuses a connection during the reload.
+ */
+export function listenerKey(entry: { bind: string; localPort: number }): string | undefined {
+  return entry.localPort === 0 ? undefined : `${entry.bind}|${entry.localPort}`;
+}
+
 /** How the user names the port and the bind address of this listener, for the fix in the error line. */
 export interface ListenFix {
   /** e.g. `another --local-port`, `another port (-D PORT)`. */

@@ -9,6 +9,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { ForwardConfig, SocksConfig, TuningConfig } from '../config/types.js';
 import { describeError } from '../errors.js';
 import { SessionKeeper } from '../forward/keeper.js';
+import { listenerKey } from '../forward/listen.js';
 import type { SessionSpec } from '../forward/keeper.js';
 import type { TunnelSession } from '../forward/session.js';
 import type { Logger, RepeatFilter } from '../log.js';
@@ -92,8 +93,9 @@ export class SocksDaemonPart {
   }
 
   /**
-   * Apply a reload: unchanged entries keep running; removed or changed ones stop accepting now (freeing
-   * their port) and drain in the returned `drained` promise; added or changed ones start. A listener that fails to
+   * Apply a reload: unchanged entries keep running; removed or changed ones stop accepting now (a changed
+   * entry that keeps its address hands its listener to its successor; the others free their port) and
+   * drain in the returned `drained` promise; added or changed ones start. A listener that fails to
    * start is logged and reported by {@link notReady}.
    */
   async reload(
@@ -110,13 +112,26 @@ export class SocksDaemonPart {
         this.running.delete(name);
       }
     }
-    for (const old of toStop) await old.stopAccepting();
+    // A listener whose address a new or changed entry keeps is handed over; the others close first, so an
+    // entry may bind a port a removed one held.
+    const byAddress = new Map<string, SocksServer>();
+    for (const old of toStop) {
+      const key = listenerKey(old.config);
+      if (key && entries.some((e) => !this.running.has(e.name) && listenerKey(e) === key)) {
+        byAddress.set(key, old);
+      } else {
+        await old.stopAccepting();
+      }
+    }
     this.notListening.clear();
     for (const config of entries) {
       if (this.running.has(config.name)) continue;
+      const key = listenerKey(config);
+      const previous = key ? byAddress.get(key) : undefined;
+      if (key) byAddress.delete(key);
       const server = this.create(config, tuning);
       try {
-        await server.start();
+        await server.start(previous?.handOverListener());
         this.running.set(config.name, server);
       } catch (err) {
         this.owned.delete(server);
@@ -124,6 +139,8 @@ export class SocksDaemonPart {
         this.deps.logger.error(`reload: socks ${config.name} not started: ${describeError(err)}`);
       }
     }
+    // Old listeners nobody took over (their successor failed to start).
+    for (const old of byAddress.values()) await old.stopAccepting();
     const drained = Promise.all(toStop.map((server) => this.stopOne(server, tuning.drainGraceMs)));
     return { drained: drained.then(() => undefined) };
   }

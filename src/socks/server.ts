@@ -244,23 +244,30 @@ export class SocksServer extends EventEmitter {
     };
   }
 
+  private readonly acceptListener = (socket: Socket): void => this.onConnection(socket);
+  private readonly serverErrorListener = (err: Error): void =>
+    this.log.error(`listener error: ${err.message}`);
+
   /**
-   * Open the listener.
+   * Open the listener, or take over `adopt`, a listener already bound to this entry's address by the server
+   * this one replaces on reload, so the port never refuses connections.
    * @throws TunnelError `PF_ERR_LISTEN` naming the address and the fix.
    */
-  async start(): Promise<AddressInfo> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-    await listenOn(server, this.config.localPort, this.config.bind, {
-      port: 'another port (-D PORT)',
-      bind: 'bind',
-    });
+  async start(adopt?: net.Server): Promise<AddressInfo> {
+    const server = adopt ?? net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+    if (!adopt) {
+      await listenOn(server, this.config.localPort, this.config.bind, {
+        port: 'another port (-D PORT)',
+        bind: 'bind',
+      });
+    }
     this.server = server;
-    server.on('connection', (socket: Socket) => this.onConnection(socket));
-    server.on('error', (err: Error) => this.log.error(`listener error: ${err.message}`));
+    server.on('connection', this.acceptListener);
+    server.on('error', this.serverErrorListener);
     this.listening = true;
     const address = this.address as AddressInfo;
     this.log.info(
-      `SOCKS5/HTTP CONNECT on ${hostPort(address.address, address.port)} → allowed host:port via ${this.config.target} (${this.credentials ? 'username/password' : 'no auth'}, up to ${this.config.maxSessions} destinations)`,
+      `SOCKS5/HTTP CONNECT on ${hostPort(address.address, address.port)} → allowed host:port via ${this.config.target} (${this.credentials ? 'username/password' : 'no auth'}, up to ${this.config.maxSessions} destinations)${adopt ? ' (listener taken over from the previous configuration)' : ''}`,
     );
     if (!isLoopbackHost(this.config.bind)) {
       this.log.warn(
@@ -680,6 +687,20 @@ export class SocksServer extends EventEmitter {
     target.keeper
       .stop(0)
       .catch((err: unknown) => this.log.debug(`stopping ${target.key}: ${describeError(err)}`));
+  }
+
+  /**
+   * Give the listener to the server that replaces this one (reload): this one stops accepting at once and
+   * keeps draining its own connections. Undefined when it has no listener.
+   */
+  handOverListener(): net.Server | undefined {
+    const server = this.server;
+    if (!server) return undefined;
+    server.off('connection', this.acceptListener);
+    server.off('error', this.serverErrorListener);
+    this.server = undefined;
+    this.listening = false;
+    return server;
   }
 
   /**

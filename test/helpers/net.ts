@@ -69,6 +69,9 @@ export async function refusingPort(): Promise<number> {
   return port;
 }
 
+/** A port that was free a moment ago (for listeners that need a fixed port): the same as a refusing one. */
+export const freePort = refusingPort;
+
 /** Reject after `ms` with a message naming what was awaited. */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -14,6 +14,7 @@ import { Daemon } from '../../src/daemon.js';
 import { summaryLine } from '../../src/stats.js';
 import { emulatorSsm, tuningWith } from '../forward/fixtures.js';
 import { captureLog } from '../helpers/log.js';
+import { freePort } from '../helpers/net.js';
 import { HOST_MAP, curl, sha256, socksConfig, startBodyServer, withTimeout } from './fixtures.js';
 import { startEmulator } from '../../src/emulator/index.js';
 
@@ -110,6 +111,66 @@ test('a socks entry runs with the daemon: status shows it and its destinations, 
     t.is(daemon.stats().socks, undefined);
     t.true([...emulator.sessions.values()].every((s) => s.state === 'terminated'));
     t.true(log.lines.some((l) => /SOCKS5\/HTTP CONNECT on 127\.0\.0\.1:\d+/.test(l.message)));
+  } finally {
+    await daemon.stop();
+    await emulator.close();
+    await alpha.close();
+  }
+});
+
+/** One SOCKS5 greeting (no auth) on a new connection: 'served' when the method reply comes, or 'refused'. */
+function greet(port: number): Promise<'served' | 'refused'> {
+  return withTimeout(
+    new Promise<'served' | 'refused'>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => socket.write(Buffer.from([0x05, 0x01, 0x00])));
+      socket.once('data', (reply) => {
+        socket.destroy();
+        resolve(reply[0] === 0x05 && reply[1] === 0x00 ? 'served' : 'refused');
+      });
+      socket.once('error', () => resolve('refused'));
+    }),
+    5_000,
+    'a SOCKS5 greeting',
+  );
+}
+
+test('a changed socks entry on the same port hands its listener over: greetings during the reload are never refused', async (t) => {
+  t.timeout(60_000);
+  const alpha = await startBodyServer(16 * 1024);
+  const emulator = await startEmulator({ hostMap: HOST_MAP });
+  const log = captureLog();
+  const entry = socksConfig({ name: 'proxy', localPort: await freePort() });
+  const daemon = new Daemon(config([entry]), { logger: log.logger, ssmFor: () => emulatorSsm(emulator) });
+  try {
+    await daemon.start();
+    const outcomes: string[] = [];
+    let reloading = true;
+    const greetings = (async () => {
+      // Back-to-back greetings for as long as the reload runs (and at least a few).
+      while (reloading || outcomes.length < 5) outcomes.push(await greet(entry.localPort));
+    })();
+    await withTimeout(daemon.reload(config([{ ...entry, maxSessions: 4 }])), 10_000, 'the reload');
+    reloading = false;
+    await greetings;
+    t.deepEqual(
+      outcomes.filter((o) => o === 'refused'),
+      [],
+      `${outcomes.length} greetings, none refused`,
+    );
+    t.is(daemon.stats().socks?.[0]?.maxSessions, 4, 'the new entry serves the port');
+    t.true(
+      log.lines.some((l) =>
+        /SOCKS5\/HTTP CONNECT on .*\(listener taken over from the previous configuration\)/.test(l.message),
+      ),
+      'the log says the listener was taken over',
+    );
+    const r = await curl([
+      '--socks5-hostname',
+      `127.0.0.1:${entry.localPort}`,
+      `http://alpha.test:${alpha.port}/`,
+    ]);
+    t.is(sha256(r.stdout), alpha.sha256, r.stderr);
   } finally {
     await daemon.stop();
     await emulator.close();
