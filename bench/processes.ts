@@ -48,6 +48,21 @@ function installExitHooks(): void {
   }
 }
 
+/**
+ * Environment variable naming a directory: when set, every emulator child (`name` starting with `emulator`)
+ * runs under `node --cpu-prof` with its profiles written there (the daemon has `--cpu-prof` of its own;
+ * `NODE_OPTIONS` refuses `--cpu-prof`, so the flag has to go on the command line).
+ */
+export const EMULATOR_CPU_PROF_ENV = 'PF_BENCH_EMULATOR_CPU_PROF';
+
+/** Node flags for a child called `name`: `--cpu-prof` for emulators when {@link EMULATOR_CPU_PROF_ENV} is set. */
+function profileFlags(name: string, command: string, env: NodeJS.ProcessEnv): string[] {
+  const dir = env[EMULATOR_CPU_PROF_ENV];
+  if (dir === undefined || dir === '' || command !== process.execPath || !name.startsWith('emulator'))
+    return [];
+  return ['--cpu-prof', '--cpu-prof-dir', dir];
+}
+
 /** A child process with line-oriented output capture. */
 export class Child {
   readonly process: ChildProcess;
@@ -69,7 +84,10 @@ export class Child {
     env: NodeJS.ProcessEnv,
   ) {
     installExitHooks();
-    this.process = spawn(command, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.process = spawn(command, [...profileFlags(name, command, env), ...args], {
+      env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     live.add(this.process);
     this.exited = new Promise((resolve) => {
       this.process.once('exit', (code, signal) => {
