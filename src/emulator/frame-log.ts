@@ -90,6 +90,37 @@ function newChunk(): Chunk {
   };
 }
 
+/** 2^32, to join the u32 halves of a 64-bit header field. */
+const U32_SPAN = 0x1_0000_0000;
+/** Largest high u32 half of a non-negative safe integer (2^53 − 1 >> 32). */
+const MAX_SAFE_HIGH_WORD = 0x1f_ffff;
+/** MessageType padding byte of every reference encoder (spec §4.1). */
+const TYPE_PADDING = 0x20;
+
+/** The type field, space-padded, of the three types that make up nearly all traffic; the fast path takes only these. */
+const HOT_TYPES: readonly { type: string; code: number; padded: Buffer; stream: boolean }[] = [
+  MessageType.InputStreamData,
+  MessageType.OutputStreamData,
+  MessageType.Acknowledge,
+].map((type) => {
+  const padded = Buffer.alloc(HEADER.MESSAGE_TYPE_BYTES, TYPE_PADDING);
+  padded.write(type, 'latin1');
+  return { type, code: TYPES.indexOf(type) + 1, padded, stream: type !== MessageType.Acknowledge };
+});
+
+/** The entry of {@link HOT_TYPES} whose padded form fills the type field of `frame`, if any. */
+function hotType(frame: Buffer): (typeof HOT_TYPES)[number] | undefined {
+  const first = frame[HEADER.MESSAGE_TYPE_OFFSET];
+  for (const hot of HOT_TYPES) {
+    if (hot.padded[0] !== first) continue;
+    for (let i = 1; i < HEADER.MESSAGE_TYPE_BYTES; i++) {
+      if (frame[HEADER.MESSAGE_TYPE_OFFSET + i] !== hot.padded[i]) return undefined;
+    }
+    return hot;
+  }
+  return undefined;
+}
+
 /** Wire bytes of one MessageId, to render it as a string on read. */
 const idScratch = Buffer.alloc(HEADER.MESSAGE_ID_BYTES);
 
@@ -128,8 +159,9 @@ export class FrameLog {
     const c = (this.chunks[Math.floor(index / CHUNK_SLOTS)] ??= newChunk());
     const slot = index % CHUNK_SLOTS;
     c.at[slot] = at;
-    c.otherTypes.delete(slot);
+    if (c.type[slot] === TYPE_OTHER) c.otherTypes.delete(slot);
     c.acked[slot] = NaN;
+    if (this.addCanonical(c, slot, direction, source, fate, frame)) return;
     let m;
     try {
       m = decodeInbound(frame, { verifyDigest: false, copyPayload: false });
@@ -161,6 +193,61 @@ export class FrameLog {
         // A malformed ack is still logged, without the acked number.
       }
     }
+  }
+
+  /**
+   * The fast path of {@link add}: a frame of a {@link HOT_TYPES} type in the canonical layout (HeaderLength
+   * 116, payload within the frame, CreatedDate set, a stream message's SequenceNumber in range) is read field by
+   * field, without a decoded message object. Such a frame is one `decodeInbound` accepts with exactly these
+   * values (test/emulator/frame-log.test.ts checks it against `decodeMessage`); anything else returns false and
+   * takes the decoder.
+   */
+  private addCanonical(
+    c: Chunk,
+    slot: number,
+    direction: Direction,
+    source: FrameRecord['source'],
+    fate: FrameRecord['fate'],
+    frame: Buffer,
+  ): boolean {
+    if (frame.length < HEADER.TOTAL_BYTES) return false;
+    const hot = hotType(frame);
+    if (hot === undefined) return false;
+    if (frame.readUInt32BE(HEADER.HEADER_LENGTH_OFFSET) !== HEADER.HEADER_LENGTH_VALUE) return false;
+    const payloadLength = frame.readUInt32BE(HEADER.PAYLOAD_LENGTH_OFFSET);
+    if (HEADER.PAYLOAD_OFFSET + payloadLength > frame.length) return false;
+    if (
+      frame.readUInt32BE(HEADER.CREATED_DATE_OFFSET) === 0 &&
+      frame.readUInt32BE(HEADER.CREATED_DATE_OFFSET + 4) === 0
+    ) {
+      return false;
+    }
+    const sequenceHigh = frame.readInt32BE(HEADER.SEQUENCE_NUMBER_OFFSET);
+    const inRange = sequenceHigh >= 0 && sequenceHigh <= MAX_SAFE_HIGH_WORD;
+    if (hot.stream && !inRange) return false;
+    c.meta[slot] = pack(direction, source, fate);
+    c.type[slot] = hot.code;
+    c.sequenceNumber[slot] = inRange
+      ? sequenceHigh * U32_SPAN + frame.readUInt32BE(HEADER.SEQUENCE_NUMBER_OFFSET + 4)
+      : 0;
+    c.flags[slot] =
+      frame.readUInt32BE(HEADER.FLAGS_OFFSET) * U32_SPAN + frame.readUInt32BE(HEADER.FLAGS_OFFSET + 4);
+    c.payloadType[slot] = frame.readUInt32BE(HEADER.PAYLOAD_TYPE_OFFSET);
+    c.payloadLength[slot] = payloadLength;
+    c.id[4 * slot] = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET);
+    c.id[4 * slot + 1] = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 4);
+    c.id[4 * slot + 2] = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 8);
+    c.id[4 * slot + 3] = frame.readUInt32BE(HEADER.MESSAGE_ID_OFFSET + 12);
+    if (!hot.stream) {
+      try {
+        c.acked[slot] = acknowledgedSequenceNumberOf(
+          frame.subarray(HEADER.PAYLOAD_OFFSET, HEADER.PAYLOAD_OFFSET + payloadLength),
+        );
+      } catch {
+        // A malformed ack is still logged, without the acked number.
+      }
+    }
+    return true;
   }
 
   /** The frames held, oldest first, as fresh records. */
