@@ -195,7 +195,7 @@ export class AgentReliability {
     const sequenceNumber = this.nextSequence++;
     // Encoded in place with fresh random MessageId bytes.
     const frame = allocateFrame(payload.length);
-    payload.copy(frame, HEADER.PAYLOAD_OFFSET);
+    frame.set(payload, HEADER.PAYLOAD_OFFSET);
     const now = this.deps.now();
     const header = this.outputHeader;
     header.createdDate = createdDateAt(now);

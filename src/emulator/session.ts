@@ -461,8 +461,11 @@ export class EmulatedSession implements EmulatedSessionInfo {
     this.counters.clientBytesIn += frame.length;
     this.touch();
     this.countConnectionMessage();
-    // The ws receive buffer may be reused by nobody, but the agent keeps frames: own a copy.
-    this.toAgent.push(Buffer.from(frame));
+    // The ws message is a view of a whole socket read, and the agent keeps payloads (reorder buffer, destination
+    // writes): it gets its own copy, the one copy a frame gets (agent.ts and smux-server.ts keep views of it).
+    const copy = Buffer.allocUnsafe(frame.length);
+    copy.set(frame);
+    this.toAgent.push(copy);
   }
 
   private deliverToAgent(frame: Buffer): void {
