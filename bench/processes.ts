@@ -55,12 +55,19 @@ function installExitHooks(): void {
  */
 export const EMULATOR_CPU_PROF_ENV = 'PF_BENCH_EMULATOR_CPU_PROF';
 
-/** Node flags for a child called `name`: `--cpu-prof` for emulators when {@link EMULATOR_CPU_PROF_ENV} is set. */
+/**
+ * Environment variable with extra Node flags for every emulator child, space-separated (e.g.
+ * `--perf-basic-prof` for `perf record`, `--trace-deopt`).
+ */
+export const EMULATOR_NODE_FLAGS_ENV = 'PF_BENCH_EMULATOR_NODE_FLAGS';
+
+/** Node flags for a child called `name`: for emulators, those {@link EMULATOR_NODE_FLAGS_ENV} and {@link EMULATOR_CPU_PROF_ENV} ask for. */
 function profileFlags(name: string, command: string, env: NodeJS.ProcessEnv): string[] {
+  if (command !== process.execPath || !name.startsWith('emulator')) return [];
+  const flags = (env[EMULATOR_NODE_FLAGS_ENV] ?? '').split(' ').filter((flag) => flag !== '');
   const dir = env[EMULATOR_CPU_PROF_ENV];
-  if (dir === undefined || dir === '' || command !== process.execPath || !name.startsWith('emulator'))
-    return [];
-  return ['--cpu-prof', '--cpu-prof-dir', dir];
+  if (dir !== undefined && dir !== '') flags.push('--cpu-prof', '--cpu-prof-dir', dir);
+  return flags;
 }
 
 /** A child process with line-oriented output capture. */
