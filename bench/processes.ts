@@ -48,6 +48,28 @@ function installExitHooks(): void {
   }
 }
 
+/**
+ * Environment variable naming a directory: when set, every emulator child (`name` starting with `emulator`)
+ * runs under `node --cpu-prof` with its profiles written there (the daemon has `--cpu-prof` of its own;
+ * `NODE_OPTIONS` refuses `--cpu-prof`, so the flag has to go on the command line).
+ */
+export const EMULATOR_CPU_PROF_ENV = 'PF_BENCH_EMULATOR_CPU_PROF';
+
+/**
+ * Environment variable with extra Node flags for every emulator child, space-separated (e.g.
+ * `--perf-basic-prof` for `perf record`, `--trace-deopt`).
+ */
+export const EMULATOR_NODE_FLAGS_ENV = 'PF_BENCH_EMULATOR_NODE_FLAGS';
+
+/** Node flags for a child called `name`: for emulators, those {@link EMULATOR_NODE_FLAGS_ENV} and {@link EMULATOR_CPU_PROF_ENV} ask for. */
+function profileFlags(name: string, command: string, env: NodeJS.ProcessEnv): string[] {
+  if (command !== process.execPath || !name.startsWith('emulator')) return [];
+  const flags = (env[EMULATOR_NODE_FLAGS_ENV] ?? '').split(' ').filter((flag) => flag !== '');
+  const dir = env[EMULATOR_CPU_PROF_ENV];
+  if (dir !== undefined && dir !== '') flags.push('--cpu-prof', '--cpu-prof-dir', dir);
+  return flags;
+}
+
 /** A child process with line-oriented output capture. */
 export class Child {
   readonly process: ChildProcess;
@@ -69,7 +91,10 @@ export class Child {
     env: NodeJS.ProcessEnv,
   ) {
     installExitHooks();
-    this.process = spawn(command, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.process = spawn(command, [...profileFlags(name, command, env), ...args], {
+      env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     live.add(this.process);
     this.exited = new Promise((resolve) => {
       this.process.once('exit', (code, signal) => {

@@ -15,10 +15,11 @@
  * AgentReliability.scanResends} every 100 ms.
  */
 import type { Logger } from '../log.js';
-import type { ClientMessage } from '../datachannel/message.js';
-import { HEADER, HeaderFlags, MessageType, PayloadType, SCHEMA_VERSION } from '../datachannel/constants.js';
-import { allocateFrame, readMessageId, sealFrame } from '../datachannel/message.js';
+import type { ClientMessage, FrameHeader, InboundMessage } from '../datachannel/message.js';
+import { HEADER, HeaderFlags, MessageType, SCHEMA_VERSION } from '../datachannel/constants.js';
+import { allocateFrame, sealFrame } from '../datachannel/message.js';
 import { encodeAcknowledgeMessage } from '../datachannel/payloads.js';
+import { encodeInputAcknowledge } from './agent-ack.js';
 
 /** Reliability constants of the reference agent (spec §7.2, §7.3). All protocol values. */
 export const AGENT_RELIABILITY = {
@@ -112,8 +113,8 @@ export type DeliveryResult = boolean | Promise<boolean>;
 export interface AgentReliabilityDeps {
   /** Clock, ms. */
   now(): number;
-  /** Write one encoded frame towards the client. */
-  send(frame: Buffer, message: ClientMessage): void;
+  /** Write one encoded frame towards the client (a frame this layer sealed: its header is valid). */
+  send(frame: Buffer): void;
   /** Process one in-order `input_stream_data` message. */
   deliver(message: ClientMessage): DeliveryResult;
   /** Counters to update. */
@@ -126,7 +127,6 @@ interface OutgoingEntry {
   sequenceNumber: number;
   /** The encoded frame; a resend writes these exact bytes. */
   frame: Buffer;
-  message: ClientMessage;
   /** When it was last written (or buffered while paused), ms. */
   lastSentAt: number;
 }
@@ -139,8 +139,21 @@ export class AgentReliability {
   private expected = 0;
   /** Oldest first; a Map keeps insertion order, which is sequence order here. */
   private readonly outgoing = new Map<number, OutgoingEntry>();
-  private readonly incoming = new Map<number, ClientMessage>();
+  private readonly incoming = new Map<number, InboundMessage>();
   private pausedState = false;
+  /**
+   * Header fields of the next sealed `output_stream_data` frame: one record reused for every message, as
+   * sealing is synchronous (no object per message, issue 16).
+   */
+  private readonly outputHeader: FrameHeader = {
+    messageType: MessageType.OutputStreamData,
+    schemaVersion: SCHEMA_VERSION,
+    createdDate: 0,
+    sequenceNumber: 0,
+    flags: HeaderFlags.Data,
+    messageId: undefined,
+    payloadType: 0,
+  };
 
   constructor(private readonly deps: AgentReliabilityDeps) {}
 
@@ -180,31 +193,23 @@ export class AgentReliability {
    */
   sendStreamData(payloadType: number, payload: Buffer): number {
     const sequenceNumber = this.nextSequence++;
-    // Encoded in place with fresh random MessageId bytes; the message view shares the frame's payload.
+    // Encoded in place with fresh random MessageId bytes.
     const frame = allocateFrame(payload.length);
-    payload.copy(frame, HEADER.PAYLOAD_OFFSET);
-    const header = {
-      messageType: MessageType.OutputStreamData,
-      schemaVersion: SCHEMA_VERSION,
-      createdDate: this.createdDate(),
-      sequenceNumber,
-      flags: sequenceNumber === 0 ? HeaderFlags.First : HeaderFlags.Data,
-      messageId: undefined,
-      payloadType,
-    };
+    frame.set(payload, HEADER.PAYLOAD_OFFSET);
+    const now = this.deps.now();
+    const header = this.outputHeader;
+    header.createdDate = createdDateAt(now);
+    header.sequenceNumber = sequenceNumber;
+    header.flags = sequenceNumber === 0 ? HeaderFlags.First : HeaderFlags.Data;
+    header.payloadType = payloadType;
     sealFrame(frame, header);
-    const message: ClientMessage = {
-      ...header,
-      messageId: readMessageId(frame, HEADER.MESSAGE_ID_OFFSET),
-      payload: frame.subarray(HEADER.PAYLOAD_OFFSET),
-    };
     this.deps.counters.dataMessagesOut++;
     if (this.outgoing.size < AGENT_RELIABILITY.OUTGOING_BUFFER_CAPACITY) {
-      this.outgoing.set(sequenceNumber, { sequenceNumber, frame, message, lastSentAt: this.deps.now() });
+      this.outgoing.set(sequenceNumber, { sequenceNumber, frame, lastSentAt: now });
     } else {
       this.deps.logger.warn('outgoing buffer full; message not buffered', { sequenceNumber });
     }
-    if (!this.pausedState) this.deps.send(frame, message);
+    if (!this.pausedState) this.deps.send(frame);
     return sequenceNumber;
   }
 
@@ -221,7 +226,7 @@ export class AgentReliability {
     if (now - entry.lastSentAt > this.rtt.rtoMs) {
       this.deps.counters.resends++;
       this.deps.logger.debug('resend head', { sequenceNumber: entry.sequenceNumber, rtoMs: this.rtt.rtoMs });
-      this.deps.send(entry.frame, entry.message);
+      this.deps.send(entry.frame);
       entry.lastSentAt = now;
     }
   }
@@ -239,7 +244,7 @@ export class AgentReliability {
    * An incoming `input_stream_data` message (spec §7.2). Returns a promise when in-order processing has to
    * wait; the caller must not feed further messages until it settles.
    */
-  receiveStreamData(message: ClientMessage): Promise<void> | undefined {
+  receiveStreamData(message: InboundMessage): Promise<void> | undefined {
     const seq = message.sequenceNumber;
     if (seq < this.expected) {
       this.deps.counters.duplicatesReceived++;
@@ -277,7 +282,7 @@ export class AgentReliability {
     }
   }
 
-  private consumeBuffered(message: ClientMessage): void {
+  private consumeBuffered(message: InboundMessage): void {
     this.incoming.delete(message.sequenceNumber);
     this.expected++;
   }
@@ -296,33 +301,27 @@ export class AgentReliability {
     return this.drainIncoming();
   }
 
-  private sendAck(acked: ClientMessage): void {
-    const createdDate = this.createdDate();
-    const frame = encodeAcknowledgeMessage(
-      {
-        acknowledgedMessageType: acked.messageType,
-        acknowledgedMessageId: acked.messageId,
-        acknowledgedMessageSequenceNumber: acked.sequenceNumber,
-        isSequentialMessage: true,
-      },
-      createdDate,
-    );
-    const message: ClientMessage = {
-      messageType: MessageType.Acknowledge,
-      schemaVersion: SCHEMA_VERSION,
-      createdDate,
-      sequenceNumber: 0,
-      flags: HeaderFlags.Ack,
-      messageId: readMessageId(frame, HEADER.MESSAGE_ID_OFFSET),
-      payloadType: PayloadType.None,
-      payload: frame.subarray(HEADER.PAYLOAD_OFFSET),
-    };
+  private sendAck(acked: InboundMessage): void {
+    const createdDate = createdDateAt(this.deps.now());
+    // The template covers the one type the agent acks; anything else takes the general encoder.
+    const frame =
+      acked.messageType === MessageType.InputStreamData
+        ? encodeInputAcknowledge(acked, createdDate)
+        : encodeAcknowledgeMessage(
+            {
+              acknowledgedMessageType: acked.messageType,
+              acknowledgedMessageId: acked.messageId,
+              acknowledgedMessageSequenceNumber: acked.sequenceNumber,
+              isSequentialMessage: true,
+            },
+            createdDate,
+          );
     this.deps.counters.acksSent++;
-    this.deps.send(frame, message);
+    this.deps.send(frame);
   }
+}
 
-  /** CreatedDate from the injected clock; never 0, which receivers reject (spec §4.1). */
-  private createdDate(): number {
-    return Math.max(1, Math.round(this.deps.now()));
-  }
+/** CreatedDate for clock reading `now`, ms; never 0, which receivers reject (spec §4.1). */
+function createdDateAt(now: number): number {
+  return Math.max(1, Math.round(now));
 }

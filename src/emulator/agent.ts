@@ -15,10 +15,10 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
-import type { ClientMessage } from '../datachannel/message.js';
-import { decodeMessage, frameDigestMatches } from '../datachannel/message.js';
+import type { ClientMessage, InboundMessage } from '../datachannel/message.js';
+import { decodeInbound, frameDigestMatches } from '../datachannel/message.js';
 import {
-  decodeAcknowledge,
+  acknowledgedSequenceNumberOf,
   decodeFlag,
   decodeHandshakeResponse,
   encodeFlag,
@@ -248,7 +248,7 @@ export class EmulatedAgent extends EventEmitter {
     this.logger = deps.logger.child('agent');
     this.reliability = new AgentReliability({
       now: () => deps.now(),
-      send: (frame, message) => this.sendFrame(frame, message),
+      send: (frame) => this.sendFrame(frame),
       deliver: (message) => this.deliver(message),
       counters: this.stats,
       logger: this.logger,
@@ -309,7 +309,11 @@ export class EmulatedAgent extends EventEmitter {
     this.reliability.scanResends();
   }
 
-  /** One binary frame from the client (already relayed). Never throws; malformed → logged and dropped without ack. */
+  /**
+   * One binary frame from the client (already relayed). Never throws; malformed → logged and dropped without ack.
+   * The agent takes the buffer over: its payload is kept (reorder buffer, destination writes) without a copy, so
+   * the caller must not reuse it (the service hands over its own copy of each WebSocket message).
+   */
   receiveFromClient(frame: Buffer): void {
     if (this.stateValue === AgentState.Closed) return;
     this.stats.framesIn++;
@@ -361,9 +365,10 @@ export class EmulatedAgent extends EventEmitter {
   // Frames
 
   private handleFrame(frame: Buffer): void {
-    let message: ClientMessage;
+    let message: InboundMessage;
     try {
-      message = decodeMessage(frame, { verifyDigest: false });
+      // No MessageId string (an ack writes it from the id's bytes) and no payload copy (the frame is ours).
+      message = decodeInbound(frame, { verifyDigest: false, copyPayload: false });
     } catch (err) {
       this.logger.warn('malformed frame dropped', { error: describeError(err), bytes: frame.length });
       return;
@@ -396,7 +401,8 @@ export class EmulatedAgent extends EventEmitter {
   private onAck(message: ClientMessage): void {
     let sequenceNumber: number;
     try {
-      sequenceNumber = decodeAcknowledge(message.payload).acknowledgedMessageSequenceNumber;
+      // The one field acks are matched on; the same acceptance as decodeAcknowledge, without its strings.
+      sequenceNumber = acknowledgedSequenceNumberOf(message.payload);
     } catch (err) {
       this.logger.warn('malformed acknowledge ignored', { error: describeError(err) });
       return;
@@ -802,10 +808,13 @@ export class EmulatedAgent extends EventEmitter {
     return this.stateValue === AgentState.Closed;
   }
 
-  private sendFrame(frame: Buffer, message: ClientMessage): void {
+  private sendFrame(frame: Buffer): void {
     if (this.stateValue === AgentState.Closed) return;
     this.stats.framesOut++;
-    this.emitMessage('out', message);
+    if (this.listenerCount('message') > 0) {
+      // Our own sealed frame: it decodes. Decoded only for listeners (issue 16).
+      this.emitMessage('out', decodeInbound(frame, { verifyDigest: false, copyPayload: false }));
+    }
     this.sendDepth++;
     try {
       this.deps.sendToClient(frame);

@@ -8,16 +8,20 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { RawData, WebSocket } from 'ws';
-import { HEADER, MessageType, PayloadType } from '../datachannel/constants.js';
-import { decodeMessage, encodeMessage, newMessage } from '../datachannel/message.js';
+import { MessageType, PayloadType } from '../datachannel/constants.js';
+import { encodeMessage, newMessage } from '../datachannel/message.js';
 import type { OpenDataChannelInput } from '../datachannel/payloads.js';
-import { decodeAcknowledge, encodeChannelClosed } from '../datachannel/payloads.js';
+import { encodeChannelClosed } from '../datachannel/payloads.js';
 import { WriteCoalescer, underlyingSocketOf } from '../transport/write-coalescer.js';
 import type { Logger } from '../log.js';
 import type { AgentDeps, AgentOptions, EmulatedAgent } from './agent.js';
 import type { StartSessionInput } from './api.js';
 import { FaultPipe, SlowLink } from './faults.js';
 import type { Direction, FaultFate, Faults } from './faults.js';
+import { FrameLog } from './frame-log.js';
+import type { FrameRecord } from './frame-log.js';
+
+export type { FrameRecord } from './frame-log.js';
 
 /** Session state as the service sees it. */
 export type SessionState =
@@ -71,29 +75,6 @@ export const WS_CLOSE = {
 
 /** Text of the refusal when a client connects to an ended session (spec §10.3, agent wording). */
 export const SESSION_TERMINATED_TEXT = 'Session is already terminated';
-
-/** One relayed, dropped or injected frame (spec §12.3). */
-export interface FrameRecord {
-  /** Unix time, ms. */
-  at: number;
-  /** `toAgent` = from the client; `toClient` = from the agent or the service. */
-  direction: Direction;
-  /** Who produced the frame. */
-  source: 'client' | 'agent' | 'service';
-  /**
-   * `relayed` = written to its destination; `discarded` = the client was away; `held` = kept back during a
-   * pause; fault fates as applied by the fault pipe; `invalid` = could not be decoded (still relayed).
-   */
-  fate: 'relayed' | 'discarded' | 'held' | 'invalid' | FaultFate;
-  messageType: string;
-  sequenceNumber: number;
-  flags: number;
-  messageId: string;
-  payloadType: number;
-  payloadLength: number;
-  /** For acks: the acknowledged SequenceNumber. */
-  ackedSequenceNumber?: number;
-}
 
 /** Counters of one session (spec §12.3); the agent's own counters are on `agent.stats`. */
 export interface SessionCounters {
@@ -252,7 +233,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
   /** Current bearer token; only this one is accepted (spec §12.1). */
   token: string;
 
-  private readonly frameLog: FrameRecord[] = [];
+  private readonly frameLog: FrameLog;
   private socket: WebSocket | undefined;
   /** Coalesces the relay's writes to `socket` per tick (one writev instead of one syscall per frame). */
   private writes: WriteCoalescer | undefined;
@@ -292,6 +273,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
     this.reason = input.reason;
     this.token = newToken();
     this.lastActivityAt = env.now();
+    this.frameLog = new FrameLog(env.maxFramesLogged);
     this.toAgent = new FaultPipe(
       'toAgent',
       env.faults,
@@ -312,8 +294,7 @@ export class EmulatedSession implements EmulatedSessionInfo {
 
   /** Last `maxFramesLogged` frames, oldest first. */
   get frames(): readonly FrameRecord[] {
-    const max = this.env.maxFramesLogged;
-    return this.frameLog.length > max ? this.frameLog.slice(-max) : this.frameLog;
+    return this.frameLog.records();
   }
 
   /** True while a client socket is attached and open. */
@@ -344,7 +325,10 @@ export class EmulatedSession implements EmulatedSessionInfo {
     const previous = this.socket;
     const firstConnect = this.agent === undefined;
     this.socket = ws;
-    this.writes = new WriteCoalescer(underlyingSocketOf(ws));
+    const tcp = underlyingSocketOf(ws);
+    this.writes = new WriteCoalescer(tcp);
+    // ws reads from this socket already: every ack and frame one read produces leaves in one writev (issue 16).
+    this.writes.watchReads(tcp);
     if (previous !== undefined) {
       this.env.logger.debug('client socket replaced by a new connect');
       this.endConnection();
@@ -477,8 +461,11 @@ export class EmulatedSession implements EmulatedSessionInfo {
     this.counters.clientBytesIn += frame.length;
     this.touch();
     this.countConnectionMessage();
-    // The ws receive buffer may be reused by nobody, but the agent keeps frames: own a copy.
-    this.toAgent.push(Buffer.from(frame));
+    // The ws message is a view of a whole socket read, and the agent keeps payloads (reorder buffer, destination
+    // writes): it gets its own copy, the one copy a frame gets (agent.ts and smux-server.ts keep views of it).
+    const copy = Buffer.allocUnsafe(frame.length);
+    copy.set(frame);
+    this.toAgent.push(copy);
   }
 
   private deliverToAgent(frame: Buffer): void {
@@ -671,46 +658,6 @@ export class EmulatedSession implements EmulatedSessionInfo {
     fate: FrameRecord['fate'],
     frame: Buffer,
   ): void {
-    const max = this.env.maxFramesLogged;
-    if (max <= 0) return;
-    let entry: FrameRecord;
-    try {
-      const m = decodeMessage(frame, { verifyDigest: false, copyPayload: false });
-      entry = {
-        at: this.env.now(),
-        direction,
-        source,
-        fate,
-        messageType: m.messageType,
-        sequenceNumber: m.sequenceNumber,
-        flags: m.flags,
-        messageId: m.messageId,
-        payloadType: m.payloadType,
-        payloadLength: m.payload.length,
-      };
-      if (m.messageType === MessageType.Acknowledge) {
-        try {
-          entry.ackedSequenceNumber = decodeAcknowledge(m.payload).acknowledgedMessageSequenceNumber;
-        } catch {
-          // A malformed ack is still logged, without the acked number.
-        }
-      }
-    } catch {
-      entry = {
-        at: this.env.now(),
-        direction,
-        source,
-        fate: fate === 'relayed' ? 'invalid' : fate,
-        messageType: '',
-        sequenceNumber: -1,
-        flags: 0,
-        messageId: '',
-        payloadType: 0,
-        payloadLength: Math.max(0, frame.length - HEADER.TOTAL_BYTES),
-      };
-    }
-    this.frameLog.push(entry);
-    // Trim in batches so logging stays O(1) amortised.
-    if (this.frameLog.length > max + Math.ceil(max / 10)) this.frameLog.splice(0, this.frameLog.length - max);
+    this.frameLog.add(this.env.now(), direction, source, fate, frame);
   }
 }

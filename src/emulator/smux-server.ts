@@ -182,7 +182,9 @@ export class SmuxServer {
 
   /**
    * Feed one Output payload (part of the client's smux byte stream). Frames are handled synchronously.
-   * A protocol error fails the session; nothing is thrown.
+   * A protocol error fails the session; nothing is thrown. The server takes `payload` over: PSH data is
+   * held and written as views of it, so the caller must not reuse the buffer (the agent feeds payloads of
+   * frames the service copied for it).
    */
   feed(payload: Buffer): void {
     if (this.closed) return;
@@ -232,7 +234,7 @@ export class SmuxServer {
           });
           return;
         }
-        this.deliver(stream, Buffer.from(frame.data));
+        this.deliver(stream, frame.data);
         return;
       case SmuxCommand.FIN:
         if (stream === undefined) return;

@@ -10,9 +10,10 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { DOCUMENT_LOCAL, DOCUMENT_REMOTE_HOST } from '../../src/config/types.js';
 import { ActionStatus, FlagCode, MessageType, PayloadType } from '../../src/datachannel/constants.js';
-import { encodeMessage, newMessage } from '../../src/datachannel/message.js';
+import { decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/message.js';
 import type { ClientMessage } from '../../src/datachannel/message.js';
 import {
+  decodeAcknowledge,
   decodeChannelClosed,
   decodeHandshakeRequest,
   encodeFlag,
@@ -404,6 +405,142 @@ test('TerminateSession flag from the client: the agent flushes, the service send
       const closed = await client.raw.next((m) => m.messageType === MessageType.ChannelClosed);
       t.is(decodeChannelClosed(closed.payload).output, 'Session terminated by the client');
       t.is(client.unacked.size, 0, 'the flag was acked before the end');
+    } finally {
+      client.stop();
+    }
+  });
+});
+
+/** Resolve once `condition()` holds, checking after every turn of the event loop; reject after `timeoutMs`. */
+function until(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (condition()) resolve();
+      else if (Date.now() > deadline) reject(new Error(`timed out waiting for ${what}`));
+      else setImmediate(check);
+    };
+    check();
+  });
+}
+
+/** The fields a frame record shares with the decoded frame, and the acked number of an ack. */
+function describeFrame(m: ClientMessage): Record<string, unknown> {
+  const fields: Record<string, unknown> = {
+    messageType: m.messageType,
+    sequenceNumber: m.sequenceNumber,
+    flags: m.flags,
+    messageId: m.messageId,
+    payloadType: m.payloadType,
+    payloadLength: m.payload.length,
+  };
+  if (m.messageType === MessageType.Acknowledge)
+    fields['ackedSequenceNumber'] = decodeAcknowledge(m.payload).acknowledgedMessageSequenceNumber;
+  return fields;
+}
+
+test("frame log at volume: every frame of a 2 MiB echo at the agent's pace is logged in order with its numbers, MessageId and acked seq, matching the counters", async (t) => {
+  t.timeout(90_000);
+  const BYTES = 2 * 1024 * 1024;
+  // One smux PSH frame per input message, 1024 bytes with its header: the size the daemon sends.
+  const PSH_DATA_BYTES = 1016;
+  await withSetup({ maxFramesLogged: 100_000 }, async (emulator, ssm, echo) => {
+    const s = await startLocal(ssm, echo.port);
+    const raw = await RawClient.open(s.url, s.token);
+    const sent: Buffer[] = [];
+    const send = raw.ws.send.bind(raw.ws);
+    raw.ws.send = ((frame: Buffer) => {
+      sent.push(frame);
+      send(frame);
+    }) as typeof raw.ws.send;
+    const client = new MiniClient(raw);
+    const startedAt = Date.now();
+    try {
+      await handshake(emulator, client, s.id);
+      const data = randomBytes(BYTES);
+      client.send(PayloadType.Output, encodeFrame(SmuxCommand.SYN, 3));
+      for (let offset = 0; offset < BYTES; offset += PSH_DATA_BYTES) {
+        client.send(
+          PayloadType.Output,
+          encodeFrame(SmuxCommand.PSH, 3, data.subarray(offset, offset + PSH_DATA_BYTES)),
+        );
+      }
+      const echoed = await collectStream(client, 3, BYTES, 60_000);
+      t.true(echoed.equals(data), 'echo matches');
+      const info = emulator.session(s.id);
+      const agent = info.agent;
+      if (agent === undefined) throw new Error('no agent');
+      // Quiet: everything the client sent is acked, everything the agent sent is acked and its ack processed.
+      await until(
+        () =>
+          client.unacked.size === 0 &&
+          agent.unackedCount === 0 &&
+          info.counters.clientFramesIn === sent.length,
+        'both sides to have everything acked',
+      );
+      const endedAt = Date.now();
+
+      const frames = info.frames;
+      const counters = info.counters;
+      const stats = agent.stats;
+      t.true(stats.dataMessagesOut > 2000, `${stats.dataMessagesOut} Output messages`);
+      t.is(frames.length, counters.clientFramesIn + counters.clientFramesOut, 'one record per frame');
+      t.true(frames.every((f) => f.fate === 'relayed' && f.source !== 'service'));
+      const toAgent = frames.filter((f) => f.direction === 'toAgent');
+      const toClient = frames.filter((f) => f.direction === 'toClient');
+      t.is(toAgent.length, counters.clientFramesIn);
+      t.is(toClient.length, counters.clientFramesOut);
+      t.is(toAgent.length, stats.framesIn);
+      t.is(toClient.length, stats.framesOut);
+      // Field for field, in order, what the client sent and what it received.
+      t.deepEqual(
+        toAgent.map(({ at: _at, direction: _d, source: _s, fate: _f, ...rest }) => rest),
+        sent.map((frame) => describeFrame(decodeMessage(frame, { verifyDigest: false }))),
+      );
+      t.deepEqual(
+        toClient.map(({ at: _at, direction: _d, source: _s, fate: _f, ...rest }) => rest),
+        raw.messages.map(describeFrame),
+      );
+      const acksOut = toClient.filter((f) => f.messageType === MessageType.Acknowledge);
+      const outputs = toClient.filter((f) => f.messageType === MessageType.OutputStreamData);
+      const acksIn = toAgent.filter((f) => f.messageType === MessageType.Acknowledge);
+      t.is(acksOut.length, stats.acksSent);
+      t.is(outputs.length, stats.dataMessagesOut + stats.resends);
+      t.is(acksIn.length, stats.acksReceived);
+      const inputSeqs = new Set(
+        toAgent.filter((f) => f.messageType === MessageType.InputStreamData).map((f) => f.sequenceNumber),
+      );
+      t.is(inputSeqs.size, client.nextSeq);
+      t.deepEqual(new Set(acksOut.map((f) => f.ackedSequenceNumber)), inputSeqs, 'every input message acked');
+      t.deepEqual(
+        new Set(acksIn.map((f) => f.ackedSequenceNumber)),
+        new Set(outputs.map((f) => f.sequenceNumber)),
+        'every agent message acked by the client',
+      );
+      // Acks name the MessageId of the message they ack.
+      const inputIds = new Map(
+        sent
+          .map((frame) => decodeMessage(frame, { verifyDigest: false }))
+          .filter((m) => m.messageType === MessageType.InputStreamData)
+          .map((m) => [m.sequenceNumber, m.messageId]),
+      );
+      for (const m of raw.messages) {
+        if (m.messageType !== MessageType.Acknowledge) continue;
+        const content = decodeAcknowledge(m.payload);
+        if (content.acknowledgedMessageId !== inputIds.get(content.acknowledgedMessageSequenceNumber)) {
+          t.fail(
+            `ack of ${content.acknowledgedMessageSequenceNumber} names ${content.acknowledgedMessageId}`,
+          );
+          break;
+        }
+      }
+      t.true(
+        frames.every(
+          (f, i) =>
+            f.at >= startedAt && f.at <= endedAt && (i === 0 || f.at >= (frames[i - 1] as { at: number }).at),
+        ),
+        'timestamps in order, within the run',
+      );
     } finally {
       client.stop();
     }
