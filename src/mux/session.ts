@@ -8,6 +8,9 @@
  * - outgoing: at most one in-flight write batch per stream (Node's Writable serialises `_write`/`_writev`, and
  *   the batch came out of a Writable buffer bounded by `streamWriteBufferBytes`), plus one pending SYN and FIN
  *   per stream, one pending NOP, and at most one frame cut across pulls (`outgoingBufferedBytes`).
+ * - send budget: what all streams together have accepted and not yet seen pulled, plus the read reserves
+ *   of the sockets reading now, is bounded by `sendBudgetBytes` (`src/mux/send-budget.ts`: streams beyond
+ *   it are held, their sources paused; `sendQueuedBytes`, `sendHeldStreams`).
  * - receive: never refused (spec §9.6: smux v1 has no window, and refusing one stream's bytes would stall every
  *   stream). Each stream's {@link StreamReceiveQueue} keeps what its reader has not taken: its Readable buffer
  *   ({@link STREAM_READABLE_HIGH_WATER_BYTES}), then memory up to `streamReceiveBufferBytes` per stream and
