@@ -16,10 +16,12 @@
  * - Held streams wait in one line, first come first served, and are let go one reserve at a time as
  *   pulled batches free room ('drain' on the stream resumes its source): a stream that wrote goes to the
  *   back of the line, so every connection progresses and none starves.
- * - A reserve the stream did not use within one full poll of the event loop lapses (a connection that has
- *   nothing to send, e.g. one waiting for the server to speak first, must not keep others out). Such a
+ * - While streams wait, a reserve not used within one full poll of the event loop lapses (a connection that
+ *   has nothing to send, e.g. one waiting for the server to speak first, must not keep others out). Such a
  *   stream keeps reading; should it send while the budget is full, that one read (≤ `readReserveBytes`) is
- *   the only way `queuedBytes` can pass `limitBytes`, and the stream is held right after it.
+ *   the only way `queuedBytes` can pass `limitBytes`, and the stream is held right after it. Nobody
+ *   waiting, nothing lapses and no sweep runs: an uncontended session (one bulk transfer, request/response
+ *   traffic) pays a few additions per write and no extra turn of the event loop.
  *
  * Every figure is kept incrementally (plain additions on the hot path) and clamped per member, so a member
  * that leaves takes exactly its own share with it.
@@ -31,7 +33,7 @@ export interface BudgetMember {
   queuedBytes: number;
   /** Read reserve held: 0 or the budget's `readReserveBytes`. */
   reservedBytes: number;
-  /** Poll generation in which the reserve was last listed for lapsing; -1 = never. */
+  /** Sweep generation in which the reserve was granted or last renewed. */
   reserveTurn: number;
   /** Waiting in the budget's line; its source is paused. */
   held: boolean;
@@ -62,15 +64,15 @@ export interface SendBudgetOptions {
   /** Most bytes one read of a source delivers, held per reading stream, bytes. */
   readReserveBytes: number;
   /**
-   * Run `fn` after the event loop's next I/O poll has run and completed (the check phase that follows
-   * it): the sweep that lapses unused reserves. {@link afterPoll} in production; tests drive it.
+   * Run `fn` right after the event loop's next I/O poll (the check phase that follows it): one sweep of
+   * unused reserves, while streams wait. {@link afterPoll} in production; tests drive it.
    */
   afterPoll: (fn: () => void) => void;
 }
 
 /**
- * Run `fn` in the check phase of the event loop, i.e. right after an I/O poll. The budget calls it once per
- * generation, so an unused reserve lapses only after a full poll in which its socket could have read.
+ * Run `fn` in the check phase of the event loop, i.e. right after an I/O poll. A reserve lapses at the
+ * second sweep after it was granted, so a full poll in which its socket could have read lies between.
  */
 export function afterPoll(fn: () => void): void {
   setImmediate(fn);
@@ -87,9 +89,9 @@ export class SendBudget {
   /** Times a member was held. */
   holds = 0;
   private readonly line = new Set<BudgetMember>();
-  /** Members given a reserve in the current generation, and in the one before (lapsing at the next sweep). */
-  private granted: BudgetMember[] = [];
-  private lapsing: BudgetMember[] = [];
+  /** Members holding a reserve (at most `limitBytes / readReserveBytes`). */
+  private readonly reservers = new Set<BudgetMember>();
+  /** Sweeps run so far: the generation of reserves granted now. */
   private turn = 0;
   private sweepScheduled = false;
   private readonly sweep = (): void => this.runSweep();
@@ -136,12 +138,21 @@ export class SendBudget {
    */
   wrote(member: BudgetMember, bytes: number): boolean {
     if (member.left) return true;
-    this.dropReserve(member);
     member.queuedBytes += bytes;
     this.queuedBytes += bytes;
     if (this.queuedBytes > this.peakQueuedBytes) this.peakQueuedBytes = this.queuedBytes;
     if (member.held) return false;
-    if (this.tryReserve(member)) return true;
+    // The read used the reserve; the next one takes its place when it fits and nobody waits.
+    const others = this.reservedBytes - member.reservedBytes;
+    if (
+      this.line.size === 0 &&
+      this.queuedBytes + others + this.options.readReserveBytes <= this.options.limitBytes
+    ) {
+      if (member.reservedBytes === 0) this.grant(member);
+      else member.reserveTurn = this.turn;
+      return true;
+    }
+    this.dropReserve(member);
     this.hold(member);
     return false;
   }
@@ -177,6 +188,7 @@ export class SendBudget {
       this.grant(member);
       member.resume();
     }
+    this.scheduleSweep();
   }
 
   /** Grant a reserve when it fits and nobody waits ahead. */
@@ -191,47 +203,43 @@ export class SendBudget {
 
   private grant(member: BudgetMember): void {
     member.reservedBytes = this.options.readReserveBytes;
+    member.reserveTurn = this.turn;
     this.reservedBytes += member.reservedBytes;
-    if (member.reserveTurn !== this.turn) {
-      member.reserveTurn = this.turn;
-      this.granted.push(member);
-    }
-    if (!this.sweepScheduled) {
-      this.sweepScheduled = true;
-      this.options.afterPoll(this.sweep);
-    }
+    this.reservers.add(member);
   }
 
   private dropReserve(member: BudgetMember): void {
+    if (member.reservedBytes === 0) return;
     this.reservedBytes -= member.reservedBytes;
     member.reservedBytes = 0;
+    this.reservers.delete(member);
   }
 
   private hold(member: BudgetMember): void {
     member.held = true;
     this.line.add(member);
     this.holds++;
+    this.scheduleSweep();
+  }
+
+  /** Sweep after the next poll while someone waits and reserves could lapse. */
+  private scheduleSweep(): void {
+    if (this.sweepScheduled || this.line.size === 0 || this.reservers.size === 0) return;
+    this.sweepScheduled = true;
+    this.options.afterPoll(this.sweep);
   }
 
   /**
-   * One generation ends: reserves granted two generations ago and still unused lapse (a full poll has
-   * passed since), this generation's become the next to lapse.
+   * One generation ends: reserves granted or renewed before the previous sweep and unused since lapse (a
+   * full poll has passed), then the room they held goes to the line.
    */
   private runSweep(): void {
     this.sweepScheduled = false;
-    const lapsing = this.lapsing;
-    const lapseTurn = this.turn - 1;
-    for (const member of lapsing) {
-      if (member.reserveTurn === lapseTurn && !member.left) this.dropReserve(member);
+    for (const member of this.reservers) {
+      if (member.reserveTurn < this.turn) this.dropReserve(member);
     }
-    lapsing.length = 0;
-    this.lapsing = this.granted;
-    this.granted = lapsing;
     this.turn++;
-    if (this.lapsing.length > 0) {
-      this.sweepScheduled = true;
-      this.options.afterPoll(this.sweep);
-    }
     this.admit();
+    this.scheduleSweep();
   }
 }

@@ -65,30 +65,34 @@ test('a member alone keeps its reserve across writes while the budget has room',
   t.is(budget.queuedBytes + budget.reservedBytes, 4 * RESERVE);
 });
 
-test('an unused reserve lapses after a full poll and lets a held member go; a renewed one survives', (t) => {
+test('while streams wait, an unused reserve lapses after a full poll and lets one go; nobody waiting, nothing lapses', (t) => {
   const { budget, poll, pending } = budgetOf(2 * RESERVE);
   const resumed: string[] = [];
   const idle = budget.join(() => resumed.push('idle'));
   const busy = budget.join(() => resumed.push('busy'));
+  t.is(pending(), 0, 'no contention: no sweep');
   const waiting = budget.join(() => resumed.push('waiting'));
   t.true(waiting.held);
-  t.is(pending(), 1);
+  t.is(pending(), 1, 'someone waits: a sweep after the next poll');
   poll(); // the poll in which the reserves were granted ends: they may still be used in the next one
   t.is(budget.reservedBytes, 2 * RESERVE);
-  t.true(budget.wrote(busy, 0) || busy.reservedBytes === 0, 'a write uses the reserve');
-  budget.done(busy, 0);
-  t.deepEqual(resumed, ['waiting'], 'busy wrote nothing real but freed its reserve by writing');
-  poll(); // a full poll has passed: idle's reserve lapses
+  t.false(budget.wrote(busy, 10), 'busy reads with waiters in line: it goes to the back');
+  budget.done(busy, 10);
+  t.deepEqual(resumed, ['waiting'], "busy's freed reserve goes to the first in line");
+  poll(); // a full poll has passed: idle's reserve lapses, and busy gets the room
   t.is(idle.reservedBytes, 0);
   t.false(idle.held, 'a lapsed member is not held: it may still read');
-  t.is(waiting.reservedBytes, RESERVE, 'granted in the later generation: survives this sweep');
-  t.is(busy.reservedBytes, RESERVE, 'busy went back to the line and was let go when idle lapsed');
-  poll();
+  t.is(waiting.reservedBytes, RESERVE, 'granted after the first sweep: survives this one');
+  t.deepEqual(resumed, ['waiting', 'busy']);
+  t.is(pending(), 0, 'nobody waits any more: no sweep');
+  const late = budget.join(() => resumed.push('late'));
+  t.true(late.held);
+  poll(); // waiting's reserve is older than the previous sweep: it lapses; busy's is not
   t.is(waiting.reservedBytes, 0);
-  poll();
-  t.is(busy.reservedBytes, 0);
-  t.is(budget.reservedBytes, 0);
-  t.is(pending(), 0, 'no sweep scheduled without reserves');
+  t.is(busy.reservedBytes, RESERVE);
+  t.deepEqual(resumed, ['waiting', 'busy', 'late']);
+  t.is(budget.reservedBytes, 2 * RESERVE);
+  t.is(pending(), 0);
 });
 
 test('leaving frees exactly the member’s share and takes it out of the line; later calls are ignored', (t) => {
