@@ -30,6 +30,7 @@ import type { Logger } from '../log.js';
 import {
   SMUX_KEEPALIVE_INTERVAL_MS,
   SMUX_WRITE_FRAME_DATA_BYTES,
+  SESSION_SEND_BUDGET_BYTES,
   STREAM_WRITE_BUFFER_BYTES,
 } from '../mux/defaults.js';
 import { SmuxClientSession } from '../mux/session.js';
@@ -571,6 +572,7 @@ export class TunnelSession extends EventEmitter {
         sessionReceiveBufferBytes: this.tuning.sessionReceiveBufferBytes,
         streamBacklogLimitBytes: this.tuning.streamBacklogLimitBytes,
         streamWriteBufferBytes: STREAM_WRITE_BUFFER_BYTES,
+        sendBudgetBytes: SESSION_SEND_BUDGET_BYTES,
         maxFrameDataBytes: SMUX_WRITE_FRAME_DATA_BYTES,
       },
       { logger: this.log.child('mux'), spill: this.deps.spill },

@@ -17,6 +17,21 @@ export const SMUX_WRITE_FRAME_DATA_BYTES = 32_768;
 export const STREAM_WRITE_BUFFER_BYTES = 64 * 1024;
 
 /**
+ * Default send budget of one session, bytes (our default; `sendBudgetBytes`, `src/mux/send-budget.ts`): what
+ * the local sockets of all its streams may have read and not yet seen pulled onto the wire, read reserves
+ * included. 64 reading sockets' worth: far more than the data channel's send window carries (a few hundred
+ * 1 KiB messages), so it never limits one connection, yet 1 000 connections that send at once hold 4 MiB,
+ * not 64 MB.
+ */
+export const SESSION_SEND_BUDGET_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Read reserve of one reading source, bytes (fixed by Node, not ours to choose): the most one read of a
+ * TCP socket delivers (libuv's read buffer of 64 KiB, whatever the socket's highWaterMark).
+ */
+export const SEND_READ_RESERVE_BYTES = 64 * 1024;
+
+/**
  * Readable highWaterMark of each stream, bytes (our default): what Node itself buffers before `push()` says
  * stop; everything beyond waits in the stream's receive queue (`src/mux/receive-queue.ts`).
  */

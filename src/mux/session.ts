@@ -8,6 +8,9 @@
  * - outgoing: at most one in-flight write batch per stream (Node's Writable serialises `_write`/`_writev`, and
  *   the batch came out of a Writable buffer bounded by `streamWriteBufferBytes`), plus one pending SYN and FIN
  *   per stream, one pending NOP, and at most one frame cut across pulls (`outgoingBufferedBytes`).
+ * - send budget: what all streams together have accepted and not yet seen pulled, plus the read reserves
+ *   of the sockets reading now, is bounded by `sendBudgetBytes` (`src/mux/send-budget.ts`: streams beyond
+ *   it are held, their sources paused; `sendQueuedBytes`, `sendHeldStreams`).
  * - receive: never refused (spec §9.6: smux v1 has no window, and refusing one stream's bytes would stall every
  *   stream). Each stream's {@link StreamReceiveQueue} keeps what its reader has not taken: its Readable buffer
  *   ({@link STREAM_READABLE_HIGH_WATER_BYTES}), then memory up to `streamReceiveBufferBytes` per stream and
@@ -30,8 +33,10 @@
 import { EventEmitter } from 'node:events';
 import { ConfigError, ProtocolError, TunnelError } from '../errors.js';
 import { SMUX_FRAME_DATA_LIMIT_BYTES, SmuxCommand, SmuxFrameDecoder, describeFrame } from './frame.js';
-import { STREAM_READABLE_HIGH_WATER_BYTES } from './defaults.js';
+import { SEND_READ_RESERVE_BYTES, STREAM_READABLE_HIGH_WATER_BYTES } from './defaults.js';
 import { StreamReceiveQueue } from './receive-queue.js';
+import { SendBudget, afterPoll } from './send-budget.js';
+import type { BudgetMember, SendBudgetStats } from './send-budget.js';
 import { FinState, SmuxSendScheduler } from './scheduler.js';
 import type { OutgoingStream } from './scheduler.js';
 import type { ReceiveMemory } from './receive-queue.js';
@@ -58,6 +63,12 @@ export interface SmuxSessionOptions {
   /** Writable highWaterMark of each stream, bytes (default `STREAM_WRITE_BUFFER_BYTES`, `src/mux/defaults.ts`). */
   streamWriteBufferBytes: number;
   /**
+   * Most bytes the session's streams may have accepted and not yet seen pulled, plus the read reserves of
+   * the sources reading now (`src/mux/send-budget.ts`), bytes; ≥ `SEND_READ_RESERVE_BYTES` (default
+   * `SESSION_SEND_BUDGET_BYTES`, `src/mux/defaults.ts`).
+   */
+  sendBudgetBytes: number;
+  /**
    * Max PSH data bytes per frame when serialising (≤ `SMUX_FRAME_DATA_LIMIT_BYTES`; default
    * `SMUX_WRITE_FRAME_DATA_BYTES`, `src/mux/defaults.ts`).
    */
@@ -65,7 +76,7 @@ export interface SmuxSessionOptions {
 }
 
 /** Counters of one session, for metrics and tests. All counts are since the session was created. */
-export interface SmuxSessionStats {
+export interface SmuxSessionStats extends SendBudgetStats {
   /** Frames decoded from the agent (all commands). */
   framesIn: number;
   /** Frames serialised into pulled bytes (a frame split across pulls counts once). */
@@ -135,6 +146,8 @@ interface StreamEntry {
   forgotten: boolean;
   /** Bytes received and not yet taken by the local reader. */
   readonly queue: StreamReceiveQueue;
+  /** The stream's share of the session's send budget. */
+  readonly budget: BudgetMember;
 }
 
 /**
@@ -151,6 +164,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
   private readonly scheduler: SmuxSendScheduler;
   /** Memory queued by every stream's receive queue, against `sessionReceiveBufferBytes`. */
   private readonly receiveMemory: ReceiveMemory;
+  /** Bytes the streams' sources may have read and not yet seen pulled (`src/mux/send-budget.ts`). */
+  private readonly sendBudget: SendBudget;
   private readonly spill: SpillStore | undefined;
   private lastStreamId = SMUX_FIRST_STREAM_ID - 2;
   private isDestroyed = false;
@@ -175,6 +190,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       'streamBacklogLimitBytes',
       'streamWriteBufferBytes',
       'maxFrameDataBytes',
+      'sendBudgetBytes',
     ] as const) {
       const value = options[key];
       if (!Number.isSafeInteger(value) || value < 1) {
@@ -187,7 +203,18 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
         `smux maxFrameDataBytes must be at most ${SMUX_FRAME_DATA_LIMIT_BYTES}, got ${options.maxFrameDataBytes}`,
       );
     }
+    if (options.sendBudgetBytes < SEND_READ_RESERVE_BYTES) {
+      throw new ConfigError(
+        'PF_ERR_CONFIG',
+        `smux sendBudgetBytes must be at least ${SEND_READ_RESERVE_BYTES} (one socket read), got ${options.sendBudgetBytes}`,
+      );
+    }
     this.options = Object.freeze({ ...options });
+    this.sendBudget = new SendBudget({
+      limitBytes: options.sendBudgetBytes,
+      readReserveBytes: SEND_READ_RESERVE_BYTES,
+      afterPoll,
+    });
     this.logger = deps.logger;
     this.spill = deps.spill;
     this.receiveMemory = { bytes: 0, limitBytes: options.sessionReceiveBufferBytes };
@@ -225,6 +252,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     }
     return {
       ...this.counters,
+      ...this.sendBudget.stats,
       framesOut: this.scheduler.framesOut,
       bytesOut: this.scheduler.bytesOut,
       receiveBufferedBytes: memory,
@@ -251,6 +279,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       end: (callback) => this.queueFin(entry, callback),
       read: () => this.onStreamRead(entry),
       destroy: (error) => this.onStreamDestroy(entry, error),
+      wrote: (bytes) => this.sendBudget.wrote(entry.budget, bytes),
+      held: () => entry.budget.held,
     };
     const stream = new SmuxStream(
       id,
@@ -281,6 +311,8 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
       remoteFin: false,
       forgotten: false,
       queue,
+      // A stream that must wait starts held: writableNeedDrain is true, so pipe() leaves its source paused.
+      budget: this.sendBudget.join(() => stream.release()),
     };
     this.streams.set(id, entry);
     this.counters.streamsOpened++;
@@ -501,7 +533,14 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
 
   // ---- send path ----
 
-  private queueWrite(entry: StreamEntry, chunks: Buffer[], callback: SmuxWriteCallback): void {
+  private queueWrite(entry: StreamEntry, chunks: Buffer[], written: SmuxWriteCallback): void {
+    let bytes = 0;
+    for (const chunk of chunks) bytes += chunk.length;
+    // The batch's bytes leave the send budget when its callback runs: pulled, discarded or failed.
+    const callback: SmuxWriteCallback = (error) => {
+      this.sendBudget.done(entry.budget, bytes);
+      written(error);
+    };
     if (this.isDestroyed || entry.forgotten) {
       callback(new TunnelError('PF_ERR_STREAM_RESET', `smux stream ${entry.id} is closed`));
       return;
@@ -554,6 +593,7 @@ export class SmuxClientSession extends EventEmitter<SmuxSessionEvents> {
     entry.forgotten = true;
     this.streams.delete(entry.id);
     entry.queue.destroy();
+    this.sendBudget.leave(entry.budget);
     this.counters.streamsClosed++;
     if (this.logger.debugEnabled) this.logger.debug('stream forgotten', { sid: entry.id });
     this.emit('streamClosed', entry.id);

@@ -37,10 +37,34 @@ export interface SmuxStreamHooks {
   /** The local reader wants more data (`_read()`): re-evaluate receive blocking. */
   read(): void;
   /**
+   * `bytes` were accepted by `write()` (they count against the session's send budget until their batch is
+   * pulled); returns false when the session holds the stream, so `write()` returns false too.
+   */
+  wrote(bytes: number): boolean;
+  /** True while the session's send budget holds the stream: its source must stay paused. */
+  held(): boolean;
+  /**
    * The stream is being destroyed: drop queued data, queue FIN if one is still owed and forget the stream.
    * `error` is the destroy reason, if any; the session uses it to fail a write still in flight.
    */
   destroy(error: Error | null): void;
+}
+
+/** Node's own `writableNeedDrain` (its buffer reached `writableHighWaterMark`). */
+const nodeWritableNeedDrain = Object.getOwnPropertyDescriptor(Duplex.prototype, 'writableNeedDrain')?.get;
+function nodeNeedsDrain(stream: Duplex): boolean {
+  return nodeWritableNeedDrain?.call(stream) === true;
+}
+
+/** Callback of `write()`. */
+type WriteCallback = (error: Error | null | undefined) => void;
+
+/** Bytes a `write()` chunk will occupy (0 for what Node rejects, e.g. a non-chunk). */
+function chunkBytes(chunk: unknown, encoding: BufferEncoding | WriteCallback | undefined): number {
+  if (chunk instanceof Uint8Array) return chunk.byteLength;
+  if (typeof chunk === 'string')
+    return Buffer.byteLength(chunk, typeof encoding === 'string' ? encoding : 'utf8');
+  return 0;
 }
 
 /** Buffer bounds of one stream, resolved by the session from its options. */
@@ -88,6 +112,41 @@ export class SmuxStream extends Duplex {
     this.push(null);
   }
 
+  /**
+   * Node's `write()`, plus the session's send budget (`src/mux/send-budget.ts`): returns false also while the
+   * session holds this stream, and the 'drain' that lets the source go comes when the budget has room.
+   */
+  override write(
+    chunk: unknown,
+    encoding?: BufferEncoding | WriteCallback,
+    callback?: WriteCallback,
+  ): boolean {
+    // Only a chunk Node will buffer is counted: not one written after end() or destroy().
+    const bytes = this.destroyed || this.writableEnded ? 0 : chunkBytes(chunk, encoding);
+    const keepReading = bytes > 0 ? this.hooks.wrote(bytes) : !this.hooks.held();
+    const ok = super.write(chunk, encoding as BufferEncoding, callback);
+    return ok && keepReading;
+  }
+
+  /** @internal Node's own 'drain' is withheld while the budget holds the stream; see {@link release}. */
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'drain' && this.hooks.held()) return false;
+    return super.emit(event, ...args);
+  }
+
+  /**
+   * @internal Called by the session when its send budget lets this held stream go: 'drain', unless Node's own
+   * buffer is still full (then Node's own 'drain' follows).
+   */
+  release(): void {
+    if (!nodeNeedsDrain(this) && !this.destroyed) super.emit('drain');
+  }
+
+  /** @internal True while the session's send budget holds this stream (its source must stay paused). */
+  get isHeld(): boolean {
+    return this.hooks.held();
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: SmuxWriteCallback): void {
     if (chunk.length === 0) callback();
     else this.hooks.write([chunk], callback);
@@ -114,3 +173,12 @@ export class SmuxStream extends Duplex {
     callback(error);
   }
 }
+
+// `writableNeedDrain` is an accessor of Writable, declared a property by @types/node, so it is overridden
+// here rather than in the class: a stream held by the send budget reports that it needs 'drain', so that
+// `pipe()` leaves its source paused (Node's pipe() checks it before resuming the source).
+Object.defineProperty(SmuxStream.prototype, 'writableNeedDrain', {
+  get(this: SmuxStream): boolean {
+    return nodeNeedsDrain(this) || this.isHeld;
+  },
+});

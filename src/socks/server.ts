@@ -595,7 +595,9 @@ export class SocksServer extends EventEmitter {
     socket.once('close', () => {
       if (!stream.destroyed) stream.destroy();
     });
-    socket.resume();
+    // A stream the session's send budget holds says so in writableNeedDrain; pipe() then left the socket
+    // paused, and resumes it on the stream's 'drain' (src/mux/send-budget.ts).
+    if (!stream.writableNeedDrain) socket.resume();
   }
 
   /**

@@ -81,6 +81,7 @@ function sessionNeverThrows(chunks: Buffer[]): boolean {
       streamBacklogLimitBytes: 1024,
       streamWriteBufferBytes: 1024,
       maxFrameDataBytes: 512,
+      sendBudgetBytes: 4 * 1024 * 1024,
     },
     { logger: silentLogger },
   );

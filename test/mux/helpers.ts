@@ -16,6 +16,7 @@ export const defaults: SmuxSessionOptions = {
   streamBacklogLimitBytes: 512 * KiB * KiB,
   streamWriteBufferBytes: 64 * KiB,
   maxFrameDataBytes: 32 * KiB,
+  sendBudgetBytes: 4 * KiB * KiB,
 };
 
 export function newSession(options: Partial<SmuxSessionOptions> = {}): SmuxClientSession {
