@@ -60,12 +60,15 @@ function describeAbort(reason: unknown): string {
   return reason instanceof Error ? reason.message : String(reason ?? 'closed');
 }
 
-/** A `ws` send callback that reports only success to `onWritten`. */
-function writtenCallback(onWritten: () => void): (err?: Error | null) => void {
-  return (err) => {
-    if (err === undefined || err === null) onWritten();
-  };
-}
+/**
+ * Written notification of {@link DataChannelConnection.send}: called once, with no argument (or null) when
+ * the frame has left the WebSocket for the kernel, with an error when it never will. It is `ws`'s own send
+ * callback, passed through as it is: one function per frame, no wrapper closure (issue 16).
+ */
+export type WrittenCallback = (err?: Error | null) => void;
+
+/** Receiver of every message frame of a connection (see {@link DataChannelConnection.onFrame}). */
+export type FrameHandler = (frame: Buffer) => void;
 
 /** Host and path of a StreamUrl, without its query string (which may carry signed parameters). */
 export function describeStreamUrl(url: string): string {
@@ -84,8 +87,8 @@ function tlsOptionsFromEnv(env: NodeJS.ProcessEnv): { ca?: Buffer } {
 }
 
 /**
- * A live data-channel WebSocket.
- * Events: 'frame' (Buffer: one message frame), 'alive' () once, on the first binary frame or pong after
+ * A live data-channel WebSocket. Every message frame goes to {@link onFrame}.
+ * Events: 'alive' () once, on the first binary frame or pong after
  * OpenDataChannel (proof that the service kept the socket: a rejected token is accepted and closed
  * right after OpenDataChannel), 'down' (DownReason, detail string) exactly once.
  */
@@ -102,6 +105,12 @@ export class DataChannelConnection extends EventEmitter {
   framesSent = 0;
   /** Frames received. */
   framesReceived = 0;
+  /**
+   * Where every received message frame (binary or text) goes, synchronously, in order. A plain function
+   * rather than an event: the hottest path of the daemon pays no emit and no argument array per frame
+   * (issue 16). Frames arriving while it is unset are dropped (the reliable layer above recovers them).
+   */
+  onFrame: FrameHandler | undefined;
 
   constructor(
     private readonly options: ConnectionOptions,
@@ -278,17 +287,17 @@ export class DataChannelConnection extends EventEmitter {
   }
 
   /**
-   * Send one binary message frame. Silently ignored when the link is down (the reliable layer resends).
-   * `onWritten` is called once the frame has been written to the socket (ws's send callback), never on
-   * failure.
+   * Send one binary message frame. Silently ignored when the link is down (the reliable layer resends);
+   * `onWritten` is then never called. Otherwise it is `ws`'s send callback (see {@link WrittenCallback}).
+   * `ws` masks a copy (client frames are masked, RFC 6455 §5.3): `frame` itself is never modified, so the
+   * caller may send it again.
    */
-  send(frame: Buffer, onWritten?: () => void): void {
+  send(frame: Buffer, onWritten?: WrittenCallback): void {
     const socket = this.socket;
     if (this.isDown || socket === undefined || socket.readyState !== WebSocket.OPEN) return;
     this.framesSent++;
     this.writes?.hold();
-    if (onWritten === undefined) socket.send(frame, SEND_BINARY);
-    else socket.send(frame, SEND_BINARY, writtenCallback(onWritten));
+    socket.send(frame, SEND_BINARY, onWritten);
   }
 
   /** Orderly close with a close frame (spec §3.5, weakness #9). */
@@ -312,7 +321,7 @@ export class DataChannelConnection extends EventEmitter {
     } else {
       this.proveAlive();
     }
-    this.emit('frame', data);
+    this.onFrame?.(data);
   }
 
   private ping(): void {

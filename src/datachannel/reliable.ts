@@ -20,7 +20,7 @@ import { EventEmitter } from 'node:events';
 import { ProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { HEADER, HeaderFlags, MessageType, SCHEMA_VERSION } from './constants.js';
-import type { ClientMessage, InboundMessage } from './message.js';
+import type { ClientMessage, FrameHeader, InboundMessage } from './message.js';
 import { allocateFrame, decodeInbound, sealFrame } from './message.js';
 import type { ChannelClosed } from './payloads.js';
 import {
@@ -87,10 +87,11 @@ export const RACK_REORDER_WINDOW_MS = 50;
  */
 export interface ChannelTransport {
   /**
-   * Hand one frame to the transport. When given, `onWritten` is called once the frame has left the
-   * transport (for ws: the `send` callback, i.e. handed to the kernel), never on failure.
+   * Hand one frame to the transport. The transport must not modify `frame` (it is kept for resends, spec
+   * §7.4). When given, `onWritten` is called at most once: with no argument (or null) once the frame has left
+   * the transport (for ws: the `send` callback, i.e. handed to the kernel), with an error if it never will.
    */
-  send(frame: Buffer, onWritten?: () => void): void;
+  send(frame: Buffer, onWritten?: (err?: Error | null) => void): void;
   /** Bytes handed to `send` and not yet written out (for ws: `bufferedAmount`). */
   queuedBytes(): number;
 }
@@ -118,6 +119,11 @@ export interface ReliableChannelDeps {
    * consumed and NOT acked (the agent resends later); call retryDelivery() when ready again.
    */
   deliver(message: ClientMessage): boolean;
+  /**
+   * The peer acknowledged our sequence number `seq` (the same moment as the 'acked' event): the owner's hook
+   * on the ack path without an emit per ack (issue 16).
+   */
+  acked?(seq: number): void;
   logger: Logger;
 }
 
@@ -184,7 +190,7 @@ export interface ReliableChannelEvents {
   wedged: [expected: number, buffered: number, sinceMs: number];
   /** A message type the client does not handle arrived; it was ignored and not acked (spec §4.2). */
   unknownMessage: [messageType: string];
-  /** The peer acknowledged our sequence number `seq`. */
+  /** The peer acknowledged our sequence number `seq`. Emitted only while listened to (see `deps.acked`). */
   acked: [seq: number];
 }
 
@@ -193,6 +199,20 @@ export interface ReliableChannelEvents {
  * frame only for sequenced data, which outlives the call (the frame may be a slice of a socket read).
  */
 const RECEIVE_DECODE = Object.freeze({ verifyDigest: true, copyPayload: 'stream-data' as const });
+
+/**
+ * The header fields of every message {@link ReliableChannel} commits: one shared record whose per-message
+ * fields are set just before the synchronous {@link sealFrame}, instead of one object per message (issue 16).
+ */
+const dataHeader: FrameHeader = {
+  messageType: MessageType.InputStreamData,
+  schemaVersion: SCHEMA_VERSION,
+  createdDate: 0,
+  sequenceNumber: 0,
+  flags: HeaderFlags.Data,
+  messageId: undefined,
+  payloadType: 0,
+};
 
 /** One committed outgoing message (spec §7.3 outgoing buffer entry). */
 interface OutgoingEntry {
@@ -490,15 +510,10 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   /** Seal `frame` (payload in place) with the next sequence number and commit it; see {@link send}. */
   private commit(payloadType: number, frame: Buffer): boolean {
     const seq = this.nextSeq;
-    sealFrame(frame, {
-      messageType: MessageType.InputStreamData,
-      schemaVersion: SCHEMA_VERSION,
-      createdDate: Date.now(),
-      sequenceNumber: seq,
-      flags: HeaderFlags.Data,
-      messageId: undefined,
-      payloadType,
-    });
+    dataHeader.createdDate = Date.now();
+    dataHeader.sequenceNumber = seq;
+    dataHeader.payloadType = payloadType;
+    sealFrame(frame, dataHeader);
     const now = this.deps.now();
     if (this.outgoing.size === 0) {
       this.progressAt = now;
@@ -789,7 +804,8 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
       if (this.ackWaiters.length > 0 && (this.ackWaiters[0] as { seq: number }).seq < this.lowestUnacked) {
         this.settleAckWaiters();
       }
-      this.emit('acked', seq);
+      this.deps.acked?.(seq);
+      if (this.listenerCount('acked') > 0) this.emit('acked', seq);
     }
     if (this.isPaused) this.clearPause();
     else this.pump(now);
@@ -967,8 +983,9 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
     const link = this.linkGeneration;
     entry.lastSentAt = -1;
     entry.link = link;
-    this.write(entry.frame, () => {
-      if (entry.link !== link || entry.lastSentAt >= 0) return;
+    this.write(entry.frame, (err) => {
+      // A copy that never left (the link failed) keeps the entry waiting; the next link resends it.
+      if ((err !== undefined && err !== null) || entry.link !== link || entry.lastSentAt >= 0) return;
       entry.lastSentAt = this.deps.now();
       // A transport that writes synchronously reports from inside write(): the caller's loop goes on.
       if (!this.writing) this.onTransportDrained();
@@ -976,7 +993,7 @@ export class ReliableChannel extends EventEmitter<ReliableChannelEvents> {
   }
 
   /** Hand one frame to the transport. A throwing transport loses only this write; resends recover it (#20). */
-  private write(frame: Buffer, onWritten?: () => void): void {
+  private write(frame: Buffer, onWritten?: (err?: Error | null) => void): void {
     const transport = this.transport;
     if (transport === undefined) return;
     this.counters.framesSent++;

@@ -195,6 +195,10 @@ export class TunnelSession extends EventEmitter {
       {
         now: () => performance.now(),
         deliver: (m) => this.deliver(m),
+        acked: (seq) => {
+          if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
+          this.basic?.acked(seq, this.channel.highestReceivedSequence);
+        },
         logger: warnOncePerText(deps.logger.child('channel')),
       },
     );
@@ -222,10 +226,6 @@ export class TunnelSession extends EventEmitter {
           `agent message ${expected} missing for ${Math.round(sinceMs)} ms while ${buffered} later ones wait; the agent no longer resends it`,
         ),
       );
-    });
-    this.channel.on('acked', (seq: number) => {
-      if (seq === this.terminateFlagSeq) this.emit('terminateAcked');
-      this.basic?.acked(seq, this.channel.highestReceivedSequence);
     });
   }
 
@@ -414,7 +414,7 @@ export class TunnelSession extends EventEmitter {
       throw new TunnelError('PF_ERR_CONNECT', 'data channel closed right after OpenDataChannel');
     }
     this.connection = connection;
-    connection.on('frame', (frame: Buffer) => this.guard('frame', () => this.channel.receive(frame)));
+    connection.onFrame = this.receiveFrame;
     connection.on('down', (reason: DownReason, detail: string) =>
       this.guard('link loss', () => this.onLinkDown(connection, reason, detail)),
     );
@@ -457,6 +457,18 @@ export class TunnelSession extends EventEmitter {
   }
 
   // ---- incoming --------------------------------------------------------------------------------
+
+  /**
+   * Every frame of the current connection, guarded like {@link guard} but without a closure per frame
+   * (issue 16: this runs once per message).
+   */
+  private readonly receiveFrame = (frame: Buffer): void => {
+    try {
+      this.channel.receive(frame);
+    } catch (err) {
+      this.internalError('frame', err);
+    }
+  };
 
   /**
    * Reliable-channel delivery of one in-order message; false refuses it (not acked, resent later).
@@ -578,7 +590,7 @@ export class TunnelSession extends EventEmitter {
       { logger: this.log.child('mux'), spill: this.deps.spill },
     );
     // Reached from local sockets (writes, reads making room): guarded like the network entry points.
-    smux.on('outgoing', () => this.guard('send', () => this.pump()));
+    smux.on('outgoing', this.pumpGuarded);
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = decision.smuxKeepAlive
@@ -608,15 +620,29 @@ export class TunnelSession extends EventEmitter {
 
   // ---- outgoing --------------------------------------------------------------------------------
 
+  /**
+   * smux bytes go straight into each Output frame: one allocation per message, no payload copy (issue 7).
+   * One function for the session's life, not one per {@link pump} call (issue 16: a bulk upload pumps once
+   * per ack).
+   */
+  private readonly fillOutput = (target: Buffer, offset: number, maxBytes: number): number =>
+    this.smux === undefined ? 0 : this.smux.pullOutgoingInto(target, offset, maxBytes);
+
+  /** {@link pump} guarded like {@link guard}, one function for the session's life (it runs per local write burst). */
+  private readonly pumpGuarded = (): void => {
+    try {
+      this.pump();
+    } catch (err) {
+      this.internalError('send', err);
+    }
+  };
+
   /** Move smux bytes into Output messages while the send window has room (spec §9.6; no sleeps). */
   private pump(): void {
     const smux = this.smux;
     if (!smux) return;
-    // smux bytes go straight into each Output frame: one allocation per message, no payload copy (issue 7).
-    const fill = (target: Buffer, offset: number, maxBytes: number): number =>
-      smux.pullOutgoingInto(target, offset, maxBytes);
     while (smux.hasOutgoing && this.channel.canSend) {
-      if (this.channel.sendFrom(PayloadType.Output, MAX_OUTPUT_PAYLOAD_BYTES, fill) === 0) break;
+      if (this.channel.sendFrom(PayloadType.Output, MAX_OUTPUT_PAYLOAD_BYTES, this.fillOutput) === 0) break;
       if (this.synsQueued.length > 0) this.notePulledSyns(smux, this.channel.nextSendSequence - 1);
     }
   }

@@ -122,3 +122,83 @@ test('canSend is the window: false once un-acked + queued reach sendWindowMessag
   );
   t.false(h.ch.canSend);
 });
+
+// ---------------------------------------------------------------------------------------------
+// Hot-path sharing (issue 16): one header record for every seal, ws's callback as the written notification.
+
+test('frames kept for resend stay byte-identical and keep their own header while later messages are sealed', (t) => {
+  const clock = { now: 1_000 };
+  const ch = new ReliableChannel(
+    { sendWindowMessages: 64, reorderLimitMessages: 16, giveUpMs: 600_000 },
+    { now: () => clock.now, deliver: () => true, logger: silentLogger },
+  );
+  const first: Buffer[] = [];
+  ch.attach((frame) => first.push(Buffer.from(frame)));
+  const payloads: { type: number; bytes: Buffer }[] = [];
+  for (let i = 0; i < 40; i++) {
+    // Alternate payload types and sizes, so a header field left over from the previous seal would show.
+    const type = i % 3 === 0 ? PayloadType.Flag : PayloadType.Output;
+    const bytes = Buffer.alloc(1 + ((i * 37) % 1024), i);
+    payloads.push({ type, bytes });
+    if (i % 2 === 0) ch.send(type, bytes);
+    else ch.sendFrom(type, 1024, (target, offset) => bytes.copy(target, offset));
+  }
+  // A new link resends every un-acked frame: the stored buffers themselves, sent again.
+  const resent: Buffer[] = [];
+  ch.detach();
+  ch.attach((frame) => resent.push(frame));
+  t.is(resent.length, 40);
+  for (let i = 0; i < 40; i++) {
+    t.true((resent[i] as Buffer).equals(first[i] as Buffer), `frame ${i} unchanged since its first send`);
+    const m = decodeMessage(resent[i] as Buffer);
+    t.is(m.sequenceNumber, i);
+    t.is(m.payloadType, (payloads[i] as { type: number }).type);
+    t.true(m.payload.equals((payloads[i] as { bytes: Buffer }).bytes));
+  }
+});
+
+test('a written notification with an error leaves the copy waiting: no timer resend on that link, resent on the next', (t) => {
+  const clock = { now: 1_000 };
+  const ch = new ReliableChannel(
+    { sendWindowMessages: 8, reorderLimitMessages: 16, giveUpMs: 600_000 },
+    { now: () => clock.now, deliver: () => true, logger: silentLogger },
+  );
+  const sent: number[] = [];
+  ch.attach({
+    send: (frame, onWritten) => {
+      sent.push(decodeMessage(frame).sequenceNumber);
+      // What ws does for a frame that never reached the kernel (socket destroyed under it).
+      onWritten?.(new Error('socket gone'));
+    },
+    queuedBytes: () => 0,
+  });
+  ch.send(PayloadType.Output, Buffer.from('x'));
+  for (let i = 0; i < 40; i++) {
+    clock.now += 50;
+    ch.tick();
+  }
+  t.deepEqual(sent, [0], 'a copy that never left is not timed out on the same link');
+  t.true(ch.stats.resendsHeldQueued > 0);
+  const again: number[] = [];
+  ch.attach((frame) => again.push(decodeMessage(frame).sequenceNumber));
+  t.deepEqual(again, [0], 'the next link sends it again');
+});
+
+test('deps.acked sees every ack that removes a message, once, in order; the acked event only when listened to', (t) => {
+  const acked: number[] = [];
+  const events: number[] = [];
+  const ch = new ReliableChannel(
+    { sendWindowMessages: 8, reorderLimitMessages: 16, giveUpMs: 600_000 },
+    { now: () => 1_000, deliver: () => true, acked: (seq) => acked.push(seq), logger: silentLogger },
+  );
+  ch.attach(() => undefined);
+  for (let i = 0; i < 4; i++) ch.send(PayloadType.Output, Buffer.from([i]));
+  ch.receive(agentAck(1));
+  ch.on('acked', (seq) => events.push(seq));
+  ch.receive(agentAck(1));
+  ch.receive(agentAck(0));
+  ch.receive(agentAck(9));
+  ch.receive(agentAck(3));
+  t.deepEqual(acked, [1, 0, 3]);
+  t.deepEqual(events, [0, 3]);
+});
