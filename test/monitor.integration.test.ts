@@ -88,11 +88,13 @@ test.serial(
 
       open.resumeReading();
       await withTimeout(open.done, 30_000, 'the transfer to finish');
-      // Never the same picture twice in a row, never two within a second.
+      // Never the same picture twice in a row, about one a second at most: setInterval re-arms from the event
+      // loop's cached time, so on a loaded machine one gap can come out some tens of ms short of the period
+      // (954 ms seen under a load average of 10); two updates inside the same tick would be 0.
       for (let i = 1; i < sent.length; i++) {
         t.not(sent[i]?.args.join(), sent[i - 1]?.args.join(), 'only changes are sent');
         t.true(
-          (sent[i]?.at ?? 0) - (sent[i - 1]?.at ?? 0) >= 990,
+          (sent[i]?.at ?? 0) - (sent[i - 1]?.at ?? 0) >= 800,
           `gap ${i}: ${(sent[i]?.at ?? 0) - (sent[i - 1]?.at ?? 0)} ms`,
         );
       }
