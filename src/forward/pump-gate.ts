@@ -10,10 +10,11 @@
  * readable in this iteration's poll phase has been read, and their frames leave together in as few 1 KiB
  * messages as they fill.
  *
- * - **Idle** (nothing in flight and no pump yet in this iteration): the pump runs at once, in the same turn
- *   as the read that asked for it (a ping-pong request pays no hop).
- * - **Under load** (messages in flight, or the pump already ran in this iteration): one deferred run at the
- *   check phase, however many reads ask meanwhile. The wait is bounded by the rest of the iteration's
+ * - **Idle** (nothing in flight): the pump runs at once, in the same turn as the read that asked for it (a
+ *   ping-pong request pays no hop). The message it sends is then in flight, so a burst coming out of idle
+ *   sends its first frame at once and packs the rest.
+ * - **Under load** (messages in flight): one deferred run at the check phase, however many reads ask
+ *   meanwhile. The wait is bounded by the rest of the iteration's
  *   callbacks, which are exactly the ones whose frames it packs.
  * - **A new stream** ({@link holdForFirstData}): its SYN waits one more poll pass, so a client that writes
  *   at once (most protocols) has its first data read and sent in the SYN's message instead of a second one.
@@ -39,10 +40,6 @@ export class PumpGate {
   private deferred = false;
   /** Passes still to wait for a new stream's first data (0, 1 or 2 check phases). */
   private holdPasses = 0;
-  /** Iteration of the latest immediate run; iterations are counted by {@link iteration}. */
-  private lastRunIteration = -1;
-  private iterationCount = 0;
-  private iterationTicking = false;
   /** Pump runs made at once (idle link). */
   immediateRuns = 0;
   /** Pump runs deferred to the check phase (load, or a new stream's hold). */
@@ -53,9 +50,8 @@ export class PumpGate {
   /** The smux session has bytes to send: run the pump now or once later (module comment). */
   request(): void {
     if (this.deferred) return;
-    const iteration = this.iteration();
-    if (this.holdPasses === 0 && iteration !== this.lastRunIteration && !this.deps.busy()) {
-      this.lastRunIteration = iteration;
+    // A run that sent something leaves it in flight, so later requests of the same iteration are coalesced.
+    if (this.holdPasses === 0 && !this.deps.busy()) {
       this.immediateRuns++;
       this.deps.run();
       return;
@@ -89,19 +85,5 @@ export class PumpGate {
     }
     this.deferredRuns++;
     this.deps.run();
-  };
-
-  /** A number that stays the same within one event-loop iteration (advanced at its check phase). */
-  private iteration(): number {
-    if (!this.iterationTicking) {
-      this.iterationTicking = true;
-      this.deps.defer(this.advanceIteration);
-    }
-    return this.iterationCount;
-  }
-
-  private readonly advanceIteration = (): void => {
-    this.iterationCount++;
-    this.iterationTicking = false;
   };
 }

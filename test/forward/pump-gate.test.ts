@@ -5,7 +5,10 @@
 import test from 'ava';
 import { PumpGate } from '../../src/forward/pump-gate.js';
 
-/** A gate whose `defer` queue the test runs phase by phase (one call of `checkPhase` = one iteration's). */
+/**
+ * A gate whose `defer` queue the test runs phase by phase (one call of `checkPhase` = one iteration's). A run
+ * sends a message, which stays in flight (busy) until the test acks it.
+ */
 function rig(busy = false): {
   gate: PumpGate;
   runs: () => number;
@@ -17,7 +20,10 @@ function rig(busy = false): {
   let queue: (() => void)[] = [];
   const gate = new PumpGate({
     busy: () => state.busy,
-    run: () => runs++,
+    run: () => {
+      runs++;
+      state.busy = true;
+    },
     defer: (callback) => queue.push(callback),
   });
   return {
@@ -32,18 +38,19 @@ function rig(busy = false): {
   };
 }
 
-test('idle: the first request of an iteration runs the pump at once', (t) => {
-  const { gate, runs, checkPhase } = rig();
+test('idle: a request runs the pump at once', (t) => {
+  const { gate, runs, checkPhase, state } = rig();
   gate.request();
   t.is(runs(), 1);
   checkPhase();
   t.is(runs(), 1, 'nothing left for the check phase');
+  state.busy = false;
   gate.request();
-  t.is(runs(), 2, 'the next iteration is idle again');
+  t.is(runs(), 2, 'acked: idle again');
   t.is(gate.immediateRuns, 2);
 });
 
-test('a second request in the same iteration waits for the check phase, with every later one', (t) => {
+test('a burst out of idle: the first at once, the rest in one run at the check phase', (t) => {
   const { gate, runs, checkPhase } = rig();
   gate.request();
   gate.request();
@@ -68,7 +75,7 @@ test('messages in flight: even the first request of an iteration is coalesced', 
 });
 
 test("a new stream's hold lasts one more poll pass, then runs once", (t) => {
-  const { gate, runs, checkPhase } = rig();
+  const { gate, runs, checkPhase, state } = rig();
   gate.holdForFirstData();
   gate.request();
   t.is(runs(), 0);
@@ -78,6 +85,7 @@ test("a new stream's hold lasts one more poll pass, then runs once", (t) => {
   t.is(runs(), 0);
   checkPhase();
   t.is(runs(), 1, 'released after it');
+  state.busy = false;
   gate.holdForFirstData();
   gate.holdForFirstData();
   checkPhase();
