@@ -22,6 +22,9 @@ import type { ForwardStats } from '../stats.js';
 
 export { EAGER_RETRY_BACKOFF, SESSION_HEALTHY_AFTER_MS } from './keeper.js';
 
+/** Why a local connection's wait for a session ends when it closes first (the abort reason, one shared object). */
+const LOCAL_SOCKET_CLOSED = new Error('the local connection closed');
+
 /** What a forward needs from outside: what its keeper needs (`KeeperDeps`, `src/forward/keeper.ts`). */
 export type ForwardDeps = KeeperDeps;
 
@@ -246,7 +249,8 @@ export class Forward extends EventEmitter {
       conn.failure ??= `local socket error: ${err.message}`;
     });
     socket.once('close', () => {
-      gone.abort();
+      // A reason of our own: abort() without one builds a DOMException and its stack on every close (issue 16).
+      gone.abort(LOCAL_SOCKET_CLOSED);
       this.sockets.delete(socket);
       this.counters.connectionsActive--;
       this.counters.bytesUp += socket.bytesRead;

@@ -47,6 +47,7 @@ import {
 } from './backoff.js';
 import { BasicRelay } from './basic.js';
 import { InputGuard, warnOncePerText } from './input-guard.js';
+import { PumpGate } from './pump-gate.js';
 import { describeConnectToPortError } from '../targets/destination.js';
 import type { SessionStats } from '../stats.js';
 
@@ -111,6 +112,8 @@ export class TunnelSession extends EventEmitter {
   private readonly clientId = randomUUID();
   private readonly channel: ReliableChannel;
   private smux: SmuxClientSession | undefined;
+  /** When the mux pump runs (`src/forward/pump-gate.ts`); set with {@link smux}. */
+  private pumpGate: PumpGate | undefined;
   private basic: BasicRelay | undefined;
   /** The handshake (spec §6); its decision sets the mode once the request is answered. */
   private readonly handshake: HandshakeMachine;
@@ -589,8 +592,15 @@ export class TunnelSession extends EventEmitter {
       },
       { logger: this.log.child('mux'), spill: this.deps.spill },
     );
-    // Reached from local sockets (writes, reads making room): guarded like the network entry points.
-    smux.on('outgoing', this.pumpGuarded);
+    // Reached from local sockets (writes, reads making room): guarded like the network entry points. The
+    // gate runs the pump at once on an idle link and packs the frames of one loop iteration under load.
+    const gate = new PumpGate({
+      busy: () => this.channel.unacked > 0,
+      run: this.pumpGuarded,
+      defer: setImmediate,
+    });
+    this.pumpGate = gate;
+    smux.on('outgoing', () => gate.request());
     smux.on('error', (err: Error) => this.failSoon('protocol-error', err));
     this.smux = smux;
     const keepAliveMs = decision.smuxKeepAlive
@@ -707,6 +717,8 @@ export class TunnelSession extends EventEmitter {
     const usable = this.stateValue !== SessionState.Closing && this.stateValue !== SessionState.Closed;
     if (usable && this.smux) {
       const stream = this.smux.openStream();
+      // The SYN waits one poll pass for the client's first bytes, to share their message (pump-gate.ts).
+      this.pumpGate?.holdForFirstData();
       // Its SYN is queued now; the pump settles this with the message that carries it.
       this.openSeqs.set(
         stream,
