@@ -105,6 +105,11 @@ const OUTPUT_ACK_PREFIX_BYTES = Buffer.from(
   `{"AcknowledgedMessageType":"${MessageType.OutputStreamData}","AcknowledgedMessageId":"`,
   'latin1',
 );
+/** The same for an `input_stream_data` ack (the ones the agent sends; the emulator's). */
+const INPUT_ACK_PREFIX_BYTES = Buffer.from(
+  `{"AcknowledgedMessageType":"${MessageType.InputStreamData}","AcknowledgedMessageId":"`,
+  'latin1',
+);
 /** The ack JSON from the end of the MessageId to the sequence number's digits. */
 const ACK_SEQUENCE_KEY_BYTES = Buffer.from('","AcknowledgedMessageSequenceNumber":', 'latin1');
 /** The ack JSON after the digits of a sequential ack. */
@@ -115,10 +120,10 @@ const MESSAGE_ID_TEXT_CHARS = 36;
 const HEX_CHAR_CODES = Buffer.from('0123456789abcdef', 'latin1');
 const CHAR_HYPHEN = 0x2d;
 /**
- * The header fields of the acks {@link encodeOutputAcknowledgeMessage} seals: one shared record whose
+ * The header fields of the acks {@link encodeSequentialAcknowledge} seals: one shared record whose
  * `createdDate` is set per ack (sealing is synchronous), instead of one object per ack.
  */
-const outputAckHeader: FrameHeader = {
+const templateAckHeader: FrameHeader = {
   messageType: MessageType.Acknowledge,
   schemaVersion: SCHEMA_VERSION,
   createdDate: 0,
@@ -136,23 +141,26 @@ function decimalDigits(value: number): number {
 }
 
 /**
- * The ack frame of one received `output_stream_data` message (spec §5, §4.4), built from a prebuilt template:
- * the JSON's fixed parts are copied, the acked MessageId's hex is written straight from its wire bytes and the
- * sequence number's digits straight into the frame: no JSON, no strings, one allocation (issue 16). The bytes
- * are exactly those of {@link encodeAcknowledgeMessage} for `{ output_stream_data, message.messageId,
- * message.sequenceNumber, true }` (a test checks it).
+ * The ack frame of one received sequential message (spec §5, §4.4), built from a prebuilt template: the
+ * JSON's fixed parts (`prefix` names the acked type) are copied, the acked MessageId's hex is written straight
+ * from its wire bytes and the sequence number's digits straight into the frame: no JSON, no strings, one
+ * allocation (issue 16). The bytes are exactly those of {@link encodeAcknowledgeMessage} for `{ type,
+ * message.messageId, message.sequenceNumber, true }` (test/datachannel/payloads.test.ts and
+ * test/emulator/agent-ack.test.ts check it).
  */
-export function encodeOutputAcknowledgeMessage(message: InboundMessage, createdDate: number): Buffer {
+function encodeSequentialAcknowledge(prefix: Buffer, message: InboundMessage, createdDate: number): Buffer {
   const seq = message.sequenceNumber;
   const digits = decimalDigits(seq);
   const frame = allocateFrame(
-    OUTPUT_ACK_PREFIX_BYTES.length +
+    prefix.length +
       MESSAGE_ID_TEXT_CHARS +
       ACK_SEQUENCE_KEY_BYTES.length +
       digits +
       ACK_SEQUENTIAL_TRUE_END.length,
   );
-  let pos = HEADER.PAYLOAD_OFFSET + OUTPUT_ACK_PREFIX_BYTES.copy(frame, HEADER.PAYLOAD_OFFSET);
+  // Uint8Array#set, not Buffer#copy: the same bytes without Buffer's argument handling per call.
+  frame.set(prefix, HEADER.PAYLOAD_OFFSET);
+  let pos = HEADER.PAYLOAD_OFFSET + prefix.length;
   // RFC 4122 byte i is wire byte i + 8 for i < 8, i − 8 after (spec §4.5); hyphens before RFC bytes 4, 6, 8, 10.
   for (let i = 0; i < HEADER.MESSAGE_ID_BYTES; i++) {
     if (i === 4 || i === 6 || i === 8 || i === 10) frame[pos++] = CHAR_HYPHEN;
@@ -160,16 +168,30 @@ export function encodeOutputAcknowledgeMessage(message: InboundMessage, createdD
     frame[pos++] = HEX_CHAR_CODES[byte >>> 4] as number;
     frame[pos++] = HEX_CHAR_CODES[byte & 0x0f] as number;
   }
-  pos += ACK_SEQUENCE_KEY_BYTES.copy(frame, pos);
+  frame.set(ACK_SEQUENCE_KEY_BYTES, pos);
+  pos += ACK_SEQUENCE_KEY_BYTES.length;
   let rest = seq;
   for (let i = pos + digits - 1; i >= pos; i--) {
     frame[i] = CHAR_0 + (rest % 10);
     rest = Math.floor(rest / 10);
   }
   pos += digits;
-  ACK_SEQUENTIAL_TRUE_END.copy(frame, pos);
-  outputAckHeader.createdDate = createdDate;
-  return sealFrame(frame, outputAckHeader);
+  frame.set(ACK_SEQUENTIAL_TRUE_END, pos);
+  templateAckHeader.createdDate = createdDate;
+  return sealFrame(frame, templateAckHeader);
+}
+
+/** The ack the daemon sends for a received `output_stream_data` message (see {@link encodeSequentialAcknowledge}). */
+export function encodeOutputAcknowledgeMessage(message: InboundMessage, createdDate: number): Buffer {
+  return encodeSequentialAcknowledge(OUTPUT_ACK_PREFIX_BYTES, message, createdDate);
+}
+
+/**
+ * The ack the agent sends for a received `input_stream_data` message (the emulator's; the same template with
+ * the other acked type, the JSON the reference agent writes).
+ */
+export function encodeInputAcknowledgeMessage(message: InboundMessage, createdDate: number): Buffer {
+  return encodeSequentialAcknowledge(INPUT_ACK_PREFIX_BYTES, message, createdDate);
 }
 
 /** Header fields of every ack we send (spec §4.4: seq 0, Flags 3, PayloadType 0, fresh MessageId). */

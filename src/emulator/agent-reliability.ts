@@ -18,8 +18,7 @@ import type { Logger } from '../log.js';
 import type { ClientMessage, FrameHeader, InboundMessage } from '../datachannel/message.js';
 import { HEADER, HeaderFlags, MessageType, SCHEMA_VERSION } from '../datachannel/constants.js';
 import { allocateFrame, sealFrame } from '../datachannel/message.js';
-import { encodeAcknowledgeMessage } from '../datachannel/payloads.js';
-import { encodeInputAcknowledge } from './agent-ack.js';
+import { encodeAcknowledgeMessage, encodeInputAcknowledgeMessage } from '../datachannel/payloads.js';
 
 /** Reliability constants of the reference agent (spec §7.2, §7.3). All protocol values. */
 export const AGENT_RELIABILITY = {
@@ -306,7 +305,7 @@ export class AgentReliability {
     // The template covers the one type the agent acks; anything else takes the general encoder.
     const frame =
       acked.messageType === MessageType.InputStreamData
-        ? encodeInputAcknowledge(acked, createdDate)
+        ? encodeInputAcknowledgeMessage(acked, createdDate)
         : encodeAcknowledgeMessage(
             {
               acknowledgedMessageType: acked.messageType,

@@ -2,12 +2,11 @@ import test from 'ava';
 import fc from 'fast-check';
 import { HEADER, HeaderFlags, MessageType } from '../../src/datachannel/constants.js';
 import { decodeInbound, decodeMessage, encodeMessage, newMessage } from '../../src/datachannel/message.js';
-import { encodeAcknowledgeMessage } from '../../src/datachannel/payloads.js';
-import { encodeInputAcknowledge } from '../../src/emulator/agent-ack.js';
+import { encodeAcknowledgeMessage, encodeInputAcknowledgeMessage } from '../../src/datachannel/payloads.js';
 
 const CASES = 10_000;
 
-test(`encodeInputAcknowledge: ${CASES} acks are byte for byte the general encoder's, but for the fresh MessageId`, (t) => {
+test(`encodeInputAcknowledgeMessage: ${CASES} acks are byte for byte the general encoder's, but for the fresh MessageId`, (t) => {
   fc.assert(
     fc.property(
       fc.uuid(),
@@ -26,7 +25,7 @@ test(`encodeInputAcknowledge: ${CASES} acks are byte for byte the general encode
             }),
           ),
         );
-        const ours = encodeInputAcknowledge(input, createdDate);
+        const ours = encodeInputAcknowledgeMessage(input, createdDate);
         const general = encodeAcknowledgeMessage(
           {
             acknowledgedMessageType: MessageType.InputStreamData,
@@ -53,7 +52,7 @@ test(`encodeInputAcknowledge: ${CASES} acks are byte for byte the general encode
   );
 });
 
-test('encodeInputAcknowledge: a fresh random UUIDv4 MessageId per ack', (t) => {
+test('encodeInputAcknowledgeMessage: a fresh random UUIDv4 MessageId per ack', (t) => {
   const input = decodeInbound(
     encodeMessage(
       newMessage({
@@ -67,7 +66,7 @@ test('encodeInputAcknowledge: a fresh random UUIDv4 MessageId per ack', (t) => {
   );
   const ids = new Set<string>();
   for (let i = 0; i < 1000; i++) {
-    const id = decodeMessage(encodeInputAcknowledge(input, 1)).messageId;
+    const id = decodeMessage(encodeInputAcknowledgeMessage(input, 1)).messageId;
     t.regex(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     ids.add(id);
   }
