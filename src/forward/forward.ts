@@ -12,7 +12,7 @@ import { documentFor } from '../config/types.js';
 import { describeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { boundedWait } from './backoff.js';
-import { listenOn } from './listen.js';
+import { closeListenerNow, detachListener, listenOn } from './listen.js';
 import { closeAfterFlush, corkPerTick, lingerHalfClose } from './local-socket.js';
 import { SessionKeeper } from './keeper.js';
 import type { Carrier, KeeperDeps } from './keeper.js';
@@ -209,10 +209,8 @@ export class Forward extends EventEmitter {
   handOverListener(): net.Server | undefined {
     const server = this.server;
     if (!server) return undefined;
-    server.off('connection', this.acceptListener);
-    server.off('error', this.serverErrorListener);
     this.server = undefined;
-    return server;
+    return detachListener(server, this.acceptListener, this.serverErrorListener);
   }
 
   /**
@@ -222,11 +220,7 @@ export class Forward extends EventEmitter {
   async stopAccepting(): Promise<void> {
     const server = this.server;
     this.server = undefined;
-    if (!server) return;
-    server.off('connection', this.acceptListener);
-    // close() drops the listening handle now; its callback waits for connections, so wait one turn instead.
-    server.close();
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    if (server) await closeListenerNow(server, this.acceptListener);
   }
 
   private onConnection(socket: Socket): void {

@@ -3,6 +3,7 @@
  * meet into a `PF_ERR_LISTEN` line naming the address and the fix.
  */
 import type net from 'node:net';
+import type { Socket } from 'node:net';
 import { TunnelError } from '../errors.js';
 
 /**
@@ -45,4 +46,32 @@ export function listenOn(server: net.Server, port: number, bind: string, fix: Li
       resolve();
     });
   });
+}
+
+/**
+ * Take a front end's listeners off `server` so the entry that replaces it on reload can adopt it (the
+ * listening socket stays open: the port never refuses a connection). Returns `server`.
+ */
+export function detachListener(
+  server: net.Server,
+  onConnection: (socket: Socket) => void,
+  onError: (err: Error) => void,
+): net.Server {
+  server.off('connection', onConnection);
+  server.off('error', onError);
+  return server;
+}
+
+/**
+ * Stop accepting on `server` now and free its port (a reload about to bind a colliding address); its open
+ * connections are the front end's to drain. close() drops the listening handle at once but its callback waits
+ * for those connections, so this resolves one turn later instead.
+ */
+export async function closeListenerNow(
+  server: net.Server,
+  onConnection: (socket: Socket) => void,
+): Promise<void> {
+  server.off('connection', onConnection);
+  server.close();
+  await new Promise<void>((resolve) => setImmediate(resolve));
 }

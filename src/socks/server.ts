@@ -25,7 +25,7 @@ import type { Duplex } from 'node:stream';
 import type { SocksConfig } from '../config/types.js';
 import type { SessionSpec } from '../forward/keeper.js';
 import { boundedWait } from '../forward/backoff.js';
-import { listenOn } from '../forward/listen.js';
+import { closeListenerNow, detachListener, listenOn } from '../forward/listen.js';
 import { closeAfterFlush, lingerHalfClose } from '../forward/local-socket.js';
 import { documentFor } from '../config/types.js';
 import { describeError } from '../errors.js';
@@ -698,11 +698,9 @@ export class SocksServer extends EventEmitter {
   handOverListener(): net.Server | undefined {
     const server = this.server;
     if (!server) return undefined;
-    server.off('connection', this.acceptListener);
-    server.off('error', this.serverErrorListener);
     this.server = undefined;
     this.listening = false;
-    return server;
+    return detachListener(server, this.acceptListener, this.serverErrorListener);
   }
 
   /**
@@ -714,9 +712,7 @@ export class SocksServer extends EventEmitter {
     this.server = undefined;
     if (!server) return;
     this.listening = false;
-    // close() drops the listening handle now; its callback waits for connections, so wait one turn instead.
-    server.close();
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await closeListenerNow(server, this.acceptListener);
   }
 
   /**
